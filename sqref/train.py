@@ -1,0 +1,106 @@
+"""SGD training of a sqref model: softmax cross-entropy, momentum, weight
+decay, a cosine learning-rate schedule, seeded mini-batches, optional
+random-shift augmentation, and early stopping on the validation split.
+
+Pure in the sense that matters: the input model is never modified; training
+works on copies of its arrays and returns a new model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from sqref.grad import model_gradients
+from sqref.model import PARAM_LAYERS, Model, layer_arrays, predict
+from sqref.progress import Progress
+
+
+def with_params(model: Model, params: list[dict]) -> Model:
+    """A copy of `model` whose Conv2d/Linear layers take the given arrays."""
+    layers = tuple(dataclasses.replace(layer, **p) if isinstance(layer, PARAM_LAYERS) else layer
+                   for layer, p in zip(model.layers, params))
+    return dataclasses.replace(model, layers=layers)
+
+
+def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Shift each image by a random integer (dy, dx) in [-max_shift, max_shift],
+    filling with zeros (the MNIST background)."""
+    if max_shift == 0:
+        return x
+    N, C, H, W = x.shape
+    s = max_shift
+    padded = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)))
+    offsets = rng.integers(0, 2 * s + 1, size=(N, 2))
+    out = np.empty_like(x)
+    for n, (dy, dx) in enumerate(offsets):
+        out[n] = padded[n, :, dy : dy + H, dx : dx + W]
+    return out
+
+
+def accuracy(model: Model, x, y) -> float:
+    return float(np.mean(predict(model, x) == y))
+
+
+def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05, momentum: float = 0.9,
+          weight_decay: float = 5e-4, batch_size: int = 64, seed: int = 0, max_shift: int = 2,
+          patience: int | None = None, progress: bool = True, grad_transform=None):
+    """Train with SGD and return (best model by validation accuracy, history).
+
+    Update per step, for every parameter p with gradient g (weight decay on
+    weights only, not biases):
+        v <- momentum * v + g + weight_decay * p;   p <- p - lr_t * v,
+        lr_t = lr * (1 + cos(pi * t / T)) / 2 over the T steps of all epochs.
+    `grad_transform(model, params) -> model_for_forward`, if given, maps the
+    float parameters to the model used in the forward pass (quantization-aware
+    fine-tuning uses it for fake quantization with the straight-through
+    estimator: gradients of the quantized model update the float weights).
+    """
+    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    x_train, y_train = train_xy
+    x_val, y_val = val_xy
+    rng = np.random.default_rng(seed)
+    params = [{k: a.astype(np.float32).copy() for k, a in layer_arrays(layer).items()} for layer in model.layers]
+    velocity = [{k: np.zeros_like(a) for k, a in p.items()} for p in params]
+    steps_per_epoch = math.ceil(len(x_train) / batch_size)
+    total_steps = epochs * steps_per_epoch
+    best = (-1.0, None, 0)
+    history = []
+    step = 0
+    for epoch in range(epochs):
+        order = rng.permutation(len(x_train))
+        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", enabled=progress)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            xb = random_shift(x_train[idx], max_shift, rng)
+            current = with_params(model, params)
+            forward_model = current if grad_transform is None else grad_transform(current)
+            loss, _, grads = model_gradients(forward_model, xb, y_train[idx])
+            lr_t = np.float32(lr * 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+            for p, v, g in zip(params, velocity, grads):
+                for key in p:
+                    decay = weight_decay if key == "weight" else 0.0
+                    v[key] *= np.float32(momentum)
+                    v[key] += g[key] + np.float32(decay) * p[key]
+                    p[key] -= lr_t * v[key]
+            losses.append(float(loss))
+            step += 1
+            bar.update(b + 1, f"loss {np.mean(losses):.4f}")
+        current = with_params(model, params)
+        val_model = current if grad_transform is None else grad_transform(current)
+        val_acc = accuracy(val_model, x_val, y_val)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": val_acc})
+        bar.close(f"loss {np.mean(losses):.4f} val {100 * val_acc:.2f}%")
+        if val_acc > best[0]:
+            best = (val_acc, [{k: a.copy() for k, a in p.items()} for p in params], epoch + 1)
+        if patience is not None and epoch + 1 - best[2] >= patience:
+            break
+    trained = with_params(model, best[1])
+    return trained, history

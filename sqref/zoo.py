@@ -1,0 +1,56 @@
+"""Model architectures with seeded random initialisation.
+
+lenet5    the Caffe LeNet-5 of Deep Compression: conv 20@5x5, max-pool 2,
+          conv 50@5x5, max-pool 2, FC 800->500, ReLU, FC 500->10 (431,080 params)
+lenet300  LeNet-300-100: FC 784->300->100->10 with ReLU (266,610 params)
+small_vgg 3x32x32; conv 32,32,pool,64,64,pool,128,128,pool; FC 2048->256->10
+          (benchmarks only: random weights say nothing about accuracy)
+
+Weights are He-normal (std sqrt(2 / fan_in)), biases zero, float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sqref.model import Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU
+
+
+def _conv(rng, k, c, size, padding=0):
+    w = rng.standard_normal((k, c, size, size)) * np.sqrt(2.0 / (c * size * size))
+    return Conv2d(w.astype(np.float32), np.zeros(k, np.float32), (1, 1), (padding, padding), (1, 1), 1)
+
+
+def _fc(rng, n_in, n_out):
+    w = rng.standard_normal((n_out, n_in)) * np.sqrt(2.0 / n_in)
+    return Linear(w.astype(np.float32), np.zeros(n_out, np.float32))
+
+
+def lenet5(seed: int = 0) -> Model:
+    rng = np.random.default_rng(seed)
+    pool = MaxPool2d((2, 2), (2, 2))
+    layers = (_conv(rng, 20, 1, 5), pool, _conv(rng, 50, 20, 5), pool, Flatten(),
+              _fc(rng, 800, 500), ReLU(), _fc(rng, 500, 10))
+    names = ("conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "relu", "fc2")
+    return Model(layers, (1, 28, 28), names, {"arch": "lenet5"})
+
+
+def lenet300(seed: int = 0) -> Model:
+    rng = np.random.default_rng(seed)
+    layers = (Flatten(), _fc(rng, 784, 300), ReLU(), _fc(rng, 300, 100), ReLU(), _fc(rng, 100, 10))
+    names = ("flatten", "fc1", "relu1", "fc2", "relu2", "fc3")
+    return Model(layers, (1, 28, 28), names, {"arch": "lenet300"})
+
+
+def small_vgg(seed: int = 0) -> Model:
+    rng = np.random.default_rng(seed)
+    layers, channels = [], 3
+    for width in (32, 64, 128):
+        for _ in range(2):
+            layers += [_conv(rng, width, channels, 3, padding=1), ReLU()]
+            channels = width
+        layers.append(MaxPool2d((2, 2), (2, 2)))
+    layers += [Flatten(), _fc(rng, 2048, 256), ReLU(), _fc(rng, 256, 10)]
+    return Model(tuple(layers), (3, 32, 32), meta={"arch": "small_vgg"})
+
+
+ARCHITECTURES = {"lenet5": lenet5, "lenet300": lenet300, "small_vgg": small_vgg}
