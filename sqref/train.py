@@ -45,8 +45,10 @@ def accuracy(model: Model, x, y) -> float:
 
 def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05, momentum: float = 0.9,
           weight_decay: float = 5e-4, batch_size: int = 64, seed: int = 0, max_shift: int = 2,
-          patience: int | None = None, progress: bool = True, grad_transform=None):
-    """Train with SGD and return (best model by validation accuracy, history).
+          patience: int | None = None, progress: bool = True, grad_transform=None, keep: str = "best"):
+    """Train with SGD and return (model, history): the model of the epoch with
+    the best validation accuracy (`keep="best"`, earliest on ties) or of the
+    last epoch (`keep="last"`).
 
     Update per step, for every parameter p with gradient g (weight decay on
     weights only, not biases):
@@ -63,6 +65,8 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
     for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     x_train, y_train = train_xy
     x_val, y_val = val_xy
     rng = np.random.default_rng(seed)
@@ -102,5 +106,5 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
             best = (val_acc, [{k: a.copy() for k, a in p.items()} for p in params], epoch + 1)
         if patience is not None and epoch + 1 - best[2] >= patience:
             break
-    trained = with_params(model, best[1])
+    trained = with_params(model, best[1] if keep == "best" else params)
     return trained, history

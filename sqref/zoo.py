@@ -54,3 +54,12 @@ def small_vgg(seed: int = 0) -> Model:
 
 
 ARCHITECTURES = {"lenet5": lenet5, "lenet300": lenet300, "small_vgg": small_vgg}
+
+# The recipes that trained the shipped models (`sqref train --arch NAME`
+# uses them unless overridden). Chosen on the validation split only.
+RECIPES = {
+    "lenet5": {"epochs": 50, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 32,
+               "max_shift": 2, "keep": "last"},
+    "lenet300": {"epochs": 60, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 64,
+                 "max_shift": 2, "keep": "last"},
+}

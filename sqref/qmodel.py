@@ -1,0 +1,145 @@
+"""Weight-quantized models: the per-layer quantization record and
+`quantize_model`, which turns a float model into one whose Conv2d/Linear
+weights are k-bit codes on a grid chosen by a clipping rule.
+
+A quantized layer keeps two views of its weight: `layer.quant.codes` (what
+the file stores, packed) and `layer.weight`, the dequantized float32 values
+s * (q - z) that the float engine runs. Both are derived from the same codes
+by `LayerQuant.dequantize`, so a saved and reloaded model computes exactly
+what the in-memory one did.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from sqref import clipping, quant
+from sqref.model import PARAM_LAYERS, Model
+
+BIAS_BITS = (32, 16)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerQuant:
+    """How one layer's weight was quantized.
+
+    codes       int8 (symmetric) or uint8 (asymmetric), the weight's shape
+    scale       float32, scalar (per tensor) or (K,) (per output channel, axis 0)
+    zero_point  int32, same shape as scale (0 for the symmetric grid)
+    bits        code width k in [2, 8]
+    axis        None (per tensor) or 0 (per output channel)
+    scheme      "symmetric" or "asymmetric"
+    rule        the clipping rule that chose alpha (sqref.clipping.RULES)
+    alpha       float64 boundary, scalar or (K,)
+    rounding    "half_even" or "half_away"
+    bias_bits   32 (float32 biases) or 16 (float16 biases, counted as 2 bytes)
+    """
+
+    codes: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    bits: int
+    axis: int | None
+    scheme: str
+    rule: str
+    alpha: np.ndarray
+    rounding: str
+    bias_bits: int = 32
+
+    def dequantize(self) -> np.ndarray:
+        """w_hat = s * (q - z) as float32 (exact: s is float32 and |q - z| <= 255)."""
+        return quant.dequantize(self.codes, self.scale, self.zero_point, axis=self.axis, dtype=np.float32)
+
+
+def parse_bits(spec, names: tuple[str, ...], kinds: tuple[str, ...]) -> dict[str, int]:
+    """Bits per parameter layer from an int or a spec string.
+
+    "4" -> every layer 4 bits. "conv=8,fc=4" -> conv layers 8, linear layers 4.
+    "8,conv2=2,fc1=3" -> 8 by default, then the named layers (exact names, or a
+    name's prefix such as "fc1" for the SVD factors "fc1.v", "fc1.u"). Later
+    entries override earlier ones. Unknown names are an error.
+    """
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        return {n: quant.check_bits(int(spec)) for n, k in zip(names, kinds) if k in ("conv2d", "linear")}
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"bits must be an int or a spec like 'conv=8,fc=4', got {spec!r}")
+    result: dict[str, int] = {}
+    targets = [(n, k) for n, k in zip(names, kinds) if k in ("conv2d", "linear")]
+    for item in spec.split(","):
+        key, _, value = item.strip().rpartition("=")
+        try:
+            bits = quant.check_bits(int(value))
+        except ValueError:
+            raise ValueError(f"bits {value.strip()!r} in {spec!r} must be an integer in [2, 8]") from None
+        if key == "":
+            matched = targets
+        elif key == "conv":
+            matched = [(n, k) for n, k in targets if k == "conv2d"]
+        elif key == "fc":
+            matched = [(n, k) for n, k in targets if k == "linear"]
+        else:
+            matched = [(n, k) for n, k in targets if n == key or n.startswith(key + ".")]
+        if not matched:
+            raise ValueError(f"'{key}' in bits spec {spec!r} names no conv or linear layer "
+                             f"(layers: {', '.join(n for n, _ in targets)})")
+        for n, _ in matched:
+            result[n] = bits
+    missing = [n for n, _ in targets if n not in result]
+    if missing:
+        raise ValueError(f"bits spec {spec!r} gives no width for {', '.join(missing)}; start it with a default, e.g. '8,{spec}'")
+    return result
+
+
+def quantize_layer(layer, name: str, *, bits: int, rule: str = "dynamic", per_channel: bool = False,
+                   scheme: str = "symmetric", rounding: str = "half_even", bias_bits: int = 32, rule_params=None):
+    """Quantize one Conv2d/Linear layer's weight; returns the new layer.
+
+    alpha = clipping.boundary(w, bits, rule=rule, axis=0 if per_channel else None);
+    codes, scale, zero_point = quant.quantize(w, bits, alpha, ...);
+    the new layer's weight is the dequantized float32 weight, its bias is
+    rounded to float16 when bias_bits == 16.
+    """
+    if bias_bits not in BIAS_BITS:
+        raise ValueError(f"bias_bits must be 32 or 16, got {bias_bits!r}")
+    w = np.asarray(layer.weight)
+    axis = 0 if per_channel else None
+    params = dict(rule_params or {})
+    if rule == "dynamic":
+        params.setdefault("rounding", rounding)
+    alpha = clipping.boundary(w, bits, rule=rule, axis=axis, name=name, **params)
+    codes, scale, zero_point = quant.quantize(w, bits=bits, alpha=alpha, scheme=scheme, axis=axis,
+                                              rounding=rounding, name=name)
+    q = LayerQuant(codes, np.asarray(scale, np.float32), np.asarray(zero_point, np.int32), int(bits), axis, scheme,
+                   rule, np.asarray(alpha, np.float64), rounding, bias_bits)
+    bias = layer.bias
+    if bias is not None and bias_bits == 16:
+        bias = bias.astype(np.float16).astype(np.float32)
+    return dataclasses.replace(layer, weight=q.dequantize(), bias=bias, quant=q)
+
+
+def quantize_model(model: Model, *, bits, rule: str = "dynamic", per_channel: bool = False,
+                   scheme: str = "symmetric", rounding: str = "half_even", bias_bits: int = 32,
+                   rule_params=None) -> Model:
+    """Quantize the weights of every Conv2d/Linear layer (activations stay float).
+
+    `bits`: an int for every layer, a dict {layer name: bits}, or a spec
+    string for `parse_bits`. Every layer's boundary is derived from its own
+    current weights and bit width (the dynamic rule re-derives it for SVD
+    factors too: their distributions differ from the original layer's).
+    """
+    if rule not in clipping.RULES:
+        raise ValueError(f"unknown clipping rule {rule!r}; choose one of {', '.join(clipping.RULES)}")
+    kinds = tuple(layer.kind for layer in model.layers)
+    per_layer = bits if isinstance(bits, dict) else parse_bits(bits, model.names, kinds)
+    layers = []
+    for name, layer in zip(model.names, model.layers):
+        if isinstance(layer, PARAM_LAYERS):
+            if name not in per_layer:
+                raise ValueError(f"no bit width given for layer {name!r}")
+            layer = quantize_layer(layer, name, bits=per_layer[name], rule=rule, per_channel=per_channel,
+                                   scheme=scheme, rounding=rounding, bias_bits=bias_bits, rule_params=rule_params)
+        layers.append(layer)
+    meta = {**model.meta, "original_params": model.meta.get("original_params", model.param_count())}
+    return dataclasses.replace(model, layers=tuple(layers), meta=meta)
