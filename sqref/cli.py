@@ -41,6 +41,13 @@ def check_output_path(out, inputs=(), *, force: bool = False) -> str:
             raise UsageError(f"output {out} is the input file; refusing to overwrite it")
     if os.path.exists(out) and not force:
         raise UsageError(f"output {out} already exists; pass --force to replace it")
+    if os.path.isdir(out):
+        raise UsageError(f"output {out} is a directory; give a file path")
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise UsageError(f"output {out}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"output {out}: directory {directory} is not writable")
     return out
 
 
@@ -136,14 +143,14 @@ def cmd_train(args) -> dict:
     for key in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "max_shift", "keep"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
-    model = zoo.ARCHITECTURES[args.arch](args.seed)
+    model = zoo.ARCHITECTURES[args.arch](args.seed, fc_init_scale=args.fc_init_scale)
     train_xy, val_xy = load_split(args.data, "train"), load_split(args.data, "val")
     start = time.perf_counter()
     trained, history = train(model, train_xy, val_xy, seed=args.seed, progress=_progress_enabled(args), **recipe)
     seconds = time.perf_counter() - start
     test_acc = accuracy(trained, *load_split(args.data, "test"))
     best = max(history, key=lambda e: e["val_accuracy"]) if recipe["keep"] == "best" else history[-1]
-    recipe = {"arch": args.arch, **recipe, "seed": args.seed, "kept_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+    recipe = {"arch": args.arch, **recipe, "seed": args.seed, "fc_init_scale": args.fc_init_scale, "kept_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
               "test_accuracy": test_acc, "train_seconds": round(seconds, 1), "preprocessing": "pixels / 255",
               "data": "MNIST-5k train split (3,500 images); model selection on the 500-image val split",
               "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
@@ -191,6 +198,12 @@ def _nonneg_float(text):
     return value
 
 
+def zoo_fc_scale() -> float:
+    from sqref.zoo import FC_INIT_SCALE
+
+    return FC_INIT_SCALE
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sqref.data import DEFAULT_DATA
     from sqref.zoo import ARCHITECTURES
@@ -230,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--shift", dest="max_shift", type=int, choices=range(0, 5), metavar="{0..4}",
                    help="random-shift augmentation in pixels")
+    p.add_argument("--fc-init-scale", type=_nonneg_float, default=zoo_fc_scale(),
+                   help="FC weights start this many times He-normal (default: %(default)s; see sqref/zoo.py)")
     p.add_argument("--keep", choices=["best", "last"],
                    help="keep the epoch with the best validation accuracy, or the last one")
     p.set_defaults(func=cmd_train)

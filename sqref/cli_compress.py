@@ -123,13 +123,14 @@ def cmd_compress(args) -> dict:
     from sqref.data import DATA_DIR, load_split
     from sqref.model import layer_arrays
     from sqref.progress import Progress
-    from sqref.qmodel import quantize_model
+    from sqref.qmodel import parse_bits, quantize_model
 
     model_path = args.model or os.fspath(DATA_DIR / "lenet5.h5")
     out = check_output_path(args.output or _default_output(model_path, "compressed"), [model_path], force=args.force)
     progress = _progress_enabled(args)
     model = sqref.load(model_path)
     qkw = _quantize_kwargs(args)
+    parse_bits(args.bits, model.names, tuple(layer.kind for layer in model.layers))  # fail now, not after the work
     steps = {}
     start = time.perf_counter()
 

@@ -26,6 +26,7 @@ The one exception is documented in boundary_dynamic (per channel).
 """
 import functools
 import math
+import numbers
 
 import numpy as np
 from scipy import optimize, special
@@ -35,6 +36,8 @@ from sqref.quant import (check_axis, check_bits, check_rounding, check_weights, 
 
 RULES = ("max", "percentile", "sigma", "aciq-gauss", "aciq-laplace", "kl", "dynamic")
 KL_BINS = 2048  # TensorRT's histogram size
+PERCENTILE_P = 99.99  # default p of the percentile rule
+SIGMA_N = 3.0  # default n of the sigma rule
 
 
 # ----------------------------------------------------------------------------- statistics and formulas
@@ -52,7 +55,10 @@ def _mean_std(x):
 
 
 def _mean_abs_dev(x, mean):
-    return float(np.mean(np.abs(x.astype(np.float64) - mean)))
+    d = x.astype(np.float64)  # always a copy, so the in-place steps below are safe
+    d -= mean
+    np.abs(d, out=d)
+    return float(np.mean(d))
 
 
 def _cap(alpha, amax):
@@ -62,6 +68,16 @@ def _cap(alpha, amax):
     if not alpha > 0:
         return amax  # the rule clips everything: fall back to no clipping
     return min(float(alpha), amax)
+
+
+def _sigma_alpha(amax, mean, spread, n):
+    """|mean| + n * spread, in (0, amax]: the sigma rule (spread = std) and both ACIQ rules (n = c_k)."""
+    return _cap(abs(mean) + n * spread, amax)
+
+
+def _xlogx(v):
+    """v * log(v) elementwise, with 0 log 0 = 0."""
+    return v * np.log(np.where(v > 0, v, 1.0))
 
 
 def _percentile_alpha(a, amax, p, *, is_sorted=False):
@@ -163,15 +179,6 @@ def aciq_constant(bits, distribution):
     return float(res.x)
 
 
-def _xlogx(v):
-    """v * log(v) elementwise, with 0 log 0 = 0."""
-    return v * np.log(np.where(v > 0, v, 1.0))
-
-
-def _sigma_alpha(amax, mean, std, n):
-    return _cap(abs(mean) + n * std, amax)
-
-
 # ----------------------------------------------------------------------------- public rules
 def _per_channel(w, bits, axis, name, one_channel):
     """Apply a rule to the whole tensor (axis None) or to each channel along `axis`."""
@@ -189,9 +196,9 @@ def boundary_max(w, bits, *, axis=None, name=None):
     return _per_channel(w, bits, axis, name, _absmax)
 
 
-def boundary_percentile(w, bits, *, axis=None, p=99.99, name=None):
+def boundary_percentile(w, bits, *, axis=None, p=PERCENTILE_P, name=None):
     """alpha = p-th percentile of |w| (as np.percentile(np.abs(w), p), linear interpolation)."""
-    if not (isinstance(p, (int, float)) and 0 < p <= 100):
+    if isinstance(p, bool) or not (isinstance(p, numbers.Real) and 0 < p <= 100):
         raise ValueError(f"percentile p must be in (0, 100], got {p!r}")
 
     def one(x):
@@ -200,9 +207,9 @@ def boundary_percentile(w, bits, *, axis=None, p=99.99, name=None):
     return _per_channel(w, bits, axis, name, one)
 
 
-def boundary_sigma(w, bits, *, axis=None, n=3.0, name=None):
+def boundary_sigma(w, bits, *, axis=None, n=SIGMA_N, name=None):
     """alpha = min(max|w|, |mean| + n * std): a static boundary, blind to the bit width."""
-    if not (isinstance(n, (int, float)) and math.isfinite(n) and n > 0):
+    if isinstance(n, bool) or not (isinstance(n, numbers.Real) and math.isfinite(n) and n > 0):
         raise ValueError(f"sigma multiplier n must be a finite number > 0, got {n!r}")
 
     def one(x):
@@ -235,7 +242,12 @@ def boundary_aciq_laplace(w, bits, *, axis=None, name=None):
 
 
 def boundary_kl(w, bits, *, axis=None, name=None):
-    """TensorRT entropy (KL-divergence) calibration threshold on |w|; see _kl_alpha. For activations mainly."""
+    """TensorRT entropy (KL-divergence) calibration threshold on |w|; see _kl_alpha. For activations mainly.
+
+    It needs a well-filled histogram: on a small tensor (a few hundred values in
+    2048 bins) a candidate whose kept bins hold one non-empty bin has KL = 0, and
+    the threshold can collapse far below the bulk of the weights.
+    """
     def one(x):
         a = np.abs(x)
         return _kl_alpha(a, float(np.max(a)), bits)
@@ -300,15 +312,16 @@ def _search(a, bits):
 
 def _dynamic_alpha(x, bits, rounding, extra=()):
     """The dynamic boundary of one channel x (1-D); see boundary_dynamic."""
-    a = np.sort(np.abs(x))
+    a = np.abs(x)
+    a.sort()  # in place: no second copy of a large tensor
     amax = float(a[-1])
     if amax == 0:
         return 0.0
     mean, std = _mean_std(x)
     rules = [
         amax,  # max (a[-1] is max|x|, the same number _absmax returns)
-        _percentile_alpha(a, amax, 99.99, is_sorted=True),
-        _sigma_alpha(amax, mean, std, 3.0),
+        _percentile_alpha(a, amax, PERCENTILE_P, is_sorted=True),
+        _sigma_alpha(amax, mean, std, SIGMA_N),
         _sigma_alpha(amax, mean, std, aciq_constant(bits, "gauss")),
         _sigma_alpha(amax, mean, _mean_abs_dev(x, mean), aciq_constant(bits, "laplace")),
         _kl_alpha(a, amax, bits),  # the histogram does not depend on the order of a
@@ -345,8 +358,9 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
     Guarantee, by construction: quant_mse(w, alpha*) <= quant_mse(w, alpha_r)
     for every rule r with default parameters, on the same tensor, bits and
     rounding; per channel, channel by channel. It is not a certified global
-    minimum (the SSE is piecewise quadratic with many kinks); for large
-    tensors the curve is smooth and the search lands within 1e-6 or so of it.
+    minimum (the SSE is piecewise quadratic in alpha with a kink wherever a
+    weight crosses a level boundary), but on 20000 normal weights it beats a
+    2000-point exact scan for every k (tests/test_clipping.py).
     Per channel (axis given), every channel's candidates also include the
     per-tensor dynamic boundary, so per-channel quantization is never worse
     than per-tensor, channel by channel (tested).

@@ -59,7 +59,8 @@ def parse_bits(spec, names: tuple[str, ...], kinds: tuple[str, ...]) -> dict[str
     "4" -> every layer 4 bits. "conv=8,fc=4" -> conv layers 8, linear layers 4.
     "8,conv2=2,fc1=3" -> 8 by default, then the named layers (exact names, or a
     name's prefix such as "fc1" for the SVD factors "fc1.v", "fc1.u"). Later
-    entries override earlier ones. Unknown names are an error.
+    entries override earlier ones. Unknown layer names are an error; the kind
+    keywords "conv" and "fc" may match no layer.
     """
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
         return {n: quant.check_bits(int(spec)) for n, k in zip(names, kinds) if k in ("conv2d", "linear")}
@@ -81,7 +82,7 @@ def parse_bits(spec, names: tuple[str, ...], kinds: tuple[str, ...]) -> dict[str
             matched = [(n, k) for n, k in targets if k == "linear"]
         else:
             matched = [(n, k) for n, k in targets if n == key or n.startswith(key + ".")]
-        if not matched:
+        if not matched and key not in ("conv", "fc"):  # a kind keyword may match nothing (no conv in LeNet-300)
             raise ValueError(f"'{key}' in bits spec {spec!r} names no conv or linear layer "
                              f"(layers: {', '.join(n for n, _ in targets)})")
         for n, _ in matched:

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sqref import quant
@@ -161,7 +161,8 @@ def test_quantize_asymmetric_literal():
 
 
 def test_quantize_per_channel_literal():
-    # channel 0: alpha 3 -> s = 1; channel 1: alpha 1 -> s = float32(1/3), w / s = [0, -1.49999998, 0.74999998, 2.9999999]
+    # channel 0: alpha 3 -> s = 1; channel 1: alpha 1 -> s = float32(1/3),
+    # w / s = [0, -1.49999998, 0.74999998, 2.9999999]
     w = np.array([[0, 1, 2, 3], [0, -0.5, 0.25, 1]])
     codes, s, z = quantize(w, bits=3, alpha=[3.0, 1.0], axis=0)
     np.testing.assert_array_equal(codes, [[0, 1, 2, 3], [0, -1, 1, 3]])

@@ -1,0 +1,336 @@
+"""Bit-exact assertions and hypothesis strategies for quantized backends, like numpy.testing.
+
+``assert_bit_exact(actual, desired)`` fails unless shapes, dtypes and every
+bit agree (floats are compared by bit pattern: -0.0 != 0.0, NaN == the same
+NaN), and its message says how they differ: the mismatch count and fraction,
+a histogram of ``actual - desired`` (value: count), the worst difference and
+the first mismatching indices with both values.
+
+The strategies draw, on purpose, the cases where backends disagree
+(docs/BACKENDS.md): exact .5 ties with either sign and zero-point parity,
+zero points at the type limits, outputs exactly at qmin/qmax, accumulators
+past 2**24, multipliers >= 1 and below 2**-31, and quantize inputs a few ulps
+from a tie where a reciprocal multiply and a division round differently.
+Multipliers and scales are float32-representable, so every mode sees the same
+value. hypothesis is imported when a strategy is first built.
+
+How a backend author uses it, in their own test suite::
+
+    import numpy as np
+    from hypothesis import given
+    from sqref import requant
+    from sqref.testing import assert_bit_exact, requant_cases
+
+    @given(requant_cases(dtype="uint8"))
+    def test_my_requant_matches_onnxruntime(case):
+        acc, multiplier, zero_point, qmin, qmax = case
+        got = my_backend.requantize(acc, multiplier, zero_point)      # uint8
+        want = requant.requantize(acc, multiplier=multiplier, zero_point=zero_point,
+                                  qmin=qmin, qmax=qmax, mode="onnxruntime")
+        assert_bit_exact(got, want.astype(np.uint8), err_msg=f"M={multiplier}")
+
+Oracle of the strategies: tests/test_requant.py asserts that each category
+really produces ties, boundary outputs and mode disagreements.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+__all__ = ["assert_bit_exact", "qparams", "multipliers", "requant_cases", "quantize_cases"]
+
+_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
+
+
+# ------------------------------------------------------------ assertion
+
+
+def _fmt_index(idx):
+    return "(" + ", ".join(str(int(i)) for i in idx) + ("," if len(idx) == 1 else "") + ")"
+
+
+def _same_bits(a, d):
+    """Elementwise bit-pattern equality of two float (or complex) arrays of one dtype."""
+    if a.dtype.kind == "c":
+        return _same_bits(a.real, d.real) & _same_bits(a.imag, d.imag)
+    u = np.dtype(f"u{a.dtype.itemsize}")
+    return np.ascontiguousarray(a).view(u) == np.ascontiguousarray(d).view(u)
+
+
+def assert_bit_exact(actual, desired, *, err_msg="", max_listed=5):
+    """Assert two arrays are identical to the last bit, as numpy.testing.assert_array_equal but stricter.
+
+    Shapes and dtypes must be equal (no broadcasting, no casting: cast one
+    side explicitly). Integers compare exactly; floats compare by bit pattern.
+    Raises AssertionError whose message gives the mismatch count and fraction,
+    the histogram of differences, the worst difference and the first
+    ``max_listed`` mismatching indices with both values.
+    """
+    a = np.asarray(actual)
+    d = np.asarray(desired)
+    head = "Arrays are not bit-exact" + (f": {err_msg}" if err_msg else "")
+    if a.shape != d.shape:
+        raise AssertionError(f"{head}\n shapes differ: actual {a.shape}, desired {d.shape}")
+    if a.dtype != d.dtype:
+        raise AssertionError(
+            f"{head}\n dtypes differ: actual {a.dtype}, desired {d.dtype} (cast one side explicitly)"
+        )
+    shape = a.shape
+    a, d = a.reshape(-1) if a.ndim == 0 else a, d.reshape(-1) if d.ndim == 0 else d
+    if a.dtype.kind in "fc":
+        same = _same_bits(a, d)
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = a.astype(np.complex128 if a.dtype.kind == "c" else np.float64) - d
+    elif a.dtype.kind in "iub":
+        same = a == d
+        diff = a.astype(object) - d.astype(object)  # Python ints: no overflow, uint64 too
+    else:
+        same, diff = a == d, None
+    if same.all():
+        return
+    bad = np.argwhere(~same)
+    n_bad, n = len(bad), a.size
+    lines = [head, f" mismatched elements: {n_bad} / {n} ({100.0 * n_bad / n:.3g}%)"]
+    if diff is not None:
+        dvals = [_plain(v) for v in diff[~same].tolist()]
+        hist = sorted(Counter(dvals).items(), key=lambda kv: (-kv[1], _sort_key(kv[0])))
+        shown = ", ".join(f"{_signed(k)}: {c}" for k, c in hist[:10])
+        more = f", ... ({len(hist) - 10} more values)" if len(hist) > 10 else ""
+        lines.append(f" differences actual - desired (value: count): {{{shown}{more}}}")
+        mags = np.array([_magnitude(v) for v in dvals], dtype=np.float64)
+        w = int(np.nanargmax(mags)) if np.any(~np.isnan(mags)) else 0
+        widx = tuple(bad[w])
+        lines.append(
+            f" worst difference: {_signed(dvals[w])} at index {_fmt_index(widx)}: "
+            f"actual {_fmt_value(a[widx])}, desired {_fmt_value(d[widx])}"
+        )
+    lines.append(" first mismatches (index: actual vs desired):")
+    for idx in map(tuple, bad[:max_listed]):
+        lines.append(f"   {_fmt_index(idx)}: {_fmt_value(a[idx])} vs {_fmt_value(d[idx])}")
+    if n_bad > max_listed:
+        lines.append(f"   ... and {n_bad - max_listed} more")
+    lines.append(f" shape {shape}, dtype {a.dtype}")
+    raise AssertionError("\n".join(lines))
+
+
+def _fmt_value(x):
+    """A scalar as plain Python, floats with their bit pattern (so -0.0 and NaN payloads show)."""
+    if x.dtype.kind == "f":
+        u = np.asarray(x).view(f"u{x.dtype.itemsize}")
+        return f"{x.item()!r} [0x{int(u):0{2 * x.dtype.itemsize}x}]"
+    return repr(x.item())
+
+
+def _plain(v):
+    return int(v) if isinstance(v, (int, np.integer)) else v
+
+
+def _signed(v):
+    if isinstance(v, int):
+        return f"{v:+d}"
+    if isinstance(v, float):
+        return f"{v:+.6g}"
+    return str(v)
+
+
+def _magnitude(v):
+    return float(abs(v)) if not (isinstance(v, float) and np.isnan(v)) else np.nan
+
+
+def _sort_key(v):
+    return (0, abs(v)) if isinstance(v, (int, float)) and v == v else (1, 0)
+
+
+# ------------------------------------------------------------ strategies
+
+
+def _strategies():
+    try:
+        from hypothesis import strategies as st
+    except ImportError as e:  # pragma: no cover - exercised only without hypothesis
+        raise ImportError(
+            "sqref.testing strategies need hypothesis: pip install hypothesis (or sqref[test])"
+        ) from e
+    return st
+
+
+def _f32(x):
+    return float(np.float32(x))
+
+
+def _range(dtype):
+    if dtype not in _RANGES:
+        raise ValueError(f"dtype must be one of {tuple(_RANGES)}, got {dtype!r}")
+    return _RANGES[dtype]
+
+
+def _zero_points(st, qmin, qmax):
+    # the type limits on purpose: ORT's clamp [qmin - zp, qmax - zp] is then one-sided
+    return st.one_of(st.sampled_from([qmin, qmax, (qmin + qmax + 1) // 2]), st.integers(qmin, qmax))
+
+
+def _binary(st, lo, hi):
+    """mant * 2**(e - 23), mant a 24-bit integer, e in [lo, hi]: float32-exact, in [2**lo, 2**(hi + 1))."""
+    return st.tuples(st.integers(2**23, 2**24 - 1), st.integers(lo, hi)).map(lambda me: me[0] * 2.0 ** (me[1] - 23))
+
+
+def qparams(dtype=None):
+    """Strategy for (scale, zero_point, qmin, qmax) of an 8-bit tensor.
+
+    dtype "uint8", "int8" or None (either). Scales are float32 values in
+    [2**-20, 2**4): powers of two (exact ties) or a 24-bit mantissa (so that
+    1/scale is inexact); zero points favour qmin, qmax and the middle.
+    """
+    st = _strategies()
+
+    @st.composite
+    def draw_qparams(draw):
+        qmin, qmax = _range(draw(st.sampled_from(["uint8", "int8"])) if dtype is None else dtype)
+        scale = draw(st.one_of(st.integers(-20, 3).map(lambda k: 2.0**k), _binary(st, -20, 3)))
+        return scale, draw(_zero_points(st, qmin, qmax)), qmin, qmax
+
+    return draw_qparams()
+
+
+def multipliers(kind=None):
+    """Strategy for float32-representable requantization multipliers M.
+
+    kind: None (any), "tie" (2**-k: exact .5 ties), "generic" ([2**-16, 1)),
+    "large" ([1, 256]: TFLite's left shift can overflow), "tiny"
+    ([2**-40, 2**-30]: TFLite flushes M < 2**-32 to 0).
+    """
+    st = _strategies()
+    binary = lambda lo, hi: _binary(st, lo, hi)  # noqa: E731
+    kinds = {
+        "tie": st.integers(1, 16).map(lambda k: 2.0**-k),
+        "generic": binary(-16, -1),
+        "large": st.one_of(st.integers(1, 255).map(float), binary(0, 7)),
+        "tiny": st.one_of(
+            st.sampled_from([2.0**-32, _f32(np.nextafter(np.float32(2.0**-32), 0)), 2.0**-31, 2.0**-33]),
+            binary(-40, -31),
+        ),
+    }
+    if kind is None:
+        return st.one_of(*kinds.values())
+    if kind not in kinds:
+        raise ValueError(f"kind must be one of {tuple(kinds)} or None, got {kind!r}")
+    return kinds[kind]
+
+
+def requant_cases(dtype=None, *, max_size=8, kinds=None):
+    """Strategy for (acc, M, zero_point, qmin, qmax) requantization cases.
+
+    acc is a 1-D int64 array of int32 accumulators (bias included), M a
+    float32-representable scalar. Categories (``kinds``, default all):
+      "tie"       acc * M = n + 0.5 exactly, either sign, any zp parity
+      "boundary"  acc * M + zp lands exactly on (or half a step beyond) qmin/qmax
+      "large"     |acc| in [2**24, 2**31) whose float32 rounding lands on a tie
+      "overflow"  M >= 1 with |acc| near 2**31 / 2**shift (TFLite's int32 wrap)
+      "tiny"      M < 2**-30, around TFLite's flush-to-zero threshold
+      "generic"   |acc| < 2**20, M in [2**-16, 1)
+    """
+    st = _strategies()
+    all_kinds = ("tie", "boundary", "large", "overflow", "tiny", "generic")
+    kinds = all_kinds if kinds is None else tuple(kinds)
+    if not kinds or any(k not in all_kinds for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of {all_kinds}, got {kinds!r}")
+    int32 = st.integers(-(2**31), 2**31 - 1)
+
+    @st.composite
+    def draw_case(draw):
+        qmin, qmax = _range(draw(st.sampled_from(["uint8", "int8"])) if dtype is None else dtype)
+        zp = draw(_zero_points(st, qmin, qmax))
+        kind = draw(st.sampled_from(kinds))
+        n = draw(st.integers(1, max_size))
+        if kind == "tie":
+            k = draw(st.integers(1, 12))
+            m = 2.0**-k
+            half = 2 ** (k - 1)  # acc = (2j + 1) * 2**(k-1)  =>  acc * M = j + 0.5
+            js = draw(st.lists(st.integers(qmin - zp - 2, qmax - zp + 1), min_size=n, max_size=n))
+            acc = [(2 * j + 1) * half for j in js]
+        elif kind == "boundary":
+            k = draw(st.integers(0, 12))
+            m = 2.0**-k
+            targets = [qmin - zp, qmax - zp]
+            offs = [0, 2 ** (k - 1) if k else 0, -(2 ** (k - 1)) if k else 0, 1, -1]
+            acc = [draw(st.sampled_from(targets)) * 2**k + draw(st.sampled_from(offs)) for _ in range(n)]
+        elif kind == "large":
+            # float32(2**e + d) == 2**e and 2**e * M = t / 2 is a tie: exactly, acc * M is not
+            e = draw(st.integers(24, 30))
+            t = 2 * draw(st.integers(0, max(abs(qmin - zp), abs(qmax - zp)))) + 1
+            m = t * 2.0 ** -(e + 1)
+            acc = [draw(st.sampled_from([1, -1])) * (2**e + draw(st.integers(-(2 ** (e - 24) // 2), 2 ** (e - 24))))
+                   for _ in range(n)]
+        elif kind == "overflow":
+            m = draw(multipliers("large"))
+            shift = int(np.frexp(m)[1])
+            edge = 2**31 >> max(shift, 0)
+            acc = [
+                max(-(2**31), min(2**31 - 1, draw(st.sampled_from([edge, -edge, edge - 1, -edge - 1, 0]))
+                                  + draw(st.integers(-3, 3))))
+                for _ in range(n)
+            ]
+            acc = [draw(st.one_of(st.just(a), st.integers(-300, 300))) for a in acc]
+        elif kind == "tiny":
+            m = draw(multipliers("tiny"))
+            acc = draw(st.lists(st.one_of(int32, st.sampled_from([2**31 - 1, -(2**31)])), min_size=n, max_size=n))
+        else:
+            m = draw(multipliers("generic"))
+            acc = draw(st.lists(st.integers(-(2**20), 2**20), min_size=n, max_size=n))
+        acc = [max(-(2**31), min(2**31 - 1, a)) for a in acc]
+        return np.array(acc, dtype=np.int64), m, zp, qmin, qmax
+
+    return draw_case()
+
+
+def quantize_cases(dtype=None, *, max_size=8, allow_nan=False, kinds=None):
+    """Strategy for (x, scale, zero_point, qmin, qmax) float -> int QUANTIZE cases.
+
+    x is a 1-D float32 array, scale a float32-representable scalar. Categories:
+      "tie"         x = (n + 0.5) * 2**-k exactly: ONNX/PyTorch round to even, TFLite away
+      "reciprocal"  x = float32((n + 0.5) * s) nudged by -3..3 ulps: x * float32(1/s)
+                    (PyTorch) and x / s (ONNX) can round to different sides
+      "saturate"    |x / s| past the type range, +-inf (and NaN if allow_nan)
+      "generic"     x / s within about the type range
+    """
+    st = _strategies()
+    all_kinds = ("tie", "reciprocal", "saturate", "generic")
+    kinds = all_kinds if kinds is None else tuple(kinds)
+    if not kinds or any(k not in all_kinds for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of {all_kinds}, got {kinds!r}")
+
+    @st.composite
+    def draw_case(draw):
+        qmin, qmax = _range(draw(st.sampled_from(["uint8", "int8"])) if dtype is None else dtype)
+        zp = draw(_zero_points(st, qmin, qmax))
+        kind = draw(st.sampled_from(kinds))
+        size = draw(st.integers(1, max_size))
+        steps = st.integers(qmin - zp - 2, qmax - zp + 1)
+        if kind == "tie":
+            scale = 2.0 ** draw(st.integers(-12, 2))
+            x = [(draw(steps) + 0.5) * scale for _ in range(size)]
+        elif kind == "reciprocal":  # a 24-bit mantissa: 1/scale is inexact
+            scale = draw(st.integers(2**23 + 1, 2**24 - 1)) * 2.0 ** (draw(st.integers(-12, 2)) - 23)
+            x = []
+            for _ in range(size):
+                v = np.float32((draw(steps) + 0.5) * scale)
+                for _ in range(abs(k := draw(st.integers(-3, 3)))):
+                    v = np.nextafter(v, np.float32(np.inf if k > 0 else -np.inf))
+                x.append(float(v))
+        elif kind == "saturate":
+            scale = draw(qparams(dtype=None))[0]
+            special = [np.inf, -np.inf] + ([np.nan] if allow_nan else [])
+            x = [
+                draw(st.one_of(st.sampled_from(special), st.floats(1.0, 1e6).map(lambda f: f * (qmax - qmin) * scale),
+                               st.floats(-1e6, -1.0).map(lambda f: f * (qmax - qmin) * scale)))
+                for _ in range(size)
+            ]
+        else:
+            scale = draw(qparams(dtype=None))[0]
+            x = [draw(st.floats(qmin - zp - 4.0, qmax - zp + 4.0)) * scale for _ in range(size)]
+        with np.errstate(over="ignore"):
+            xs = np.array(x, dtype=np.float32)
+        return xs, scale, zp, qmin, qmax
+
+    return draw_case()

@@ -1,0 +1,93 @@
+"""`sqref compress` and `sqref quantize` end to end on the shipped LeNet-300-100
+(small and fast), checked against `sqref info` and `sqref eval` run separately."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import sqref
+from sqref.cli import main
+from sqref.compress import factor_model
+from sqref.data import DATA_DIR
+from sqref.model import Conv2d, Flatten, Model, ReLU
+
+LENET300 = str(DATA_DIR / "lenet300.h5")
+
+
+def run_json(capsys, *args):
+    code = main([*map(str, args), "--json", "-q"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out), captured.err
+
+
+def test_compress_report_agrees_with_info_and_eval(tmp_path, capsys):
+    out = tmp_path / "c.h5"
+    code, report, _ = run_json(capsys, "compress", LENET300, "--rank", "30", "--bits", "6", "-o", out)
+    assert code == 0
+    code, info, _ = run_json(capsys, "info", out)
+    assert code == 0
+    for key in ("original_bytes", "payload_bytes", "payload_ratio", "file_bytes", "file_ratio"):
+        assert info[key] == report["total"][key], key
+    assert report["total"]["file_bytes"] == os.path.getsize(out)
+    code, ev, _ = run_json(capsys, "eval", out)
+    assert ev["accuracy"] == report["quality"]["compressed_accuracy"]
+    code, ev_float, _ = run_json(capsys, "eval", LENET300)
+    assert ev_float["accuracy"] == report["quality"]["float_accuracy"]
+
+
+def test_compressed_file_reloads_to_the_same_outputs(tmp_path):
+    from sqref.qmodel import quantize_model
+
+    model = sqref.load(LENET300)
+    compressed = quantize_model(factor_model(model, rank=25)[0], bits="3,fc3=8", per_channel=True)
+    sqref.save(compressed, tmp_path / "c.h5")
+    x = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    np.testing.assert_array_equal(sqref.run(sqref.load(tmp_path / "c.h5"), x), sqref.run(compressed, x))
+
+
+def test_quantize_cli_table_and_json(tmp_path, capsys):
+    out = tmp_path / "q.h5"
+    assert main(["quantize", LENET300, "--bits", "4", "-o", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    for word in ("alpha/max|w|", "SQNR dB", "payload", "file", "agreement"):
+        assert word in text
+    code, report, _ = run_json(capsys, "quantize", LENET300, "--bits", "conv=8,fc=4", "-o", tmp_path / "q2.h5")
+    assert code == 0 and {r["bits"] for r in report["layers"]} == {4}
+
+
+def test_model_without_fc_layer_skips_svd_and_goes_on(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    model = Model((Conv2d(rng.standard_normal((10, 1, 28, 28)).astype(np.float32), np.zeros(10, np.float32)),
+                   ReLU(), Flatten()), (1, 28, 28))
+    sqref.save(model, tmp_path / "conv.h5")
+    assert main(["compress", str(tmp_path / "conv.h5"), "--rank", "5", "-o", str(tmp_path / "o.h5"), "-q"]) == 0
+    assert "no fully-connected layer; SVD step skipped" in capsys.readouterr().out
+    assert (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rank", "0"], "expected a positive integer, got '0'"),
+    (["--energy", "1.5"], "expected a fraction in (0, 1], got '1.5'"),
+    (["--energy", "0"], "expected a fraction in (0, 1], got '0'"),
+    (["--bits", "9"], "bits must be in [2, 8], got 9"),
+    (["--bits", "fc=1"], "'1'"),
+    (["-o", LENET300], "is the input file"),
+    (["-o", "/nonexistent-dir/x.h5"], "does not exist"),
+])
+def test_compress_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
+    argv = ["compress", LENET300, *args]
+    if "-o" not in args:
+        argv += ["-o", str(tmp_path / "x.h5")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.h5").exists()
+    assert os.listdir(tmp_path) == []  # nothing half-written
+
+
+def test_rank_past_min_dimension_is_kept_whole_and_reported(capsys, tmp_path):
+    code, report, _ = run_json(capsys, "compress", LENET300, "--rank", "400", "-o", tmp_path / "x.h5")
+    assert code == 0
+    assert all(r["kept_whole"] for r in report["svd"])
+    assert "break-even" in report["svd"][0]["reason"]
