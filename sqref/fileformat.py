@@ -146,17 +146,35 @@ def open_h5(path, expected_format: str):
     except OSError as exc:
         raise FileFormatError(f"{path}: not a readable HDF5 file (empty, truncated or another format): {str(exc).splitlines()[0]}") from None
     with f:
-        fmt = f.attrs.get("format")
-        if isinstance(fmt, bytes):
-            fmt = fmt.decode(errors="replace")
-        if fmt != expected_format:
-            raise FileFormatError(f"{path}: not a {expected_format} file (format attribute {fmt!r})")
-        version = f.attrs.get("format_version")
-        if isinstance(version, np.generic):
-            version = version.item()
-        if not isinstance(version, int) or version != FORMAT_VERSION:
-            raise FileFormatError(f"{path}: format_version {version!r} is not supported (this sqref reads version {FORMAT_VERSION})")
-        yield f
+        try:
+            fmt = f.attrs.get("format")
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode(errors="replace")
+            if not isinstance(fmt, str) or fmt != expected_format:
+                raise FileFormatError(f"{path}: not a {expected_format} file (format attribute {fmt!r})")
+            version = f.attrs.get("format_version")
+            if isinstance(version, np.generic):
+                version = version.item()
+            if not isinstance(version, int) or version != FORMAT_VERSION:
+                raise FileFormatError(f"{path}: format_version {version!r} is not supported "
+                                      f"(this sqref reads version {FORMAT_VERSION})")
+            yield f
+        except (OSError, KeyError, RuntimeError) as exc:
+            # h5py's errors for damaged metadata or data blocks met while reading
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise FileFormatError(f"{path}: damaged HDF5 structure: {first}") from None
+
+
+def int_attr(obj, key: str, where: str, *, allowed=None, lo=None, hi=None) -> int:
+    """A scalar integer attribute, checked against `allowed` or [lo, hi]."""
+    value = obj.attrs.get(key)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not isinstance(value, int) or isinstance(value, bool) or (allowed is not None and value not in allowed) \
+            or (lo is not None and value < lo) or (hi is not None and value > hi):
+        expected = f"one of {sorted(allowed)}" if allowed is not None else f"an integer in [{lo}, {hi}]"
+        raise FileFormatError(f"{where}: attribute {key!r} = {value!r}, expected {expected}")
+    return value
 
 
 def _str_attr(obj, key: str, where: str) -> str:
@@ -208,6 +226,8 @@ def save(model: Model, path, *, overwrite: bool = False, extra=None) -> None:
             for key, value in layer.hyper().items():
                 g.attrs[key] = np.asarray(value, dtype=np.int64).reshape(-1)
             q = getattr(layer, "quant", None)
+            if layer.kind in ("conv2d", "linear"):
+                g.attrs["has_bias"] = int(layer.bias is not None)  # so a deleted bias cannot pass as "no bias"
             if q is None:
                 for key, a in layer_arrays(layer).items():
                     write_array(g, key, a)
@@ -242,8 +262,8 @@ def load(path, *, layer_hook=None) -> Model:
         if "layers" not in f or not isinstance(f["layers"], h5py.Group):
             raise FileFormatError(f"{where}: missing group 'layers'")
         groups = f["layers"]
-        count = groups.attrs.get("count")
-        if not isinstance(count, (int, np.integer)) or not 0 < count <= 10_000 or set(groups) != {f"{i:04d}" for i in range(count)}:
+        count = int_attr(groups, "count", where, lo=1, hi=10_000)
+        if set(groups) != {f"{i:04d}" for i in range(count)}:
             raise FileFormatError(f"{where}: layer groups {sorted(groups)[:5]} do not match count {count!r}")
         layers, names = [], []
         for index in range(int(count)):
@@ -273,7 +293,10 @@ def _read_layer(g, where, layer_hook):
             arrays = {"weight": q.dequantize()}
         else:
             arrays = {"weight": read_array(g, "weight", where, dtypes={"float32", "float64"})}
-        if "bias" in g:
+        has_bias = int_attr(g, "has_bias", where, allowed={0, 1})
+        if has_bias != ("bias" in g):
+            raise FileFormatError(f"{where}: has_bias is {has_bias} but the bias dataset is {'missing' if has_bias else 'present'}")
+        if has_bias:
             arrays["bias"] = read_array(g, "bias", where, dtypes={"float32", "float64", "float16"}).astype(np.float32)
             if q is None and g["bias"].dtype == np.float16:
                 raise FileFormatError(f"{where}: a float16 bias is only valid on a quantized layer")
@@ -320,15 +343,8 @@ def _read_quant(g, where):
     qg = g["quant"]
     if not isinstance(qg, h5py.Group):
         raise FileFormatError(f"{where}: 'quant' is not a group")
-    bits = qg.attrs.get("bits")
-    if isinstance(bits, np.generic):
-        bits = bits.item()
-    if not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise FileFormatError(f"{where}: bits {bits!r} must be an integer in [2, 8]")
-    bias_bits = qg.attrs.get("bias_bits")
-    bias_bits = bias_bits.item() if isinstance(bias_bits, np.generic) else bias_bits
-    if bias_bits not in BIAS_BITS:
-        raise FileFormatError(f"{where}: bias_bits {bias_bits!r} must be 32 or 16")
+    bits = int_attr(qg, "bits", where, lo=2, hi=8)
+    bias_bits = int_attr(qg, "bias_bits", where, allowed=set(BIAS_BITS))
     scheme, rule, rounding = (_str_attr(qg, key, where) for key in ("scheme", "rule", "rounding"))
     if scheme not in quant.SCHEMES or rule not in clipping.RULES or rounding not in quant.ROUNDINGS:
         raise FileFormatError(f"{where}: unknown scheme {scheme!r}, rule {rule!r} or rounding {rounding!r}")
@@ -337,11 +353,7 @@ def _read_quant(g, where):
             or np.prod(shape.astype(np.float64)) > MAX_ARRAY_ELEMENTS:
         raise FileFormatError(f"{where}: shape attribute {shape.tolist()!r} must be 1 to 4 positive sizes")
     shape = tuple(int(v) for v in shape)
-    axis = qg.attrs.get("axis")
-    axis = axis.item() if isinstance(axis, np.generic) else axis
-    if axis not in (-1, 0):
-        raise FileFormatError(f"{where}: axis {axis!r} must be -1 (per tensor) or 0 (per channel)")
-    axis = None if axis == -1 else 0
+    axis = None if int_attr(qg, "axis", where, allowed={-1, 0}) == -1 else 0
     n = int(np.prod(shape))
     packed = read_array(qg, "codes", where, dtypes={"uint8"})
     if packed.shape != (packed_nbytes(n, bits),):

@@ -99,7 +99,7 @@ def test_parse_bits_errors(spec, message):
 
 def test_tampered_bits_or_codes_are_refused(tmp_path):
     sqref.save(quantize_model(tiny_model(), bits=4), tmp_path / "q.h5")
-    for attr, value, message in (("bits", 9, "bits 9 must be an integer in"), ("bits", 3, "packed bytes"),
+    for attr, value, message in (("bits", 9, "attribute 'bits' = 9, expected an integer in"), ("bits", 3, "packed bytes"),
                                  ("shape", np.array([2**40, 2]), "shape attribute")):
         bad = tmp_path / f"bad_{attr}_{value if np.isscalar(value) else 'big'}.h5"
         bad.write_bytes((tmp_path / "q.h5").read_bytes())
