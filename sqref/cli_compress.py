@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from sqref.cli import _nonneg_float, _positive_int, _progress_enabled, check_output_path, evaluate, table
+from sqref.cli import UsageError, _nonneg_float, _positive_int, _progress_enabled, check_output_path, evaluate, table
 
 
 def layer_rows(before, after, sizes) -> list[dict]:
@@ -151,13 +151,16 @@ def cmd_compress(args) -> dict:
         if rank is None and args.energy is None and args.ratio is None:
             factored, svd_reports = model, []
         else:
-            factored, svd_reports = factor_model(model, rank=rank, energy=args.energy, ratio=args.ratio)
+            factored, svd_reports = factor_model(model, rank=rank, energy=args.energy, ratio=args.ratio,
+                                                 solver=args.svd_solver)
         if not any(isinstance(layer, sqref.model.Linear) for layer in model.layers) and not args.json:
             print("note: the model has no fully-connected layer; SVD step skipped")
     steps["svd_seconds"] = time.perf_counter() - start
 
     # 2. quantization (and 3. optional fine-tuning, which re-quantizes every step)
     t = time.perf_counter()
+    if args.finetune and args.no_eval:
+        raise UsageError("--finetune trains on MNIST-5k; it cannot be combined with --no-eval")
     if args.finetune:
         tuned, history = finetune(factored, load_split(args.data, "train"), load_split(args.data, "val"),
                                   epochs=args.finetune, quantize_kwargs=qkw, lr=args.finetune_lr, progress=progress)
@@ -171,7 +174,7 @@ def cmd_compress(args) -> dict:
     sqref.save(compressed, out, overwrite=args.force)
     report = sizes(compressed, out)
     rows = layer_rows(pre_quant, compressed, report)
-    qual = quality(model, compressed, args.data, args.split, progress)
+    qual = None if args.no_eval else quality(model, compressed, args.data, args.split, progress)
     steps["total_seconds"] = time.perf_counter() - start
     svd_by_name = {r["name"]: r for r in svd_reports if not r["kept_whole"]}
     original = {n: sum(a.size for a in layer_arrays(layer).values()) for n, layer in zip(model.names, model.layers)}
@@ -241,6 +244,9 @@ def register(sub, add):
                    help="smallest rank losing at most this many points on the validation split (default: 0.5 "
                         "when no other rank option is given)")
     g.add_argument("--no-svd", action="store_true", help="quantize only")
+    p.add_argument("--svd-solver", choices=["exact", "randomized"], default="exact",
+                   help="randomized: a fast approximate SVD for a small explicit --rank on large layers")
+    p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation (models not for MNIST)")
     p.add_argument("--finetune", type=_positive_int, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
     p.add_argument("--finetune-lr", type=_nonneg_float, default=0.002, help="fine-tuning learning rate (default: %(default)s)")
     p.set_defaults(func=_compress_defaults)

@@ -19,7 +19,8 @@ from sqref.model import Linear, Model, predict
 from sqref.qmodel import quantize_model
 
 
-def factor_model(model: Model, *, rank=None, energy=None, ratio=None, only=None, decompositions=None):
+def factor_model(model: Model, *, rank=None, energy=None, ratio=None, only=None, decompositions=None,
+                 solver: str = "exact"):
     """Factor every Linear layer (or those named in `only`) by truncated SVD.
 
     Exactly one of rank (int), energy (tau in (0, 1]) or ratio (fraction of
@@ -27,8 +28,15 @@ def factor_model(model: Model, *, rank=None, energy=None, ratio=None, only=None,
     would reach break-even is kept whole and reported as such. The pair is
     named "<name>.v" (IN -> r, no bias) and "<name>.u" (r -> OUT, bias).
     `decompositions` ({name: svd.decompose(weight)}) avoids recomputing SVDs.
+    `solver`: "exact" (scipy.linalg.svd) or "randomized" (svd.decompose_randomized,
+    for an explicit small rank on large layers; its error is reported from the
+    factors, see there).
     Returns (model, reports) with one report per Linear layer considered.
     """
+    if solver not in ("exact", "randomized"):
+        raise ValueError(f"solver must be 'exact' or 'randomized', got {solver!r}")
+    if solver == "randomized" and rank is None:
+        raise ValueError("the randomized solver needs an explicit rank (energy and ratio need the whole spectrum)")
     chosen = [v is not None for v in (rank, energy, ratio)]
     if sum(chosen) != 1:
         raise ValueError("give exactly one of rank, energy or ratio")
@@ -47,15 +55,20 @@ def factor_model(model: Model, *, rank=None, energy=None, ratio=None, only=None,
             continue
         OUT, IN = layer.weight.shape
         limit = svd.break_even_rank(OUT, IN)
-        decomposition = (decompositions or {}).get(name) or svd.decompose(layer.weight)
-        s = decomposition[1]
         if rank is not None:
             if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or rank < 1:
                 raise ValueError(f"rank must be a positive int, got {rank!r}")
             r = int(rank)
-        elif energy is not None:
+        decomposition = (decompositions or {}).get(name)
+        if decomposition is None and solver == "randomized":
+            # only the leading r + p values: no spectrum to report beyond them
+            decomposition = svd.decompose_randomized(layer.weight, r) if r <= limit else (None, np.zeros(0), None)
+        elif decomposition is None:
+            decomposition = svd.decompose(layer.weight)
+        s = decomposition[1]
+        if energy is not None:
             r = svd.rank_for_energy(s, energy)
-        else:
+        elif ratio is not None:
             r = svd.rank_for_ratio(OUT, IN, ratio)
         base = {"name": name, "shape": [OUT, IN], "break_even_rank": limit,
                 "singular_values": s.tolist(), "params_before": int(layer.weight.size)}

@@ -126,9 +126,15 @@ def weight_histograms(float_model, quantized_model, *, path=None, bins=120, ncol
         ax.set_title(f"{name}: {q.bits}-bit, {q.rule} ({ratio})", fontsize=10)
         ax.set_xlabel("weight value")
         ax.set_ylabel("count (log)")
-        ax.legend(fontsize=8, loc="upper right")
     for ax in axes[len(layers):]:
         ax.set_visible(False)
+    # One legend for the figure, below the panels: inside a panel it would hide a boundary line.
+    handles = {}
+    for ax in axes[:len(layers)]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = h
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), fontsize=9)
     fig.suptitle("Float weights of each quantized layer and the clipping boundary", fontsize=12)
     return _finish(fig, path)
 
@@ -192,7 +198,7 @@ RULE_MARKERS = {"max": "s", "percentile": "^", "sigma": "v", "aciq-gauss": "D", 
 
 
 def mse_vs_alpha(w, bits_list, *, rules=("max", "percentile", "sigma", "aciq-gauss", "aciq-laplace", "kl"),
-                 points=160, lo=0.02, rounding="half_even", path=None, title=None):
+                 points=100, lo=0.02, rounding="half_even", path=None, title=None):
     """MSE of quantizing `w` (symmetric grid, per tensor) against alpha / max|w|, one curve per bit width.
 
     Each curve is quant_mse(w, alpha, k) on `points` values of alpha / max|w|
@@ -247,7 +253,7 @@ def mse_vs_alpha(w, bits_list, *, rules=("max", "percentile", "sigma", "aciq-gau
 
 
 # ----------------------------------------------------------------------------- accuracy curves
-def accuracy_curves(rows, *, path=None, baseline=None, styles=None, title=None, annotate=True):
+def accuracy_curves(rows, *, path=None, baseline=None, styles=None, title=None, annotate=True, ylim=None):
     """Accuracy (%) against the payload compression ratio, one line per label.
 
     `rows`: dicts {"label", "ratio", "accuracy"} with accuracy a fraction in
@@ -255,8 +261,9 @@ def accuracy_curves(rows, *, path=None, baseline=None, styles=None, title=None, 
     an optional "note" is written beside the point (e.g. "r64"). Points of a
     label are joined in order of ratio. `baseline`: the float model's accuracy
     (a fraction), drawn as a horizontal line. `styles`: {label: matplotlib
-    keyword arguments} (color, linestyle, marker...). The ratio axis is
-    logarithmic. Returns the Figure.
+    keyword arguments} (color, linestyle, marker...). `ylim`: (low, high) in
+    percent, to zoom on the accurate end when one point collapsed. The ratio
+    axis is logarithmic. Returns the Figure.
     """
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -287,11 +294,15 @@ def accuracy_curves(rows, *, path=None, baseline=None, styles=None, title=None, 
         ax.axhline(100 * baseline, color="black", linestyle=":", linewidth=1.2,
                    label=f"float model ({100 * baseline:.1f}%)")
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ratios = [r["ratio"] for r in rows]
+    narrow = math.log10(max(ratios) / min(ratios)) < 1.3  # about a decade: label 1..9 of each decade
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=tuple(range(1, 10)) if narrow else (1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("payload compression ratio (original bytes / payload bytes, log scale)")
     ax.set_ylabel("accuracy (%)")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_title(title or "Accuracy against compression")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)

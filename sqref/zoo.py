@@ -75,3 +75,34 @@ RECIPES = {
     "lenet300": {"epochs": 60, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 64,
                  "max_shift": 2, "keep": "last"},
 }
+
+
+def alexnet(seed: int = 0) -> Model:
+    """AlexNet-shaped (single tower, no groups, 3x227x227, 62.4M parameters), random weights:
+    for size accounting and scale tests only."""
+    rng = np.random.default_rng(seed)
+    pool = MaxPool2d((3, 3), (2, 2))
+    conv1 = _conv(rng, 96, 3, 11)
+    conv1 = Conv2d(conv1.weight, conv1.bias, (4, 4), (0, 0), (1, 1), 1)
+    layers = (conv1, ReLU(), pool, _conv(rng, 256, 96, 5, padding=2), ReLU(), pool,
+              _conv(rng, 384, 256, 3, padding=1), ReLU(), _conv(rng, 384, 384, 3, padding=1), ReLU(),
+              _conv(rng, 256, 384, 3, padding=1), ReLU(), pool, Flatten(),
+              _fc(rng, 9216, 4096), ReLU(), _fc(rng, 4096, 4096), ReLU(), _fc(rng, 4096, 1000))
+    return Model(layers, (3, 227, 227), meta={"arch": "alexnet", "weights": "random (structure only)"})
+
+
+def vgg16(seed: int = 0) -> Model:
+    """VGG-16-shaped (3x224x224, 138.4M parameters), random weights: for size
+    accounting and scale tests only."""
+    rng = np.random.default_rng(seed)
+    layers, channels = [], 3
+    for width, repeats in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+        for _ in range(repeats):
+            layers += [_conv(rng, width, channels, 3, padding=1), ReLU()]
+            channels = width
+        layers.append(MaxPool2d((2, 2), (2, 2)))
+    layers += [Flatten(), _fc(rng, 25088, 4096), ReLU(), _fc(rng, 4096, 4096), ReLU(), _fc(rng, 4096, 1000)]
+    return Model(tuple(layers), (3, 224, 224), meta={"arch": "vgg16", "weights": "random (structure only)"})
+
+
+STRUCTURAL = {"alexnet": alexnet, "vgg16": vgg16}
