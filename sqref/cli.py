@@ -278,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sqref import cli_compress
 
     cli_compress.register(sub, add)
+
+    from sqref import cli_integer
+
+    cli_integer.register(sub, add)
     return parser
 
 

@@ -36,6 +36,31 @@ def layer_rows(before, after, sizes) -> list[dict]:
     return rows
 
 
+def _plot_paths(args, *, force):
+    """Validate --plot targets before any work: FILE.png and FILE-errors.png."""
+    if not getattr(args, "plot", None):
+        return None
+    if not args.plot.lower().endswith(".png"):
+        raise UsageError(f"--plot {args.plot}: expected a .png file name")
+    root = args.plot[:-4]
+    return [check_output_path(p, force=force) for p in (args.plot, f"{root}-errors.png")]
+
+
+def save_figure(fig, path) -> None:
+    """Write a PNG atomically (the target was checked by check_output_path)."""
+    from sqref.fileformat import atomic_path
+
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+
+
+def _plot_quantized(paths, before, after):
+    from sqref import plots
+
+    save_figure(plots.weight_histograms(before, after), paths[0])
+    save_figure(plots.layer_errors(before, after), paths[1])
+
+
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -90,6 +115,7 @@ def cmd_quantize(args) -> dict:
 
     out = check_output_path(args.output or _default_output(args.model, f"q{args.bits}".replace(",", "_")),
                             [args.model], force=args.force)
+    plot_paths = _plot_paths(args, force=args.force)
     model = sqref.load(args.model)
     start = time.perf_counter()
     qmodel = quantize_model(model, **_quantize_kwargs(args))
@@ -98,6 +124,8 @@ def cmd_quantize(args) -> dict:
     report = sizes(qmodel, out)
     rows = layer_rows(model, qmodel, report)
     qual = None if args.no_eval else quality(model, qmodel, args.data, args.split, _progress_enabled(args))
+    if plot_paths:
+        _plot_quantized(plot_paths, model, qmodel)
     if not args.json:
         print(f"{out}: {args.rule} boundary, {'per channel' if args.per_channel else 'per tensor'}, "
               f"{args.scheme}, rounding {args.rounding}, quantized in {seconds:.2f}s")
@@ -108,7 +136,8 @@ def cmd_quantize(args) -> dict:
                      ("alpha_over_max", "alpha/max|w|"), ("mse", "MSE"), ("sqnr_db", "SQNR dB"),
                      ("payload_bytes", "bytes")]))
         print_totals(report["total"], qual)
-    return {"output": out, "layers": rows, "total": report["total"], "quality": qual, "seconds": seconds}
+    return {"output": out, "layers": rows, "total": report["total"], "quality": qual, "seconds": seconds,
+            "plots": plot_paths}
 
 
 def _default_output(model_path, tag):
@@ -128,6 +157,7 @@ def cmd_compress(args) -> dict:
     model_path = args.model or os.fspath(DATA_DIR / "lenet5.h5")
     out = check_output_path(args.output or _default_output(model_path, "compressed"), [model_path], force=args.force)
     progress = _progress_enabled(args)
+    plot_paths = _plot_paths(args, force=args.force)
     model = sqref.load(model_path)
     qkw = _quantize_kwargs(args)
     parse_bits(args.bits, model.names, tuple(layer.kind for layer in model.layers))  # fail now, not after the work
@@ -175,6 +205,8 @@ def cmd_compress(args) -> dict:
     report = sizes(compressed, out)
     rows = layer_rows(pre_quant, compressed, report)
     qual = None if args.no_eval else quality(model, compressed, args.data, args.split, progress)
+    if plot_paths:
+        _plot_quantized(plot_paths, pre_quant, compressed)
     steps["total_seconds"] = time.perf_counter() - start
     svd_by_name = {r["name"]: r for r in svd_reports if not r["kept_whole"]}
     original = {n: sum(a.size for a in layer_arrays(layer).values()) for n, layer in zip(model.names, model.layers)}
@@ -203,7 +235,7 @@ def cmd_compress(args) -> dict:
             "ratio": args.ratio, "max_drop": args.max_drop, "finetune": args.finetune, "svd": not args.no_svd},
             "svd": [{k: v for k, v in r.items() if k != "singular_values"} for r in svd_reports],
             "rank_search": rank_search, "layers": rows, "total": report["total"], "quality": qual,
-            "finetune_history": history, "timing": steps}
+            "finetune_history": history, "timing": steps, "plots": plot_paths}
 
 
 def add_quant_options(p, *, default_bits):
@@ -222,6 +254,8 @@ def add_quant_options(p, *, default_bits):
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="data file (default: %(default)s)")
     p.add_argument("--split", default="test", choices=["val", "test"], help="split to report on (default: %(default)s)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the weight histograms with the boundaries (FILE.png) "
+                   "and the error per layer (FILE-errors.png); needs matplotlib")
 
 
 def register(sub, add):
@@ -256,6 +290,7 @@ def register(sub, add):
     p = add("study", "regenerate a results table of docs/results.md (markdown on stdout or into a file)")
     p.add_argument("name", choices=[*STUDIES, "all"])
     p.add_argument("-o", "--output", help="write the markdown to this file")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the tradeoff study's accuracy curves (needs matplotlib)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_study)
 
@@ -265,10 +300,19 @@ def cmd_study(args) -> dict:
     from sqref.studies import STUDIES
 
     names = list(STUDIES) if args.name == "all" else [args.name]
-    sections = [STUDIES[n](progress=_progress_enabled(args)) for n in names]
+    if args.plot and "tradeoff" not in names:
+        raise UsageError("--plot draws the accuracy curves of the tradeoff study: use it with 'tradeoff' or 'all'")
+    plot = check_output_path(args.plot, force=args.force) if args.plot else None
+    out = check_output_path(args.output, force=args.force) if args.output else None
+    curves = []
+    sections = [STUDIES[n](progress=_progress_enabled(args), **({"collect": curves} if n == "tradeoff" else {}))
+                for n in names]
     text = RESULTS_HEADER + "\n".join(sections) if args.name == "all" else "\n".join(sections)
-    if args.output:
-        out = check_output_path(args.output, force=args.force)
+    if plot:
+        from sqref import plots
+
+        save_figure(plots.accuracy_curves(curves, title="LeNet-5: test accuracy vs payload ratio"), plot)
+    if out:
         atomic_text(out, text, overwrite=args.force)
     elif not args.json:
         print(text)

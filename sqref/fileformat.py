@@ -76,9 +76,9 @@ def read_array(group: h5py.Group, name: str, where: str, *, dtypes=None) -> np.n
 # atomic writes
 # --------------------------------------------------------------------------
 @contextlib.contextmanager
-def atomic_h5(path, *, overwrite: bool = False):
-    """Yield an open h5py.File on a temporary file beside `path`; on success
-    flush, fsync and rename it onto `path`, on any error delete it. The
+def atomic_path(path, *, overwrite: bool = False):
+    """Yield a temporary path beside `path`; when the body succeeds, fsync the
+    temporary file and rename it onto `path`; on any error delete it. The
     destination is therefore either untouched or complete, never partial."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -96,8 +96,7 @@ def atomic_h5(path, *, overwrite: bool = False):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
     try:
-        with h5py.File(tmp, "w") as f:
-            yield f
+        yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -107,28 +106,19 @@ def atomic_h5(path, *, overwrite: bool = False):
         raise
 
 
+@contextlib.contextmanager
+def atomic_h5(path, *, overwrite: bool = False):
+    """Yield an open h5py.File that lands on `path` atomically (see atomic_path)."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            yield f
+
+
 def atomic_text(path, text: str, *, overwrite: bool = False) -> None:
-    """Write a text file with the same temporary-file-then-rename guarantee as atomic_h5."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileFormatError(f"{path}: already exists (use --force / overwrite=True to replace it)")
-    if not os.path.isdir(directory):
-        raise FileFormatError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
+    """Write a text file atomically (see atomic_path)."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with open(tmp, "w") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 @contextlib.contextmanager

@@ -181,8 +181,9 @@ def finetune_study(progress=True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tradeoff_study(progress=True, finetune_epochs=5) -> str:
-    """Accuracy against payload ratio for rank x bits, max vs dynamic, with and without fine-tuning."""
+def tradeoff_study(progress=True, finetune_epochs=5, collect=None) -> str:
+    """Accuracy against payload ratio for rank x bits, max vs dynamic, with and without fine-tuning.
+    `collect`, a list, receives {label, ratio, accuracy} rows for sqref.plots.accuracy_curves."""
     x, y = load_split(split="test")
     train_xy, val = load_split(split="train"), load_split(split="val")
     model = _load("lenet5")
@@ -210,10 +211,66 @@ def tradeoff_study(progress=True, finetune_epochs=5) -> str:
                     ratio = ratio or _payload_ratio(qm)
                     acc, agree = _score(qm, float_preds, x, y)
                     cells.append(f"{100 * acc:.1f} ({100 * agree:.1f})")
+                    if collect is not None:
+                        collect.append({"label": f"{rule}{', fine-tuned' if tune else ''}", "ratio": ratio,
+                                        "accuracy": acc})
             lines.append(f"| {rank} | {k} | {ratio:.1f}x | " + " | ".join(cells) + " |")
             bar.update(bar.done + 1)
     bar.close()
     return "\n".join(lines) + "\n"
 
 
-STUDIES = {"clipping": clipping_study, "paper": paper_study, "finetune": finetune_study, "tradeoff": tradeoff_study}
+def _child_peak_rss_bytes(argv) -> tuple[dict, int, float]:
+    """Run a sqref command in a child process; return its JSON, its peak RSS and wall time."""
+    import json
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", "import resource, sys; from sqref.cli import main; code = main(sys.argv[1:]); "
+                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)",
+                           *argv], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout), 1024 * int(proc.stderr.strip().splitlines()[-1]), seconds  # ru_maxrss is KiB on Linux
+
+
+def structural_study(progress=True) -> str:
+    """AlexNet- and VGG-16-shaped models with random weights: sizes, time and memory only."""
+    import os
+    import tempfile
+
+    lines = ["## Structural scale: AlexNet- and VGG-16-shaped models (random weights: sizes only)", "",
+             "Command: `sqref study structural`. Each row runs, in a child process, `sqref compress MODEL --rank R "
+             "--bits 8 --svd-solver randomized --no-eval` on a model written by `sqref init --arch NAME`; rank R is "
+             "shared by the FC layers (a layer past break-even stays whole). Random weights have a flat spectrum, so "
+             "the SVD error here says nothing about a trained model; accuracy is not measured. Time and peak memory "
+             "(the child's maximum resident set) include loading and writing the files.", "",
+             "| model | params | float32 size | rank | payload ratio | file ratio | compress time | peak memory | "
+             "peak / float size |", "|---|---|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, ranks in (("alexnet", (64, 256, 1024)), ("vgg16", (64, 256, 1024))):
+            model_path = os.path.join(tmp, f"{arch}.h5")
+            info, _, _ = _child_peak_rss_bytes(["init", "--arch", arch, "-o", model_path, "--json", "-q"])
+            float_bytes = 4 * info["params"]
+            bar = Progress(len(ranks), f"{arch} compress", enabled=progress)
+            for index, rank in enumerate(ranks):
+                out = os.path.join(tmp, f"{arch}.r{rank}.h5")
+                report, peak, seconds = _child_peak_rss_bytes(
+                    ["compress", model_path, "--rank", str(rank), "--bits", "8", "--svd-solver", "randomized",
+                     "--no-eval", "-o", out, "--json", "-q"])
+                total = report["total"]
+                lines.append(f"| {arch} | {info['params']:,} | {float_bytes / 2**20:,.0f} MiB | {rank} | "
+                             f"{total['payload_ratio']:.1f}x | {total['file_ratio']:.1f}x | {seconds:.0f} s | "
+                             f"{peak / 2**20:,.0f} MiB | {peak / float_bytes:.2f} |")
+                os.remove(out)
+                bar.update(index + 1)
+            bar.close()
+    return "\n".join(lines) + "\n"
+
+
+STUDIES = {"clipping": clipping_study, "paper": paper_study, "finetune": finetune_study, "tradeoff": tradeoff_study,
+           "structural": structural_study}

@@ -91,3 +91,14 @@ def test_rank_past_min_dimension_is_kept_whole_and_reported(capsys, tmp_path):
     assert code == 0
     assert all(r["kept_whole"] for r in report["svd"])
     assert "break-even" in report["svd"][0]["reason"]
+
+
+def test_plot_option_writes_both_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "q.png"
+    assert main(["quantize", LENET300, "--bits", "3", "-o", str(tmp_path / "q.h5"), "--plot", str(plot), "-q",
+                 "--no-eval"]) == 0
+    for path in (plot, tmp_path / "q-errors.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["quantize", LENET300, "-o", str(tmp_path / "r.h5"), "--plot", str(tmp_path / "x.jpg")]) == 2
+    assert "expected a .png file name" in capsys.readouterr().err

@@ -1,0 +1,207 @@
+"""Golden files (sqref.golden) and the `sqref golden` / `sqref verify` commands.
+
+Checked: byte-identical regeneration (two runs of the command hashed), the
+format (every dataset has a sha256, the attributes docs/integer.md lists), a
+read/write round trip, per-tensor mismatch reports with exact counts, the exit
+codes (0 exact, 1 mismatch, 2 bad input) and each backend on a golden file made
+in its native mode.
+"""
+import argparse
+import hashlib
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from sqref import cli, golden, integer
+from sqref.data import DATA_DIR
+from sqref.fileformat import FileFormatError
+
+LENET300 = os.fspath(DATA_DIR / "lenet300.h5")
+LENET5 = os.fspath(DATA_DIR / "lenet5.h5")
+
+
+def run_cli(argv, capsys):
+    """sqref.cli.main with the golden/verify subcommands registered (as cli.py will register them)."""
+    from sqref import cli_integer
+
+    original = cli.build_parser
+
+    def build_parser():
+        parser = original()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if "golden" not in sub.choices:
+            def add(name, help_text):
+                p = sub.add_parser(name, help=help_text, description=help_text)
+                p.add_argument("--json", action="store_true")
+                p.add_argument("-q", "--quiet", action="store_true")
+                return p
+            cli_integer.register(sub, add)
+        return parser
+
+    cli.build_parser = build_parser
+    try:
+        code = cli.main(argv)
+    finally:
+        cli.build_parser = original
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def lenet300_golden(tmp_path_factory):
+    """`sqref golden lenet300.h5 --mode onnxruntime --accumulate int16-pairs --count 50` (fast: an MLP)."""
+    imodel, info = golden.prepare(LENET300)
+    from sqref.data import load_split
+
+    x, y = load_split(split="test")
+    g = golden.make_golden(imodel, x[:50], accumulate="int16-pairs", labels=y[:50], meta=info)
+    path = tmp_path_factory.mktemp("golden") / "lenet300.golden.h5"
+    golden.write_golden(g, path)
+    return g, path
+
+
+def test_regenerating_a_golden_file_is_byte_identical(tmp_path, capsys):
+    out = tmp_path / "g.h5"
+    argv = ["golden", LENET300, "--mode", "tflite", "--count", "20", "-o", str(out)]
+    code, stdout, _ = run_cli(argv, capsys)
+    assert code == 0 and "20 test images" in stdout
+    first = sha(out)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    code, _, _ = run_cli(argv + ["--force"], capsys)
+    assert code == 0 and sha(out) == first
+
+
+def test_format_fields_and_checksums(lenet300_golden):
+    g, path = lenet300_golden
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "sqref-golden" and f.attrs["format_version"] == 1
+        assert f.attrs["mode"] == "onnxruntime" and f.attrs["accumulate"] == "int16-pairs"
+        assert f.attrs["sqref_version"] and int(f.attrs["count"]) == 50
+        meta = json.loads(f.attrs["meta"])
+        assert meta["weights"].startswith("float model quantized by sqref: 8 bits")
+        datasets = []
+        f.visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+        assert all(isinstance(d.attrs.get("sha256"), str) for d in datasets)
+        fc1 = f["layers/0001"]
+        assert fc1.attrs["type"] == "linear" and fc1.attrs["relu"] == 1
+        assert fc1["weight"].dtype == np.int8 and fc1["bias"].dtype == np.int32 and fc1["output"].dtype == np.uint8
+        assert fc1["y_zero_point"][()] == 0  # the fused ReLU's output: lo = 0
+
+
+def test_round_trip_and_sqref_verifies_exactly(lenet300_golden):
+    g, path = lenet300_golden
+    back = golden.read_golden(path)
+    assert back.mode == g.mode and back.accumulate == g.accumulate and back.imodel.names == g.imodel.names
+    for a, b in zip(back.outputs, g.outputs):
+        assert np.array_equal(a, b) and a.dtype == np.uint8
+    assert back.logits.tobytes() == g.logits.tobytes()
+    report = golden.verify(back, "sqref")
+    assert report["match"] and all(r["match"] for r in report["tensors"])
+
+
+def test_a_changed_output_is_reported_exactly(lenet300_golden, tmp_path):
+    g, _ = lenet300_golden
+    outputs = list(g.outputs)
+    bad = outputs[1].copy()
+    bad[3, 7] = np.uint8(bad[3, 7] + 5)
+    outputs[1] = bad
+    tampered = golden.Golden(g.imodel, g.inputs, tuple(outputs), g.logits, g.mode, g.accumulate, g.labels, g.meta)
+    golden.write_golden(tampered, tmp_path / "t.h5")
+    report = golden.verify(golden.read_golden(tmp_path / "t.h5"), "sqref")
+    rows = {r["name"]: r for r in report["tensors"]}
+    assert not report["match"]
+    assert rows["fc1"]["mismatches"] == 1 and rows["fc1"]["histogram"] == {"-5": 1}
+    assert rows["fc1"]["worst"]["index"] == [3, 7]
+    assert all(r["match"] for name, r in rows.items() if name != "fc1")
+
+
+def test_a_modified_file_fails_its_checksum(lenet300_golden, tmp_path):
+    _, path = lenet300_golden
+    copy = tmp_path / "c.h5"
+    copy.write_bytes(path.read_bytes())
+    with h5py.File(copy, "r+") as f:
+        f["layers/0000/output"][0, 0] = f["layers/0000/output"][0, 0] ^ 1
+    with pytest.raises(FileFormatError, match="checksum"):
+        golden.read_golden(copy)
+    with pytest.raises(FileFormatError, match="not a sqref-golden file"):
+        golden.read_golden(LENET300)
+
+
+def test_verify_exit_codes(lenet300_golden, tmp_path, capsys):
+    g, path = lenet300_golden
+    code, out, _ = run_cli(["verify", str(path), "--backend", "sqref"], capsys)
+    assert code == 0 and "OK: all" in out
+    outputs = list(g.outputs)
+    outputs[0] = outputs[0].copy()
+    outputs[0][0, 0] ^= 1
+    golden.write_golden(golden.Golden(g.imodel, g.inputs, tuple(outputs), g.logits, g.mode, g.accumulate),
+                        tmp_path / "bad.h5")
+    code, out, _ = run_cli(["verify", str(tmp_path / "bad.h5"), "--backend", "sqref", "--json"], capsys)
+    report = json.loads(out)
+    assert code == 1 and report["match"] is False and report["tensors"][1]["mismatches"] == 1
+    code, out, err = run_cli(["verify", str(tmp_path / "missing.h5"), "--backend", "sqref"], capsys)
+    assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["verify", str(path), "--backend", "cuda"], capsys)
+    assert code == 2 and "invalid choice" in err
+
+
+def test_golden_of_a_quantized_model_file(tmp_path, capsys):
+    import sqref
+    from sqref.qmodel import quantize_model
+
+    qpath = tmp_path / "q4.h5"
+    sqref.save(quantize_model(sqref.load(LENET300), bits=4, per_channel=True), qpath)
+    code, out, _ = run_cli(["golden", str(qpath), "--mode", "onnx-reference", "--count", "5",
+                            "-o", str(tmp_path / "g.h5"), "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and result["weights"] == "as stored in the model file"
+    g = golden.read_golden(tmp_path / "g.h5")
+    assert np.asarray(g.imodel.layers[1].w_scale).shape == (300,)  # per channel
+    assert int(np.abs(g.imodel.layers[1].weight).max()) <= 7  # 4-bit codes in int8
+
+
+def test_onnxruntime_verifies_a_native_golden(lenet300_golden):
+    pytest.importorskip("onnxruntime")
+    g, _ = lenet300_golden  # onnxruntime mode, int16-pairs: this machine's ORT
+    report = golden.verify(g, "onnxruntime")
+    assert report["match"], [(r["name"], r["mismatches"]) for r in report["tensors"]]
+
+
+def test_torch_verifies_a_native_golden(tmp_path):
+    pytest.importorskip("torch")
+    imodel, info = golden.prepare(LENET300, mode="fbgemm")
+    from sqref.data import load_split
+
+    g = golden.make_golden(imodel, load_split(split="test")[0][:50], accumulate="int16-pairs")
+    report = golden.verify(g, "torch")
+    assert report["match"], [(r["name"], r["mismatches"]) for r in report["tensors"]]
+
+
+def test_tflite_verifies_a_native_golden():
+    pytest.importorskip("ai_edge_litert")
+    imodel, _ = golden.prepare(LENET300, mode="onnxruntime")  # XNNPACK requantizes as onnxruntime does
+    from sqref.data import load_split
+
+    g = golden.make_golden(imodel, load_split(split="test")[0][:50])
+    report = golden.verify(g, "tflite")
+    assert report["match"], [(r["name"], r["mismatches"]) for r in report["tensors"]]
+
+
+def test_golden_rejects_bad_options(tmp_path, capsys):
+    code, _, err = run_cli(["golden", LENET300, "--mode", "tflite", "--accumulate", "int16-pairs",
+                            "-o", str(tmp_path / "x.h5")], capsys)
+    assert code == 2 and "int16-pairs" in err
+    code, _, err = run_cli(["golden", LENET300, "--mode", "onnxruntime", "--count", "5000",
+                            "-o", str(tmp_path / "x.h5")], capsys)
+    assert code == 2 and "--count 5000" in err
+    assert not (tmp_path / "x.h5").exists()
+    with pytest.raises(ValueError, match="mode"):
+        integer.check_mode("gpu")
