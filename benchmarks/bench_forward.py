@@ -33,14 +33,13 @@ def median_seconds(fn, repeats: int) -> float:
 
 def forward_flops(model) -> int:
     """Multiply-adds x 2 of the conv and linear layers for one image."""
-    flops, shape = 0, tuple(model.input_shape)
+    flops = 0
     for layer, out in zip(model.layers, infer_shapes(model)):
         if isinstance(layer, Conv2d):
             K, CG, KH, KW = layer.weight.shape
             flops += 2 * K * CG * KH * KW * out[1] * out[2]
         elif isinstance(layer, Linear):
             flops += 2 * layer.weight.size
-        shape = out
     return flops
 
 

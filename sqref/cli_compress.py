@@ -97,8 +97,6 @@ def print_totals(total, qual):
 
 
 def _quantize_kwargs(args) -> dict:
-    from sqref.qmodel import parse_bits  # noqa: F401  (validated in quantize_model)
-
     return {"bits": args.bits, "rule": args.rule, "per_channel": args.per_channel, "scheme": args.scheme,
             "rounding": args.rounding, "bias_bits": args.bias_bits}
 

@@ -228,19 +228,21 @@ def tradeoff_study(progress=True, finetune_epochs=5, collect=None) -> str:
 def _child_peak_rss_bytes(argv) -> tuple[dict, int, float]:
     """Run a sqref command in a child process; return its JSON, its peak RSS and wall time."""
     import json
-    import resource
     import subprocess
     import sys
     import time
 
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", "import resource, sys; from sqref.cli import main; code = main(sys.argv[1:]); "
-                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)",
-                           *argv], capture_output=True, text=True)
+    # The child reports its own peak (VmHWM of /proc/self/status, in KiB) as it exits: ru_maxrss
+    # would also count the memory of this parent process, inherited at fork.
+    child = ("import re, sys; from sqref.cli import main; code = main(sys.argv[1:]); "
+             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr); "
+             "sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", child, *argv], capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(proc.stdout), 1024 * int(proc.stderr.strip().splitlines()[-1]), seconds  # ru_maxrss is KiB on Linux
+    return json.loads(proc.stdout), 1024 * int(proc.stderr.strip().splitlines()[-1]), seconds
 
 
 def structural_study(progress=True) -> str:

@@ -19,7 +19,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import sqref
-from sqref import integer, requant
+from sqref import calibration, integer, requant
 from sqref.data import load_split
 from sqref.integer import ActParams, IntConv2d, IntegerModel, IntLinear
 from sqref.model import Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU
@@ -425,8 +425,8 @@ def test_mse_rule_is_no_worse_than_max_on_its_own_grid():
     x = np.concatenate([rng.laplace(0, 1, 50000), [30.0]])
     a = np.sort(x)
     cum1, cum2 = np.concatenate([[0], np.cumsum(a)]), np.concatenate([[0], np.cumsum(a * a)])
-    best = integer._mse_alpha(x)
-    sse = lambda al: integer._grid_sse(a, cum1, cum2, al)  # noqa: E731
+    best = calibration._mse_alpha(x)
+    sse = lambda al: calibration._grid_sse(a, cum1, cum2, al)  # noqa: E731
     assert sse(best) < sse(30.0)
     # and equal to a direct quantize/dequantize evaluation of that grid
     p = integer.act_params(max(a[0], -best), min(a[-1], best))

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sqref import ops, svd
+from sqref import svd
 from sqref.model import Linear
 
 
