@@ -125,8 +125,9 @@ def check_conv_args(x, w, b, *, stride, padding, dilation, groups):
         raise ValueError(f"groups={groups} must divide C={C} and K={K}")
     if CG != C // groups:
         raise ValueError(f"w shape {w.shape} needs C/groups = {C // groups} input channels (x shape {x.shape}, groups={groups})")
-    OH = output_size(H, KH, stride=pair(stride, "stride")[0], padding=pair(padding, "padding")[0], dilation=pair(dilation, "dilation")[0])
-    OW = output_size(W, KW, stride=pair(stride, "stride")[1], padding=pair(padding, "padding")[1], dilation=pair(dilation, "dilation")[1])
+    (SH, SW), (PH, PW), (DH, DW) = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    OH = output_size(H, KH, stride=SH, padding=PH, dilation=DH)
+    OW = output_size(W, KW, stride=SW, padding=PW, dilation=DW)
     if OH < 1 or OW < 1:
         raise ValueError(f"kernel {KH}x{KW} (dilation {dilation}) does not fit input {H}x{W} with padding {padding}")
     if b is not None:
