@@ -74,8 +74,9 @@ def cmd_info(args) -> dict:
 
     model = sqref.load(args.model)
     shapes = infer_shapes(model)
-    payload = {r["name"]: r for r in sizes(model, args.model)["layers"]}
-    totals = sizes(model, args.model)["total"]
+    report = sizes(model, args.model)
+    payload = {r["name"]: r for r in report["layers"]}
+    totals = report["total"]
     rows = []
     for name, layer, shape in zip(model.names, model.layers, shapes):
         arrays = layer_arrays(layer)

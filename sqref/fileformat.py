@@ -156,18 +156,20 @@ def open_h5(path, expected_format: str):
 
 
 def int_attr(obj, key: str, where: str, *, allowed=None, lo=None, hi=None) -> int:
-    """A scalar integer attribute, checked against `allowed` or [lo, hi]."""
+    """A scalar integer attribute (not a bool), checked against `allowed` or [lo, hi] when given."""
     value = obj.attrs.get(key)
     if isinstance(value, np.generic):
         value = value.item()
     if not isinstance(value, int) or isinstance(value, bool) or (allowed is not None and value not in allowed) \
             or (lo is not None and value < lo) or (hi is not None and value > hi):
-        expected = f"one of {sorted(allowed)}" if allowed is not None else f"an integer in [{lo}, {hi}]"
+        expected = (f"one of {sorted(allowed)}" if allowed is not None
+                    else f"an integer in [{lo}, {hi}]" if lo is not None or hi is not None else "an integer")
         raise FileFormatError(f"{where}: attribute {key!r} = {value!r}, expected {expected}")
     return value
 
 
-def _str_attr(obj, key: str, where: str) -> str:
+def str_attr(obj, key: str, where: str) -> str:
+    """A string attribute (bytes are decoded)."""
     value = obj.attrs.get(key)
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
@@ -192,11 +194,9 @@ def _int_tuple_attr(obj, key: str, where: str, length: int) -> tuple[int, ...]:
 LAYER_CLASSES = {cls.kind: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten)}
 
 
-def save(model: Model, path, *, overwrite: bool = False, extra=None) -> None:
-    """Write `model` to `path` (format v1), atomically.
-
-    `extra(f, index, layer_group)` may add datasets to a layer group (used by
-    the quantized-model writer). Refuses an existing `path` unless `overwrite`.
+def save(model: Model, path, *, overwrite: bool = False) -> None:
+    """Write `model` to `path` (format v1), atomically; quantized layers are
+    stored as packed codes. Refuses an existing `path` unless `overwrite`.
     """
     from sqref import __version__
 
@@ -225,17 +225,12 @@ def save(model: Model, path, *, overwrite: bool = False, extra=None) -> None:
                 _write_quant(g, q)
                 if layer.bias is not None:
                     write_array(g, "bias", layer.bias.astype(np.float16 if q.bias_bits == 16 else np.float32))
-            if extra is not None:
-                extra(f, index, g)
 
 
-def load(path, *, layer_hook=None) -> Model:
+def load(path) -> Model:
     """Read a model file (format v1). Every array's checksum is verified and
-    every shape checked before the model is returned.
-
-    `layer_hook(group, where, arrays) -> arrays` may supply the arrays of a
-    layer stored in another form (quantized codes); by default the plain
-    `weight`/`bias` datasets are read.
+    every shape checked before the model is returned; quantized layers come
+    back with their codes (`layer.quant`) and the dequantized float weight.
     """
     with open_h5(path, FORMAT_NAME) as f:
         where = os.fspath(path)
@@ -259,8 +254,8 @@ def load(path, *, layer_hook=None) -> Model:
         for index in range(int(count)):
             g = groups[f"{index:04d}"]
             layer_where = f"{where}: layer {index}"
-            layers.append(_read_layer(g, layer_where, layer_hook))
-            names.append(_str_attr(g, "name", layer_where))
+            layers.append(_read_layer(g, layer_where))
+            names.append(str_attr(g, "name", layer_where))
     try:
         model = Model(tuple(layers), tuple(int(v) for v in shape), tuple(names), meta)
         infer_shapes(model)
@@ -269,16 +264,14 @@ def load(path, *, layer_hook=None) -> Model:
     return model
 
 
-def _read_layer(g, where, layer_hook):
-    kind = _str_attr(g, "type", where)
+def _read_layer(g, where):
+    kind = str_attr(g, "type", where)
     if kind not in LAYER_CLASSES:
         raise FileFormatError(f"{where}: unknown layer type {kind!r} (known: {', '.join(LAYER_CLASSES)})")
     cls = LAYER_CLASSES[kind]
     if cls in (Conv2d, Linear):
         q = None
-        if layer_hook is not None:
-            arrays = layer_hook(g, where)
-        elif "quant" in g:
+        if "quant" in g:
             q = _read_quant(g, where)
             arrays = {"weight": q.dequantize()}
         else:
@@ -335,7 +328,7 @@ def _read_quant(g, where):
         raise FileFormatError(f"{where}: 'quant' is not a group")
     bits = int_attr(qg, "bits", where, lo=2, hi=8)
     bias_bits = int_attr(qg, "bias_bits", where, allowed=set(BIAS_BITS))
-    scheme, rule, rounding = (_str_attr(qg, key, where) for key in ("scheme", "rule", "rounding"))
+    scheme, rule, rounding = (str_attr(qg, key, where) for key in ("scheme", "rule", "rounding"))
     if scheme not in quant.SCHEMES or rule not in clipping.RULES or rounding not in quant.ROUNDINGS:
         raise FileFormatError(f"{where}: unknown scheme {scheme!r}, rule {rule!r} or rounding {rounding!r}")
     shape = np.asarray(qg.attrs.get("shape"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sqref import integer, requant
-from sqref.fileformat import FileFormatError, atomic_h5, open_h5, read_array, write_array
+from sqref.fileformat import FileFormatError, atomic_h5, int_attr, open_h5, read_array, str_attr, write_array
 from sqref.integer import ActParams
 
 FORMAT_NAME = "sqref-golden"
@@ -169,23 +169,6 @@ def write_golden(golden: Golden, path, *, overwrite=False) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
-def _str(obj, key, where):
-    v = obj.attrs.get(key)
-    if isinstance(v, bytes):
-        v = v.decode(errors="replace")
-    if not isinstance(v, str):
-        raise FileFormatError(f"{where}: missing or non-string attribute {key!r}")
-    return v
-
-
-def _int(obj, key, where):
-    v = obj.attrs.get(key)
-    v = v.item() if isinstance(v, np.generic) else v
-    if not isinstance(v, int):
-        raise FileFormatError(f"{where}: attribute {key!r} must be an integer, got {v!r}")
-    return v
-
-
 def _ints(obj, key, where, n):
     v = np.asarray(obj.attrs.get(key))
     if v.dtype.kind not in "iu" or v.shape != (n,) or np.any(v < 0) or np.any(v > 2**20):
@@ -210,14 +193,14 @@ def read_golden(path) -> Golden:
     shape against the shapes the stored model produces."""
     with open_h5(path, FORMAT_NAME) as f:
         where = os.fspath(path)
-        mode, accumulate = _str(f, "mode", where), _str(f, "accumulate", where)
+        mode, accumulate = str_attr(f, "mode", where), str_attr(f, "accumulate", where)
         try:
             integer.check_mode(mode)
             integer.check_accumulate(accumulate, mode)
         except ValueError as exc:
             raise FileFormatError(f"{where}: {exc}") from None
         try:
-            meta = json.loads(_str(f, "meta", where))
+            meta = json.loads(str_attr(f, "meta", where))
         except ValueError:
             raise FileFormatError(f"{where}: attribute 'meta' is not valid JSON") from None
         shape = np.asarray(f.attrs.get("input_shape"))
@@ -239,7 +222,7 @@ def read_golden(path) -> Golden:
             g = groups[f"{index:04d}"]
             lw = f"{where}: layer {index}"
             layers.append(_read_layer(g, lw))
-            names.append(_str(g, "name", lw))
+            names.append(str_attr(g, "name", lw))
             outputs.append(read_array(g, "output", lw, dtypes={"uint8"}))
     imodel = integer.IntegerModel(tuple(layers), tuple(names), tuple(int(v) for v in shape), p_in, mode)
     try:
@@ -258,7 +241,7 @@ def read_golden(path) -> Golden:
 
 
 def _read_layer(g, where):
-    kind = _str(g, "type", where)
+    kind = str_attr(g, "type", where)
     x = _read_act(g, "x", where)
     if kind in ("conv2d", "linear"):
         y = _read_act(g, "y", where)
@@ -273,10 +256,10 @@ def _read_layer(g, where):
         if not (np.all(np.isfinite(w_scale)) and np.all(w_scale > 0)):
             raise FileFormatError(f"{where}: weight scales must be finite and > 0")
         common = dict(weight=w, w_scale=w_scale, bias=bias, bias_float=bias_float, x=x, y=y,
-                      relu=bool(_int(g, "relu", where)))
+                      relu=bool(int_attr(g, "relu", where)))
         if kind == "linear":
             return integer.IntLinear(**common)
-        groups = _int(g, "groups", where)
+        groups = int_attr(g, "groups", where)
         if groups < 1:
             raise FileFormatError(f"{where}: groups must be >= 1, got {groups}")
         return integer.IntConv2d(**common, stride=_ints(g, "stride", where, 2), padding=_ints(g, "padding", where, 2),
@@ -290,7 +273,7 @@ def _read_layer(g, where):
     if kind == "flatten":
         return integer.IntFlatten(x)
     if kind == "relu":
-        return integer.IntReLU(x, bool(_int(g, "fused", where)))
+        return integer.IntReLU(x, bool(int_attr(g, "fused", where)))
     raise FileFormatError(f"{where}: unknown layer type {kind!r}")
 
 

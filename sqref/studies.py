@@ -146,8 +146,9 @@ def paper_study(progress=True, max_drop=0.5) -> str:
         for index, rank in enumerate((10, 15, 20, 30)):
             factored = factor_model(model, rank=rank)[0]
             found = greedy_bits(factored, val, float_val, max_drop=max_drop, bias_bits=16)
-            if found is not None and (best is None or _payload_ratio(found[1]) > best[0]):
-                best = (_payload_ratio(found[1]), rank, *found)
+            ratio = None if found is None else _payload_ratio(found[1])
+            if ratio is not None and (best is None or ratio > best[0]):
+                best = (ratio, rank, *found)
             bar.update(index + 1)
         bar.close()
         if best is None:

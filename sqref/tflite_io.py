@@ -239,11 +239,7 @@ def requant_tflite_ruy(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
     # NOTE: not one of sqref.requant.MODES; kept here as the model of a measured deviation.
     """
     acc = np.asarray(acc, np.int64)
-    m = np.asarray(multiplier, np.float64)
-    if m.ndim == 1:
-        shape = [1] * acc.ndim
-        shape[axis] = m.size
-        m = m.reshape(shape)
+    m = requant._along(np.asarray(multiplier, np.float64), acc.ndim, axis, acc.shape, "multiplier")
     m0, shift = requant.quantize_multiplier(m)
     left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
     x = requant.saturating_rounding_doubling_high_mul(requant._wrap_int32(acc << left), m0)
@@ -260,11 +256,7 @@ def requant_tflite_single_away(acc, *, multiplier, zero_point, qmin, qmax, axis=
     # NOTE: not one of sqref.requant.MODES; it matched every drawn case (tests/test_backend_tflite.py).
     """
     acc = np.asarray(acc, np.int64)
-    m = np.asarray(multiplier, np.float64)
-    if m.ndim == 1:
-        shape = [1] * acc.ndim
-        shape[axis] = m.size
-        m = m.reshape(shape)
+    m = requant._along(np.asarray(multiplier, np.float64), acc.ndim, axis, acc.shape, "multiplier")
     m0, shift = requant.quantize_multiplier(m)
     total = 31 - shift.astype(np.int64)
     p = acc * m0.astype(np.int64)  # |acc| < 2**31, M0 < 2**31: exact in int64
