@@ -30,11 +30,13 @@ without VNNI, which sum adjacent products along K in saturating int16
 backend deviation, modelled so that sqref can reproduce it exactly; the
 exact sum is sqref's definition.
 
-Determinism: every conv and linear is one float64 GEMM over integer-valued
-operands |x - z_x| <= 255, |w| <= 128, so every partial sum is an integer
-below K * 255 * 255; it is exact, whatever the BLAS, its blocking or its
-thread count, while K * 255 * 255 < 2**53 (K < 1.38e11; checked, ValueError
-otherwise). Everything else is elementwise NumPy with fixed rounding.
+Determinism: every conv and linear is `exact_matmul`: float32 GEMMs over
+integer-valued operands |x - z_x| <= 255, |w| <= 128, split along K into
+blocks of at most F32_EXACT_K = 514 terms, so that every partial sum is an
+integer of magnitude <= 514 * 255 * 128 < 2**24 and float32 holds it
+exactly; the blocks are summed in int64. The result is the exact integer
+sum whatever the BLAS, its blocking, FMA use or thread count. Everything
+else is elementwise NumPy with fixed rounding.
 
 Oracles: tests/test_integer.py checks every kernel against a naive int64
 loop nest, and a hand-computed conv; tests/test_backend_ort_model.py runs
@@ -50,10 +52,12 @@ from sqref import requant
 from sqref.calibration import (  # noqa: F401  (calibration is re-exported as part of the integer path's API)
     ACT_QMAX, ACT_QMIN, CALIBRATION_RULES, ActParams, Calibration, act_params, activation_range, calibrate)
 from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU, infer_shapes
-from sqref.ops import IM2COL_MAX_BYTES, im2col, output_size, pair
+from sqref.ops import IM2COL_MAX_BYTES, im2col, output_size, pair, patches
 
 ACCUMULATE = ("exact", "int16-pairs")
-FLOAT64_EXACT = 2**53  # float64 integers are exact below this
+# float32 holds every integer of magnitude <= 2**24; a K-term sum of products
+# |x - z_x| * |w| <= 255 * 128 stays within it while K <= 2**24 // (255 * 128).
+F32_EXACT_K = 2**24 // (255 * 128)  # 514
 BIAS_LIMIT = 2**31 - 1  # int32 biases are saturated to [-BIAS_LIMIT, BIAS_LIMIT]
 BATCH = 250  # run_integer processes this many images at a time (results do not depend on it)
 
@@ -218,9 +222,6 @@ def _weight_codes(layer, name):
     scale = np.asarray(q.scale, np.float32)
     if q.axis not in (None, 0):
         raise ValueError(f"layer {name!r}: weight scales must be per tensor or per output channel (axis 0), got axis {q.axis}")
-    k = codes.shape[1] * (int(np.prod(codes.shape[2:])) if codes.ndim == 4 else 1)
-    if k * 255 * 255 >= FLOAT64_EXACT:
-        raise ValueError(f"layer {name!r}: inner dimension K = {k} breaks the exact float64 GEMM (K * 255 * 255 >= 2**53)")
     return codes, scale
 
 
@@ -304,9 +305,29 @@ def _check_codes(name, a, dtype, ndim, layout):
     return a
 
 
-def _exact_gemm_bound(k, where):
-    if k * 255 * 255 >= FLOAT64_EXACT:
-        raise ValueError(f"{where}: K = {k} is too large for an exact float64 GEMM (K * 255 * 255 >= 2**53)")
+def _check_zero_point(z):
+    z = int(z)
+    if not 0 <= z <= ACT_QMAX:
+        raise ValueError(f"activation zero point must be a uint8 code in [0, {ACT_QMAX}], got {z}")
+    return z
+
+
+def exact_matmul(a, b):
+    """a @ b as exact int64, for integer-valued float32 operands with |a| <= 255, |b| <= 128.
+
+    Shapes: as np.matmul, contracting a's last axis with b's second to last (K).
+    Method: one float32 GEMM per block of at most F32_EXACT_K = 514 K positions.
+    Inside a block every product and every partial sum, in whatever order and
+    blocking the BLAS adds them (fused multiply-adds included), is an integer of
+    magnitude <= 514 * 255 * 128 = 16,776,960 < 2**24, which float32 represents
+    exactly: no rounding happens. The block results are summed in int64.
+    Oracle: a naive int64 loop nest (tests/test_integer.py).
+    """
+    k = a.shape[-1]
+    acc = np.matmul(a[..., :F32_EXACT_K], b[..., :F32_EXACT_K, :]).astype(np.int64)
+    for k0 in range(F32_EXACT_K, k, F32_EXACT_K):
+        acc += np.matmul(a[..., k0:k0 + F32_EXACT_K], b[..., k0:k0 + F32_EXACT_K, :]).astype(np.int64)
+    return acc
 
 
 def int16_pairs_accumulate(a_raw, b, a_zero_point):
@@ -317,15 +338,15 @@ def int16_pairs_accumulate(a_raw, b, a_zero_point):
     K positions, ``sat16(s_p) - s_p`` with ``s_p = a[2p] b[2p] + a[2p+1] b[2p+1]``
     (raw codes). Since a <= 255 and |b| <= 128, s_p can leave int16 only if
     a[2p] + a[2p+1] >= 256 AND |b[2p]| + |b[2p+1]| >= 129, so the correction is
-    evaluated on those rows and columns only: the exact part is one float64
-    GEMM, the correction is usually tiny. Odd K: the last element pairs with 0.
+    evaluated on those rows and columns only: the exact part is
+    `exact_matmul`, the correction is usually tiny. Odd K: the last element pairs with 0.
     Oracle: requant.accumulate_u8s8_int16_pairs (tests/test_integer.py).
     """
     a = np.asarray(a_raw)
     b = np.asarray(b).astype(np.int64)
     k = a.shape[1]
     za = int(a_zero_point)
-    out = ((a - np.float64(za)) @ b.astype(np.float64)).astype(np.int64)  # exact, K * 255 * 128 < 2**53
+    out = exact_matmul(a.astype(np.float32) - np.float32(za), b.astype(np.float32))
     a_t = np.zeros((k + k % 2, a.shape[0]), np.int32)  # (K, M), odd K padded with a zero row
     a_t[:k] = a.T  # contiguous rows: the per-pair tests below read contiguous memory
     b = np.pad(b, ((0, k % 2), (0, 0)))
@@ -352,9 +373,8 @@ def conv2d_accumulate(xq, x_zero_point, wq, *, stride=1, padding=0, dilation=1, 
     Dtypes: xq uint8 codes, wq int8 codes (zero point 0); int64 out (bias not included).
     Formula: acc[n, k, oh, ow] = sum_{c, i, j} (xpad[n, c, oh*SH + i*DH, ow*SW + j*DW] - z_x) * w[k, c, i, j],
     padding holds z_x (the code of real 0).
-    "exact": im2col of float64 (x - z_x), one float64 GEMM per group: exact because
-    every partial sum is an integer of magnitude <= K * 255 * 128 < 2**53 (K = C/groups * KH * KW;
-    ValueError beyond). "int16-pairs": raw codes in onnxruntime/FBGEMM's NHWC im2col order,
+    "exact": ops.patches of float32 (x - z_x), then `exact_matmul` per group (exact
+    integer sums, K = C/groups * KH * KW). "int16-pairs": raw codes in onnxruntime/FBGEMM's NHWC im2col order,
     K = (KH, KW, C), summed by accumulate_u8s8_int16_pairs (the AVX2 saturation).
     Oracle: a naive int64 loop nest (tests/test_integer.py).
     """
@@ -373,21 +393,19 @@ def conv2d_accumulate(xq, x_zero_point, wq, *, stride=1, padding=0, dilation=1, 
     if OH < 1 or OW < 1:
         raise ValueError(f"kernel {KH}x{KW} does not fit input {H}x{W} with padding {(PH, PW)}")
     kdim = CG * KH * KW
-    _exact_gemm_bound(kdim, "conv2d_accumulate")
-    zx = int(x_zero_point)
+    zx = _check_zero_point(x_zero_point)
     KG = K // G
     out = np.empty((N, K, OH, OW), np.int64)
-    per_image = C * KH * KW * OH * OW * 8
-    chunk = max(1, IM2COL_MAX_BYTES // max(per_image, 1))
+    chunk = max(1, IM2COL_MAX_BYTES // (C * KH * KW * OH * OW * 4))
     geo = dict(stride=(SH, SW), padding=(PH, PW), dilation=(DH, DW))
+    w = wq.astype(np.float32).reshape(G, KG, kdim)
     for n0 in range(0, N, chunk):
         xs = xq[n0:n0 + chunk]
         n = xs.shape[0]
         if accumulate == "exact":
-            cols = im2col(xs.astype(np.float64) - zx, (KH, KW), **geo).reshape(G, kdim, n * OH * OW)
-            w = wq.astype(np.float64).reshape(G, KG, kdim)
-            acc = np.matmul(w, cols)  # (G, KG, n*OH*OW), integer-valued and exact (see the docstring)
-            out[n0:n0 + n] = acc.astype(np.int64).reshape(K, n, OH, OW).transpose(1, 0, 2, 3)
+            # padding with 0 after subtracting z_x = padding the codes with z_x (real 0)
+            p = patches(xs.astype(np.float32) - np.float32(zx), (KH, KW), **geo)
+            out[n0:n0 + n] = exact_matmul(w, p.reshape(n, G, kdim, OH * OW)).reshape(n, K, OH, OW)
             continue
         xp = np.pad(xs, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=zx)  # raw codes, padding = z_x
         cols = im2col(xp, (KH, KW), stride=(SH, SW), dilation=(DH, DW)).reshape(G, CG, KH, KW, n * OH * OW)
@@ -403,8 +421,8 @@ def linear_accumulate(xq, x_zero_point, wq, *, accumulate="exact"):
     """Integer matmul accumulator, as QLinearMatMul / MatMulInteger before requantization.
 
     Shapes: xq (N, IN), wq (OUT, IN) -> (N, OUT). Dtypes: uint8 and int8 codes; int64 out.
-    Formula: acc[n, o] = sum_i (x[n, i] - z_x) * w[o, i]; "exact" is one float64 GEMM
-    (exact while IN * 255 * 255 < 2**53), "int16-pairs" the AVX2 saturation model with
+    Formula: acc[n, o] = sum_i (x[n, i] - z_x) * w[o, i]; "exact" is `exact_matmul`
+    (float32 GEMMs over blocks of K, exact integer sums), "int16-pairs" the AVX2 saturation model with
     K in input-feature order. Oracle: a naive int64 loop (tests/test_integer.py).
     """
     xq = _check_codes("xq", xq, np.uint8, 2, "N, IN")
@@ -413,12 +431,10 @@ def linear_accumulate(xq, x_zero_point, wq, *, accumulate="exact"):
         raise ValueError(f"xq shape {xq.shape} and wq shape {wq.shape}: IN must match")
     if accumulate not in ACCUMULATE:
         raise ValueError(f"accumulate must be one of {ACCUMULATE}, got {accumulate!r}")
-    _exact_gemm_bound(xq.shape[1], "linear_accumulate")
-    zx = int(x_zero_point)
+    zx = _check_zero_point(x_zero_point)
     if accumulate == "int16-pairs":
         return int16_pairs_accumulate(xq, wq.astype(np.int64).T, zx)
-    acc = (xq.astype(np.float64) - zx) @ wq.astype(np.float64).T  # exact: integer partial sums < 2**53
-    return acc.astype(np.int64)
+    return exact_matmul(xq.astype(np.float32) - np.float32(zx), wq.astype(np.float32).T)
 
 
 def _windows(q, kernel_size, stride, padding, fill):

@@ -46,7 +46,7 @@ def _int32_values(x, name):
     a = np.asarray(x)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
-    a = a.astype(np.int64)
+    a = a.astype(np.int64, copy=False)
     if a.size and (a.min() < INT32_MIN or a.max() > INT32_MAX):
         bad = a[(a < INT32_MIN) | (a > INT32_MAX)]
         raise ValueError(f"{name} must hold int32 values; got {bad[:5].tolist()} outside [-2**31, 2**31 - 1]")
@@ -259,9 +259,10 @@ def requant_onnxruntime(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
     acc = _int32_values(acc, "acc")
     zp, qmin, qmax = _check_range(zero_point, qmin, qmax)
     m = _along(_check_multiplier(multiplier), acc.ndim, axis, acc.shape, "multiplier").astype(np.float32)
-    v = acc.astype(np.float32) * m  # float32 product, rounded once
-    v = np.clip(v, np.float32(qmin - zp), np.float32(qmax - zp))
-    return np.rint(v).astype(np.int64) + zp
+    v = acc.astype(np.float32)
+    v *= m  # float32 product, rounded once
+    np.clip(v, np.float32(qmin - zp), np.float32(qmax - zp), out=v)
+    return np.rint(v, out=v).astype(np.int64) + zp
 
 
 def requant_onnx_reference(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
@@ -432,10 +433,13 @@ def quantize_linear(x, scale, zero_point, *, qmin, qmax, mode, axis=1):
         raise ValueError(f"scale must be finite and > 0, got {s.ravel()[:5].tolist()}")
     with np.errstate(over="ignore", invalid="ignore"):
         if mode == "onnxruntime":
+            lo, hi = (qmin - zp).astype(np.float32), (qmax - zp).astype(np.float32)
             v = xf / s
-            v = np.where(np.isnan(v), (qmin - zp).astype(np.float32), v)
-            v = np.clip(v, (qmin - zp).astype(np.float32), (qmax - zp).astype(np.float32))
-            return np.rint(v).astype(np.int64) + zp
+            nan = np.isnan(v)
+            if nan.any():
+                v = np.where(nan, lo, v)
+            np.clip(v, lo, hi, out=v)
+            return np.rint(v, out=v).astype(np.int64) + zp
         if mode == "onnx-reference":
             r = _float_to_int32_x86(np.rint(xf / s))
             return np.clip(_wrap_int32(r + zp), qmin, qmax)

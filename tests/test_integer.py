@@ -245,6 +245,35 @@ def test_linear_matches_naive_loop(data):
     assert_bit_exact(integer.linear_accumulate(xq, zx, wq, accumulate="int16-pairs"), want_pairs)
 
 
+def test_exact_matmul_worst_case_literal():
+    # K = 1,500 terms of (0 - 255) * -128 = 32,640: 48,960,000, past 2**24 (three blocks of <= 514)
+    a = np.full((1, 1500), -255, np.float32)
+    b = np.full((1500, 1), -128, np.float32)
+    assert integer.exact_matmul(a, b).tolist() == [[1500 * 255 * 128]]
+
+
+def test_exact_matmul_blocks_are_needed():
+    # Same-sign products past 2**24: one unblocked float32 GEMM rounds, exact_matmul does not.
+    rng = np.random.default_rng(0)
+    a = rng.integers(200, 256, size=(8, 2000))
+    b = rng.integers(100, 128, size=(2000, 8))
+    exact = a @ b  # int64
+    unblocked = (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+    assert np.any(unblocked != exact)  # float32 alone is not enough here
+    assert_bit_exact(integer.exact_matmul(a.astype(np.float32), b.astype(np.float32)), exact)
+
+
+@given(st.data())
+def test_linear_past_one_block_matches_int64(data):
+    # K around and past F32_EXACT_K = 514 (the float32 block size), extreme codes included
+    k = data.draw(st.sampled_from([513, 514, 515, 1028, 1029, 1600]))
+    n, o = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+    xq, wq = data.draw(codes((n, k), np.uint8)), data.draw(codes((o, k), np.int8))
+    zx = data.draw(st.integers(0, 255))
+    want = (xq.astype(np.int64) - zx) @ wq.astype(np.int64).T  # int64 matmul: exact, the oracle here
+    assert_bit_exact(integer.linear_accumulate(xq, zx, wq), want)
+
+
 @given(st.data())
 def test_fast_pair_model_equals_requant_pair_model(data):
     m, k, n = data.draw(st.integers(1, 30)), data.draw(st.integers(1, 40)), data.draw(st.integers(1, 8))
@@ -299,8 +328,8 @@ def test_kernels_reject_bad_input():
         integer.conv2d_accumulate(np.zeros((1, 3, 3, 3), np.uint8), 0, np.zeros((2, 2, 1, 1), np.int8))
     with pytest.raises(ValueError, match="IN must match"):
         integer.linear_accumulate(np.zeros((1, 3), np.uint8), 0, np.zeros((2, 4), np.int8))
-    with pytest.raises(ValueError, match="2\\*\\*53"):
-        integer._exact_gemm_bound(2**38, "conv")  # K * 255 * 255 >= 2**53: the GEMM would round
+    with pytest.raises(ValueError, match="zero point"):
+        integer.linear_accumulate(np.zeros((1, 3), np.uint8), 256, np.zeros((2, 3), np.int8))  # bound needs z_x <= 255
     with pytest.raises(ValueError, match="TFLite"):
         q = np.zeros((1, 1, 4, 4), np.uint8)
         integer.avg_pool2d_codes(q, (3, 3), (1, 1), (1, 1), x=act(1, 0), y=act(1, 0), mode="tflite")
