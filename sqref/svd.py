@@ -71,14 +71,30 @@ def decompose(w):
     return scipy.linalg.svd(np.asarray(w, np.float64), full_matrices=False)
 
 
+def _basis(y):
+    """A well-conditioned basis of y's column space for the power iterations:
+    L of y's LU factorisation with partial pivoting (rows permuted back), as
+    scikit-learn's randomized SVD does between power iterations. Only the
+    span matters there, and the LU costs about a third of a QR; on a
+    25088 x 266 float64 block with the other core busy it took 0.57 s where
+    numpy.linalg.qr took 6.2 s."""
+    return scipy.linalg.lu(y, permute_l=True, check_finite=False)[0]
+
+
+def _orth(y):
+    """Orthonormal basis of y's columns (economic QR, scipy.linalg.qr: 3.7 s
+    in the same test as `_basis`, numpy.linalg.qr 6.2 s)."""
+    return scipy.linalg.qr(y, mode="economic", overwrite_a=True, check_finite=False)[0]
+
+
 def decompose_randomized(w, rank: int, *, oversample: int = 10, iterations: int = 4, seed: int = 0):
     """Approximate leading rank-r (U, s, V^T) by randomized range finding
     (Halko, Martinsson, Tropp 2011, algorithms 4.4 and 5.1), for large layers
     at small rank where the exact SVD is the heavy step.
 
-    Y = (W W^T)^q W G with G Gaussian (IN x (r + p)), re-orthonormalised
-    after every product; Q = orth(Y); then the exact SVD of the small
-    Q^T W. Cost O(OUT * IN * (r + p) * (2q + 2)) instead of O(OUT * IN * min).
+    Y = (W W^T)^q W G with G Gaussian (IN x (r + p)), re-normalised after
+    every product by an LU basis of the same span (`_basis`); Q = orth(Y)
+    by QR; then the exact SVD of the small Q^T W. Cost O(OUT * IN * (r + p) * (2q + 2)) instead of O(OUT * IN * min).
     Error: with a decaying spectrum the result is close to the Eckart-Young
     optimum; the returned singular values are those of Q^T W, so the
     reported reconstruction error is computed from the factors, not from
@@ -89,11 +105,10 @@ def decompose_randomized(w, rank: int, *, oversample: int = 10, iterations: int 
     OUT, IN = w.shape
     k = min(rank + oversample, OUT, IN)
     rng = np.random.default_rng(seed)
-    y = w @ rng.standard_normal((IN, k))
-    q, _ = np.linalg.qr(y)
+    q = _basis(w @ rng.standard_normal((IN, k)))
     for _ in range(iterations):  # power iterations sharpen a slowly decaying spectrum
-        z, _ = np.linalg.qr(w.T @ q)
-        q, _ = np.linalg.qr(w @ z)
+        q = _basis(w @ _basis(w.T @ q))
+    q = _orth(q)  # the span is that of (W W^T)^q W G; Q^T W below needs orthonormal columns
     u_small, s, vt = scipy.linalg.svd(q.T @ w, full_matrices=False)
     return q @ u_small, s, vt
 
