@@ -52,7 +52,7 @@ from sqref import requant
 from sqref.calibration import (  # noqa: F401  (calibration is re-exported as part of the integer path's API)
     ACT_QMAX, ACT_QMIN, CALIBRATION_RULES, ActParams, Calibration, act_params, activation_range, calibrate)
 from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU, infer_shapes
-from sqref.ops import IM2COL_MAX_BYTES, im2col, output_size, pair, patches
+from sqref.ops import IM2COL_MAX_BYTES, conv_gemm, im2col, output_size, pair
 
 ACCUMULATE = ("exact", "int16-pairs")
 # float32 holds every integer of magnitude <= 2**24; a K-term sum of products
@@ -373,7 +373,7 @@ def conv2d_accumulate(xq, x_zero_point, wq, *, stride=1, padding=0, dilation=1, 
     Dtypes: xq uint8 codes, wq int8 codes (zero point 0); int64 out (bias not included).
     Formula: acc[n, k, oh, ow] = sum_{c, i, j} (xpad[n, c, oh*SH + i*DH, ow*SW + j*DW] - z_x) * w[k, c, i, j],
     padding holds z_x (the code of real 0).
-    "exact": ops.patches of float32 (x - z_x), then `exact_matmul` per group (exact
+    "exact": sqref.ops.conv_gemm of float32 (x - z_x) with `exact_matmul` (exact
     integer sums, K = C/groups * KH * KW). "int16-pairs": raw codes in onnxruntime/FBGEMM's NHWC im2col order,
     K = (KH, KW, C), summed by accumulate_u8s8_int16_pairs (the AVX2 saturation).
     Oracle: a naive int64 loop nest (tests/test_integer.py).
@@ -395,18 +395,15 @@ def conv2d_accumulate(xq, x_zero_point, wq, *, stride=1, padding=0, dilation=1, 
     kdim = CG * KH * KW
     zx = _check_zero_point(x_zero_point)
     KG = K // G
+    if accumulate == "exact":
+        # padding with 0 after subtracting z_x = padding the codes with z_x (real 0)
+        return conv_gemm(xq.astype(np.float32) - np.float32(zx), wq.astype(np.float32), stride=(SH, SW),
+                         padding=(PH, PW), dilation=(DH, DW), groups=G, matmul=exact_matmul, out_dtype=np.int64)
     out = np.empty((N, K, OH, OW), np.int64)
-    chunk = max(1, IM2COL_MAX_BYTES // (C * KH * KW * OH * OW * 4))
-    geo = dict(stride=(SH, SW), padding=(PH, PW), dilation=(DH, DW))
-    w = wq.astype(np.float32).reshape(G, KG, kdim)
+    chunk = max(1, IM2COL_MAX_BYTES // (C * KH * KW * OH * OW))
     for n0 in range(0, N, chunk):
         xs = xq[n0:n0 + chunk]
         n = xs.shape[0]
-        if accumulate == "exact":
-            # padding with 0 after subtracting z_x = padding the codes with z_x (real 0)
-            p = patches(xs.astype(np.float32) - np.float32(zx), (KH, KW), **geo)
-            out[n0:n0 + n] = exact_matmul(w, p.reshape(n, G, kdim, OH * OW)).reshape(n, K, OH, OW)
-            continue
         xp = np.pad(xs, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=zx)  # raw codes, padding = z_x
         cols = im2col(xp, (KH, KW), stride=(SH, SW), dilation=(DH, DW)).reshape(G, CG, KH, KW, n * OH * OW)
         for g in range(G):
