@@ -1,11 +1,15 @@
-"""Float forward throughput: sqref vs PyTorch (CPU), measured side by side.
+"""Float forward throughput: sqref vs PyTorch (CPU) and onnxruntime, measured side by side.
 
     python benchmarks/bench_forward.py [--repeats 7] [--threads 2]
 
-Prints images/s for each model and batch size, the ratio sqref / PyTorch,
-sqref's achieved GFLOP/s, and numpy's own float32 GEMM peak measured in the
-same run (so the ratios, not the absolute numbers, are what to compare
-across noisy machines). Median of `--repeats` timed runs after one warm-up.
+Prints images/s for each model (LeNet-5, LeNet-300-100, the small VGG) and
+batch size (64, 1), the ratios sqref / PyTorch and sqref / onnxruntime
+(both with `--threads` intra-op threads; onnxruntime runs the same float
+graph, built by `float_onnx`), sqref's achieved GFLOP/s, and numpy's own
+float32 GEMM peak measured in the same run (so the ratios, not the
+absolute numbers, are what to compare across noisy machines). Median of
+`--repeats` timed runs after one warm-up; the three engines alternate
+model by model, and their outputs are compared before timing.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import numpy as np
 
 import sqref
 from sqref import zoo
-from sqref.model import Conv2d, Linear, infer_shapes
+from sqref.model import Conv2d, Flatten, Linear, MaxPool2d, ReLU, infer_shapes
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -48,6 +52,42 @@ def gemm_peak(repeats: int) -> float:
     a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
     b = np.random.default_rng(1).standard_normal((1024, 1024)).astype(np.float32)
     return 2 * 1024**3 / median_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def float_onnx(model) :
+    """The float ONNX graph (opset 21) of a sqref chain of Conv2d/MaxPool2d/Flatten/Linear/ReLU."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, prev = [], [], "input"
+    for name, layer in zip(model.names, model.layers):
+        out = name
+        if isinstance(layer, Conv2d):
+            inits += [numpy_helper.from_array(layer.weight, f"{name}.w"), numpy_helper.from_array(layer.bias, f"{name}.b")]
+            ph, pw = layer.padding
+            nodes.append(helper.make_node("Conv", [prev, f"{name}.w", f"{name}.b"], [out], strides=list(layer.stride),
+                                          pads=[ph, pw, ph, pw], dilations=list(layer.dilation), group=layer.groups))
+        elif isinstance(layer, MaxPool2d):
+            ph, pw = layer.padding
+            nodes.append(helper.make_node("MaxPool", [prev], [out], kernel_shape=list(layer.kernel_size),
+                                          strides=list(layer.stride), pads=[ph, pw, ph, pw]))
+        elif isinstance(layer, Flatten):
+            nodes.append(helper.make_node("Flatten", [prev], [out], axis=1))
+        elif isinstance(layer, Linear):
+            inits += [numpy_helper.from_array(layer.weight, f"{name}.w"), numpy_helper.from_array(layer.bias, f"{name}.b")]
+            nodes.append(helper.make_node("Gemm", [prev, f"{name}.w", f"{name}.b"], [out], transB=1))
+        elif isinstance(layer, ReLU):
+            nodes.append(helper.make_node("Relu", [prev], [out]))
+        else:
+            raise ValueError(f"no ONNX op for {type(layer).__name__}")
+        prev = out
+    graph = helper.make_graph(nodes, "sqref_float",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *model.input_shape])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", None])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    onnx.checker.check_model(proto)
+    return proto
+
 
 
 def torch_model(model):
@@ -80,40 +120,62 @@ def torch_model(model):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="PyTorch and onnxruntime intra-op threads (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         import torch
+
+        torch.set_num_threads(args.threads)
     except ImportError:
         torch = None
-        print("PyTorch is not installed (pip install -e '.[backends]'): printing sqref alone")
-    if torch is not None:
-        torch.set_num_threads(args.threads)
+        print("PyTorch is not installed (pip install -e '.[backends]'): its column is empty")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+        print("onnxruntime is not installed (pip install -e '.[backends]'): its column is empty")
     peak = gemm_peak(args.repeats)
-    print(f"numpy float32 GEMM peak (1024^3): {peak:.1f} GFLOP/s; torch threads {args.threads}; "
+    print(f"numpy float32 GEMM peak (1024^3): {peak:.1f} GFLOP/s; torch and onnxruntime threads {args.threads}; "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
-    header = f"{'model':<10} {'batch':>5} {'sqref img/s':>12} {'torch img/s':>12} {'ratio':>6} {'sqref GFLOP/s':>14} {'% of peak':>9}"
+    header = (f"{'model':<10} {'batch':>5} {'sqref img/s':>12} {'torch img/s':>12} {'ort img/s':>10} "
+              f"{'vs torch':>8} {'vs ort':>7} {'sqref GFLOP/s':>14} {'% of peak':>9}")
     print(header)
     print("-" * len(header))
-    for name in ("lenet5", "small_vgg"):
+    for name in ("lenet5", "lenet300", "small_vgg"):
         model = zoo.ARCHITECTURES[name](0)
         flops = forward_flops(model)
         tm = torch_model(model) if torch is not None else None
+        session = None
+        if ort is not None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = args.threads
+            session = ort.InferenceSession(float_onnx(model).SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
         for batch in (64, 1):
             x = np.random.default_rng(0).random((batch, *model.input_shape), dtype=np.float32)
+            want = sqref.run(model, x)
             t_sqref = median_seconds(lambda: sqref.run(model, x), args.repeats)
-            rate = batch / t_sqref
-            gflops = flops * batch / t_sqref / 1e9
+            cells = []
             if tm is not None:
                 tx = torch.from_numpy(x)
                 with torch.inference_mode():
+                    # float32 sums in different orders: agreement to 1e-3 shows they run the same model
+                    np.testing.assert_allclose(want, tm(tx).numpy(), rtol=1e-3, atol=1e-3)
                     t_torch = median_seconds(lambda: tm(tx), args.repeats)
-                    np.testing.assert_allclose(sqref.run(model, x), tm(tx).numpy(), rtol=1e-3, atol=1e-3)
-                torch_rate = f"{batch / t_torch:12.0f}"
-                ratio = f"{t_torch / t_sqref:6.2f}"
+                cells.append(t_torch)
             else:
-                torch_rate, ratio = f"{'-':>12}", f"{'-':>6}"
-            print(f"{name:<10} {batch:>5} {rate:12.0f} {torch_rate} {ratio} {gflops:14.1f} {100 * gflops / peak:8.0f}%")
+                cells.append(None)
+            if session is not None:
+                np.testing.assert_allclose(want, session.run(None, {"input": x})[0], rtol=1e-3, atol=1e-3)  # as above
+                cells.append(median_seconds(lambda: session.run(None, {"input": x}), args.repeats))
+            else:
+                cells.append(None)
+            rates = [f"{batch / t:{w}.0f}" if t else f"{'-':>{w}}" for t, w in zip(cells, (12, 10))]
+            ratios = [f"{t / t_sqref:{w}.2f}" if t else f"{'-':>{w}}" for t, w in zip(cells, (8, 7))]
+            gflops = flops * batch / t_sqref / 1e9
+            print(f"{name:<10} {batch:>5} {batch / t_sqref:12.0f} {rates[0]} {rates[1]} {ratios[0]} {ratios[1]} "
+                  f"{gflops:14.1f} {100 * gflops / peak:8.0f}%")
 
 
 if __name__ == "__main__":

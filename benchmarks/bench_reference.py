@@ -21,48 +21,14 @@ import os
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import sqref
 from sqref import data, integer, onnx_io, qmodel
-from sqref.model import Conv2d, Flatten, Linear, MaxPool2d, ReLU
 
-from bench_forward import median_seconds
+from bench_forward import float_onnx, median_seconds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def float_onnx(model) -> onnx.ModelProto:
-    """The float ONNX graph of a sqref chain of Conv2d/MaxPool2d/Flatten/Linear/ReLU."""
-    nodes, inits, prev = [], [], "input"
-    for name, layer in zip(model.names, model.layers):
-        out = name
-        if isinstance(layer, Conv2d):
-            inits += [numpy_helper.from_array(layer.weight, f"{name}.w"), numpy_helper.from_array(layer.bias, f"{name}.b")]
-            ph, pw = layer.padding
-            nodes.append(helper.make_node("Conv", [prev, f"{name}.w", f"{name}.b"], [out], strides=list(layer.stride),
-                                          pads=[ph, pw, ph, pw], dilations=list(layer.dilation), group=layer.groups))
-        elif isinstance(layer, MaxPool2d):
-            ph, pw = layer.padding
-            nodes.append(helper.make_node("MaxPool", [prev], [out], kernel_shape=list(layer.kernel_size),
-                                          strides=list(layer.stride), pads=[ph, pw, ph, pw]))
-        elif isinstance(layer, Flatten):
-            nodes.append(helper.make_node("Flatten", [prev], [out], axis=1))
-        elif isinstance(layer, Linear):
-            inits += [numpy_helper.from_array(layer.weight, f"{name}.w"), numpy_helper.from_array(layer.bias, f"{name}.b")]
-            nodes.append(helper.make_node("Gemm", [prev, f"{name}.w", f"{name}.b"], [out], transB=1))
-        elif isinstance(layer, ReLU):
-            nodes.append(helper.make_node("Relu", [prev], [out]))
-        else:
-            raise ValueError(f"no ONNX op for {type(layer).__name__}")
-        prev = out
-    graph = helper.make_graph(nodes, "lenet5_float",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *model.input_shape])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", None])], inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    onnx.checker.check_model(proto)
-    return proto
 
 
 def main(argv=None):

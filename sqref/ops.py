@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-# im2col chunk size: the batch is processed in chunks whose patch matrix
-# (n_chunk x C*KH*KW x OH*OW elements) stays below this many bytes (or holds
-# one image, whichever is larger). Small enough to stay in cache between
-# the slice copies that write it and the GEMM that reads it: on the small
-# VGG at batch 64, 2 MiB chunks made the convolutions about 1.4x faster
-# than 64 MiB ones (benchmarks/bench_forward.py --chunks compares them).
-IM2COL_MAX_BYTES = 2 * 2**20
+# im2col chunk size: the batch is processed in chunks whose column matrix
+# (C*KH*KW x n_chunk*OH*W' elements) stays below this many bytes, or holds one
+# image, whichever is larger. Small enough to stay in cache between the
+# slice copies that write it and the GEMM that reads it; on the small VGG
+# at batch 64 1 MiB chunks made the convolutions faster than 2, 8 or 32 MiB
+# ones (benchmarks/bench_conv.py --chunk-mib compares sizes).
+IM2COL_MAX_BYTES = 1 * 2**20
 
 
 # --------------------------------------------------------------------------
@@ -55,19 +55,17 @@ def output_size(size: int, kernel: int, *, stride: int, padding: int, dilation: 
 # --------------------------------------------------------------------------
 # im2col / col2im
 # --------------------------------------------------------------------------
-def patches(x, kernel, *, stride=1, padding=0, dilation=1, fill=0):
-    """Per-image patch matrices of 2-D cross-correlation.
+def im2col(x, kernel, *, stride=1, padding=0, dilation=1):
+    """Column matrix of 2-D cross-correlation patches.
 
-    Shapes: x (N, C, H, W) -> p (N, C*KH*KW, OH*OW), rows ordered (C, KH, KW)
-    like a flattened OIHW weight, columns ordered (OH, OW).
-    Formula: p[n, (c, i, j), (oh, ow)] = xpad[n, c, oh*SH + i*DH, ow*SW + j*DW],
-    xpad = x padded with `fill`.
+    Shapes: x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW), rows ordered (C, KH, KW)
+    like a flattened OIHW weight, columns ordered (N, OH, OW).
 
     Built from KH*KW strided slice copies of the padded input (one per kernel
     tap) rather than `sliding_window_view` + reshape: the slices are
-    contiguous reads, measured about 2.5x faster on VGG-sized layers. With
-    this layout, W (K, C*KH*KW) @ p[n] is image n's output in NCHW order, so
-    the convolution needs no transpose after its GEMM.
+    contiguous reads and the copy lands directly in GEMM layout, which
+    measured about 2.5x faster on VGG-sized layers.
+    Formula: cols[(c, i, j), (n, oh, ow)] = xpad[n, c, oh*SH + i*DH, ow*SW + j*DW].
     """
     KH, KW = pair(kernel, "kernel")
     SH, SW = pair(stride, "stride")
@@ -76,31 +74,33 @@ def patches(x, kernel, *, stride=1, padding=0, dilation=1, fill=0):
     N, C, H, W = x.shape
     OH = output_size(H, KH, stride=SH, padding=PH, dilation=DH)
     OW = output_size(W, KW, stride=SW, padding=PW, dilation=DW)
+    # C first so that each tap's slice copies into one contiguous block.
+    xt = x.transpose(1, 0, 2, 3)
     if PH or PW:
-        x = np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=fill)
-    p = np.empty((N, C, KH, KW, OH, OW), dtype=x.dtype)
+        xt = np.pad(xt, ((0, 0), (0, 0), (PH, PH), (PW, PW)))
+    cols = np.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
     for i in range(KH):
         h0 = i * DH
         for j in range(KW):
             w0 = j * DW
-            p[:, :, i, j] = x[:, :, h0 : h0 + SH * (OH - 1) + 1 : SH, w0 : w0 + SW * (OW - 1) + 1 : SW]
-    return p.reshape(N, C * KH * KW, OH * OW)
+            cols[:, i, j] = xt[:, :, h0 : h0 + SH * (OH - 1) + 1 : SH, w0 : w0 + SW * (OW - 1) + 1 : SW]
+    return cols.reshape(C * KH * KW, N * OH * OW)
 
 
-def grid_patches(x, kernel, *, padding=0, dilation=1, fill=0):
-    """Stride-1 patch matrices on the padded grid, built from contiguous runs.
+def grid_im2col(x, kernel, *, padding=0, dilation=1):
+    """Stride-1 column matrix on the padded grid, built from contiguous runs.
 
-    Shapes: x (N, C, H, W) -> p (N, C*KH*KW, OH*Wp), Wp = W + 2*PW: rows
-    ordered (C, KH, KW), columns (oh, ow') for every ow' in [0, Wp), of which
-    the first OW are the convolution's and the rest are discarded by the
-    caller (`conv_gemm` crops the GEMM output, which is C*KH*KW/K times
-    smaller than the patches).
-    Formula: with f = the padded image (fill) flattened per channel and
-    followed by DW*(KW-1) fill values,
-    p[n, (c, i, j), oh*Wp + ow'] = f[n, c, (oh + i*DH)*Wp + ow' + j*DW],
-    so each kernel tap is ONE contiguous slice of f, of length OH*Wp, instead
-    of OH rows of OW: on the small VGG this made the convolutions about 1.25x
-    faster than `patches` (8x8 maps have 32-byte rows).
+    Shapes: x (N, C, H, W) -> cols (C*KH*KW, N*OH*Wp), Wp = W + 2*PW: rows
+    ordered (C, KH, KW), columns (n, oh, ow') for every ow' in [0, Wp), of
+    which the first OW are the convolution's; the caller crops the rest
+    from the GEMM output (`conv_gemm`), which is C*KH*KW/K times smaller
+    than the columns.
+    Formula: with f = each zero-padded image flattened per channel and
+    followed by DW*(KW-1) zeros,
+    cols[(c, i, j), (n, oh, ow')] = f[c, n, (oh + i*DH)*Wp + ow' + j*DW],
+    so each kernel tap of each image is ONE contiguous slice of f of length
+    OH*Wp, instead of OH rows of OW as in `im2col` (8x8 maps have 32-byte
+    rows): benchmarks/bench_conv.py compares the two.
     """
     KH, KW = pair(kernel, "kernel")
     PH, PW = pair(padding, "padding")
@@ -109,27 +109,14 @@ def grid_patches(x, kernel, *, padding=0, dilation=1, fill=0):
     Hp, Wp = H + 2 * PH, W + 2 * PW
     OH = Hp - DH * (KH - 1)
     L = OH * Wp
-    f = np.full((N, C, Hp * Wp + DW * (KW - 1)), fill, dtype=x.dtype)
-    f[:, :, : Hp * Wp].reshape(N, C, Hp, Wp)[:, :, PH : PH + H, PW : PW + W] = x
-    p = np.empty((N, C, KH, KW, L), dtype=x.dtype)
+    f = np.zeros((C, N, Hp * Wp + DW * (KW - 1)), dtype=x.dtype)
+    f[:, :, : Hp * Wp].reshape(C, N, Hp, Wp)[:, :, PH : PH + H, PW : PW + W] = x.transpose(1, 0, 2, 3)
+    cols = np.empty((C, KH, KW, N, L), dtype=x.dtype)
     for i in range(KH):
         for j in range(KW):
             start = i * DH * Wp + j * DW
-            p[:, :, i, j] = f[:, :, start : start + L]
-    return p.reshape(N, C * KH * KW, L)
-
-
-def im2col(x, kernel, *, stride=1, padding=0, dilation=1):
-    """Column matrix of 2-D cross-correlation patches, the whole batch in one matrix.
-
-    Shapes: x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW), rows ordered (C, KH, KW),
-    columns ordered (N, OH, OW): the `patches` of every image side by side.
-    Formula: cols[(c, i, j), (n, oh, ow)] = xpad[n, c, oh*SH + i*DH, ow*SW + j*DW].
-    The conv backward pass (sqref.grad) uses this layout: there one GEMM
-    sums the weight gradient over the batch.
-    """
-    p = patches(x, kernel, stride=stride, padding=padding, dilation=dilation)
-    return p.transpose(1, 0, 2).reshape(p.shape[1], -1)
+            cols[:, i, j] = f[:, :, start : start + L]
+    return cols.reshape(C * KH * KW, N * L)
 
 
 def col2im(cols, x_shape, kernel, *, stride=1, padding=0, dilation=1):
@@ -186,16 +173,17 @@ def check_conv_args(x, w, b, *, stride, padding, dilation, groups):
     return x, w, b
 
 
-def conv_gemm(x, w, *, stride=1, padding=0, dilation=1, groups=1, fill=0, matmul=np.matmul, out_dtype=None):
-    """The convolution's sum without bias: y[n, k] = W_g @ patches of image n, group g.
+def conv_gemm(x, w, *, stride=1, padding=0, dilation=1, groups=1, matmul=np.matmul, out_dtype=None):
+    """The convolution's sum without bias: one GEMM per chunk of images, W_g @ columns_g.
 
     Shapes: x (N, C, H, W), w (K, C/groups, KH, KW) -> (N, K, OH, OW) of out_dtype
     (default x's). `matmul(a, b)` multiplies a (G, KG, CG*KH*KW) by b
-    (n, G, CG*KH*KW, L); np.matmul here, sqref.integer.exact_matmul for the
-    integer path. Stride 1 uses `grid_patches` (contiguous copies, output
-    cropped), other strides `patches`. The batch goes in chunks whose patch
-    matrix stays under IM2COL_MAX_BYTES. Arguments are not checked here
-    (conv2d and integer.conv2d_accumulate check them).
+    (G, CG*KH*KW, M): np.matmul here, sqref.integer.exact_matmul for the
+    integer path. Stride 1 takes its columns from `grid_im2col` (contiguous
+    copies; the padded grid's extra columns are cropped from the output),
+    other strides from `im2col`. The batch goes in chunks whose column matrix
+    stays under IM2COL_MAX_BYTES. Padding is zeros. Arguments are not checked
+    here (conv2d and integer.conv2d_accumulate check them).
     """
     N, C, H, W = x.shape
     K, CG, KH, KW = w.shape
@@ -203,7 +191,7 @@ def conv_gemm(x, w, *, stride=1, padding=0, dilation=1, groups=1, fill=0, matmul
     OH = output_size(H, KH, stride=SH, padding=PH, dilation=DH)
     OW = output_size(W, KW, stride=SW, padding=PW, dilation=DW)
     grid = (SH, SW) == (1, 1)
-    width = W + 2 * PW if grid else OW  # columns per output row in the patch matrix
+    width = W + 2 * PW if grid else OW  # columns per output row
     G, KG, kdim = groups, K // groups, CG * KH * KW
     w_mat = w.reshape(G, KG, kdim)
     y = np.empty((N, K, OH, OW), dtype=out_dtype or x.dtype)
@@ -212,12 +200,11 @@ def conv_gemm(x, w, *, stride=1, padding=0, dilation=1, groups=1, fill=0, matmul
         xs = x[n0 : n0 + chunk]
         n = xs.shape[0]
         if grid:
-            p = grid_patches(xs, (KH, KW), padding=(PH, PW), dilation=(DH, DW), fill=fill)
+            cols = grid_im2col(xs, (KH, KW), padding=(PH, PW), dilation=(DH, DW))
         else:
-            p = patches(xs, (KH, KW), stride=(SH, SW), padding=(PH, PW), dilation=(DH, DW), fill=fill)
-        # (G, KG, kdim) @ (n, G, kdim, OH*width) -> (n, G, KG, OH*width): image n's output channels in order
-        out = matmul(w_mat, p.reshape(n, G, kdim, OH * width))
-        y[n0 : n0 + n] = out.reshape(n, K, OH, width)[..., :OW]
+            cols = im2col(xs, (KH, KW), stride=(SH, SW), padding=(PH, PW), dilation=(DH, DW))
+        out = matmul(w_mat, cols.reshape(G, kdim, n * OH * width))  # (G, KG, n*OH*width)
+        y[n0 : n0 + n] = out.reshape(K, n, OH, width)[..., :OW].transpose(1, 0, 2, 3)
     return y
 
 
@@ -228,8 +215,8 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
             OH = (H + 2*PH - DH*(KH-1) - 1) // SH + 1 (likewise OW).
     Formula: y[n, k, oh, ow] = b[k] + sum_{c, i, j} w[k, c, i, j] *
              xpad[n, g*C/G + c, oh*SH + i*DH, ow*SW + j*DW],  g = k // (K/G).
-    Method: `conv_gemm` (patch matrices of a chunk of images, one batched GEMM
-    per chunk, written in NCHW order), then the bias.
+    Method: `conv_gemm` (the column matrix of a chunk of images, one GEMM per
+    chunk and group), then the bias.
     Oracle: sqref.oracle.conv2d (loop nest).
     """
     x, w, b = check_conv_args(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)

@@ -92,7 +92,8 @@ def conv_cases(draw, dtype=np.float64):
         cg, kg = 1, draw(st.integers(1, 2))
     C, K = cg * groups, kg * groups
     KH, KW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    # stride 1 half the time: conv_gemm takes grid_patches there, patches otherwise
+    stride = (1, 1) if draw(st.booleans()) else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     min_h = dilation[0] * (KH - 1) + 1 - 2 * padding[0]
@@ -138,6 +139,21 @@ def test_conv2d_is_linear_in_x(case, a, c):
     lhs = ops.conv2d(a * x + c * x2, w, **kw)
     rhs = a * ops.conv2d(x, w, **kw) + c * ops.conv2d(x2, w, **kw)
     np.testing.assert_allclose(lhs, rhs, rtol=1e-10, atol=1e-10)  # float64, |a|,|c| <= 3: rounding only
+
+
+@given(conv_cases())
+def test_grid_im2col_cropped_is_im2col(case):
+    # Both are copies of the same input values (zero padding): equal exactly.
+    x, w, _, kw = case
+    N, C, H, W = x.shape
+    _, _, KH, KW = w.shape
+    geo = dict(padding=kw["padding"], dilation=kw["dilation"])
+    want = ops.im2col(x, (KH, KW), **geo)
+    grid = ops.grid_im2col(x, (KH, KW), **geo)
+    Wp = W + 2 * kw["padding"][1]
+    OH = grid.shape[1] // (N * Wp)
+    cropped = grid.reshape(C * KH * KW, N, OH, Wp)[..., : want.shape[1] // (N * OH)].reshape(want.shape)
+    np.testing.assert_array_equal(cropped, want)
 
 
 def test_conv2d_batch_chunking_is_invisible(monkeypatch):
