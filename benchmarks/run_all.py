@@ -4,8 +4,8 @@
 
 Prints the CPU, core count, numpy's BLAS, the library versions and the load
 average at the start (and the load average before each benchmark, since
-other jobs may share the machine), then runs bench_forward, bench_integer,
-bench_reference and bench_compress (which ends with bench_dynamic). Each
+other jobs may share the machine), then runs bench_forward, bench_conv,
+bench_integer, bench_reference and bench_compress (which ends with bench_dynamic). Each
 benchmark's ratios are measured side by side within its own run. --quick
 uses fewer repeats and skips the VGG-16 compress (a few minutes).
 """
@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_compress  # noqa: E402
+import bench_conv  # noqa: E402
 import bench_forward  # noqa: E402
 import bench_integer  # noqa: E402
 import bench_reference  # noqa: E402
@@ -84,6 +85,8 @@ def main(argv=None):
     describe_machine()
     section("bench_forward: float forward, sqref vs PyTorch")
     bench_forward.main(["--repeats", "3" if args.quick else "7"])
+    section("bench_conv: the small VGG's conv layers, method by method")
+    bench_conv.main(["--repeats", "3" if args.quick else "5"])
     section("bench_integer: integer path vs float path vs onnxruntime")
     bench_integer.main(["--repeats", "3" if args.quick else "5"])
     section("bench_reference: sqref vs onnx.reference.ReferenceEvaluator")

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from sqref import __version__
+from sqref.train import KEEP
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -258,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random-shift augmentation in pixels")
     p.add_argument("--fc-init-scale", type=_nonneg_float, default=zoo_fc_scale(),
                    help="FC weights start this many times He-normal (default: %(default)s; see sqref/zoo.py)")
-    p.add_argument("--keep", choices=["best", "last"],
-                   help="keep the epoch with the best validation accuracy, or the last one")
+    p.add_argument("--keep", choices=KEEP,
+                   help="keep the epoch with the best validation accuracy (the earliest or the latest of tied "
+                        "epochs), or the last one")
     p.set_defaults(func=cmd_train)
 
     p = add("init", "write an untrained model (seeded random weights): the LeNets, or the AlexNet- and "

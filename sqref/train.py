@@ -39,6 +39,16 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.
     return out
 
 
+KEEP = ("best", "best-latest", "last")
+
+
+def replaces_kept(val_acc: float, kept_acc: float, keep: str) -> bool:
+    """Whether an epoch with validation accuracy `val_acc` replaces the kept
+    epoch (accuracy `kept_acc`): a better one always does; an equal one only
+    under keep="best-latest". (keep="last" returns the last epoch anyway.)"""
+    return val_acc > kept_acc or (keep == "best-latest" and val_acc == kept_acc)
+
+
 def accuracy(model: Model, x, y) -> float:
     return float(np.mean(predict(model, x) == y))
 
@@ -47,8 +57,9 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
           weight_decay: float = 5e-4, batch_size: int = 64, seed: int = 0, max_shift: int = 2,
           patience: int | None = None, progress: bool = True, grad_transform=None, keep: str = "best"):
     """Train with SGD and return (model, history): the model of the epoch with
-    the best validation accuracy (`keep="best"`, earliest on ties) or of the
-    last epoch (`keep="last"`).
+    the best validation accuracy (`keep="best"`: the earliest of tied epochs;
+    `keep="best-latest"`: the latest of them) or of the last epoch
+    (`keep="last"`).
 
     Update per step, for every parameter p with gradient g (weight decay on
     weights only, not biases):
@@ -65,8 +76,8 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
     for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if keep not in ("best", "last"):
-        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
     x_train, y_train = train_xy
     x_val, y_val = val_xy
     rng = np.random.default_rng(seed)
@@ -102,9 +113,9 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
         val_acc = accuracy(val_model, x_val, y_val)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": val_acc})
         bar.close(f"loss {np.mean(losses):.4f} val {100 * val_acc:.2f}%")
-        if val_acc > best[0]:
+        if replaces_kept(val_acc, best[0], keep):
             best = (val_acc, [{k: a.copy() for k, a in p.items()} for p in params], epoch + 1)
         if patience is not None and epoch + 1 - best[2] >= patience:
             break
-    trained = with_params(model, best[1] if keep == "best" else params)
+    trained = with_params(model, params if keep == "last" else best[1])
     return trained, history
