@@ -75,15 +75,15 @@ def _basis(y):
     """A well-conditioned basis of y's column space for the power iterations:
     L of y's LU factorisation with partial pivoting (rows permuted back), as
     scikit-learn's randomized SVD does between power iterations. Only the
-    span matters there, and the LU costs about a third of a QR; on a
-    25088 x 266 float64 block with the other core busy it took 0.57 s where
-    numpy.linalg.qr took 6.2 s."""
+    span matters there, and an LU is cheaper than a QR; the QRs were most of
+    the VGG-16 compress time, and far more so when the other core is busy
+    (benchmarks/bench_compress.py times it)."""
     return scipy.linalg.lu(y, permute_l=True, check_finite=False)[0]
 
 
 def _orth(y):
-    """Orthonormal basis of y's columns (economic QR, scipy.linalg.qr: 3.7 s
-    in the same test as `_basis`, numpy.linalg.qr 6.2 s)."""
+    """Orthonormal basis of y's columns (economic QR by scipy.linalg.qr, which
+    was faster than numpy.linalg.qr on tall float64 blocks here)."""
     return scipy.linalg.qr(y, mode="economic", overwrite_a=True, check_finite=False)[0]
 
 
