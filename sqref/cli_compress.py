@@ -158,7 +158,12 @@ def cmd_compress(args) -> dict:
     plot_paths = _plot_paths(args, force=args.force)
     model = sqref.load(model_path)
     qkw = _quantize_kwargs(args)
-    parse_bits(args.bits, model.names, tuple(layer.kind for layer in model.layers))  # fail now, not after the work
+    # fail now, not after the work; with SVD a linear layer n may be named by its factors n.v and n.u
+    # (the final quantize_model checks again, against the layers SVD actually made)
+    planned = [(f"{n}.{f}" if layer.kind == "linear" and not args.no_svd else n, layer.kind)
+               for n, layer in zip(model.names, model.layers)
+               for f in (("v", "u") if layer.kind == "linear" and not args.no_svd else ("",))]
+    parse_bits(args.bits, tuple(n for n, _ in planned), tuple(k for _, k in planned))
     steps = {}
     start = time.perf_counter()
 

@@ -72,6 +72,8 @@ def test_model_without_fc_layer_skips_svd_and_goes_on(tmp_path, capsys):
     (["--energy", "0"], "expected a fraction in (0, 1], got '0'"),
     (["--bits", "9"], "bits must be in [2, 8], got 9"),
     (["--bits", "fc=1"], "'1'"),
+    (["--bits", "8,fc9=4"], "'fc9' in bits spec"),
+    (["--no-svd", "--bits", "8,fc1.v=4"], "'fc1.v' in bits spec"),  # no SVD: there is no factor fc1.v
     (["-o", LENET300], "is the input file"),
     (["-o", "/nonexistent-dir/x.h5"], "does not exist"),
 ])
@@ -84,6 +86,15 @@ def test_compress_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.h5").exists()
     assert os.listdir(tmp_path) == []  # nothing half-written
+
+
+def test_bits_may_name_the_svd_factors(capsys, tmp_path):
+    # the paper study prints settings like "fc1.v=3,fc1.u=4": compress must accept them
+    code, report, _ = run_json(capsys, "compress", LENET300, "--rank", "30", "--bits", "8,fc1.v=3,fc2=4",
+                               "-o", tmp_path / "x.h5")
+    assert code == 0
+    bits = {r["name"]: r["bits"] for r in report["layers"]}
+    assert bits["fc1.v"] == 3 and bits["fc1.u"] == 8 and bits["fc2.v"] == bits["fc2.u"] == 4 and bits["fc3"] == 8
 
 
 def test_rank_past_min_dimension_is_kept_whole_and_reported(capsys, tmp_path):
