@@ -25,7 +25,16 @@ from sqref import zoo
 from sqref.model import Conv2d, Flatten, Linear, MaxPool2d, ReLU, infer_shapes
 
 
+# PyTorch's and onnxruntime's worker threads spin-wait for a while after a call;
+# timed right after them, sqref's BLAS threads would share the two cores with
+# those spinners (measured: the small VGG at batch 1 ran 2.5x slower). Every
+# measurement therefore starts with this pause.
+SETTLE_SECONDS = 0.5
+
+
 def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls of fn, after a pause and one warm-up call."""
+    time.sleep(SETTLE_SECONDS)
     fn()  # warm-up
     times = []
     for _ in range(repeats):

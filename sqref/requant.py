@@ -29,6 +29,8 @@ reference evaluator and PyTorch/fbgemm.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MODES = ("onnxruntime", "onnx-reference", "tflite", "tflite-single", "fbgemm")
@@ -83,6 +85,10 @@ def _check_range(zero_point, qmin, qmax):
 
 def _check_multiplier(multiplier):
     m = np.asarray(multiplier, dtype=np.float64)
+    if m.ndim == 0:  # the common per-tensor case, checked without array reductions
+        if not (math.isfinite(float(m)) and float(m) >= 0):
+            raise ValueError(f"multiplier must be finite and >= 0, got {[float(m)]}")
+        return m
     if not np.all(np.isfinite(m)) or np.any(m < 0):
         raise ValueError(f"multiplier must be finite and >= 0, got {m.ravel()[:5].tolist()}")
     return m
@@ -261,7 +267,8 @@ def requant_onnxruntime(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
     m = _along(_check_multiplier(multiplier), acc.ndim, axis, acc.shape, "multiplier").astype(np.float32)
     v = acc.astype(np.float32)
     v *= m  # float32 product, rounded once
-    np.clip(v, np.float32(qmin - zp), np.float32(qmax - zp), out=v)
+    np.maximum(v, np.float32(qmin - zp), out=v)  # the clamp, as two in-place ufuncs
+    np.minimum(v, np.float32(qmax - zp), out=v)
     return np.rint(v, out=v).astype(np.int64) + zp
 
 
@@ -438,7 +445,8 @@ def quantize_linear(x, scale, zero_point, *, qmin, qmax, mode, axis=1):
             nan = np.isnan(v)
             if nan.any():
                 v = np.where(nan, lo, v)
-            np.clip(v, lo, hi, out=v)
+            np.maximum(v, lo, out=v)  # the clamp, as two in-place ufuncs
+            np.minimum(v, hi, out=v)
             return np.rint(v, out=v).astype(np.int64) + zp
         if mode == "onnx-reference":
             r = _float_to_int32_x86(np.rint(xf / s))
