@@ -27,8 +27,8 @@ from sqref.model import Conv2d, Flatten, Linear, MaxPool2d, ReLU, infer_shapes
 
 # PyTorch's and onnxruntime's worker threads spin-wait for a while after a call;
 # timed right after them, sqref's BLAS threads would share the two cores with
-# those spinners (measured: the small VGG at batch 1 ran 2.5x slower). Every
-# measurement therefore starts with this pause.
+# those spinners (most visible on the short batch-1 runs). Every measurement
+# therefore starts with this pause.
 SETTLE_SECONDS = 0.5
 
 
