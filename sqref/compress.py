@@ -142,8 +142,8 @@ def finetune(model: Model, train_xy, val_xy, *, epochs: int, quantize_kwargs: di
     cosine schedule the latest of them has had the smallest steps (the most
     converged). The earliest-tie rule was used before; four seeds of the
     LeNet-5 setting in docs/results.md showed its pick among tied epochs to
-    be arbitrary (their test accuracies differed by up to 0.5 points). Returns (float model, history); quantize it again to
-    get the final codes.
+    be arbitrary (their test accuracies differed by up to 0.5 points).
+    Returns (float model, history); quantize it again to get the final codes.
     """
     from sqref.train import train
 

@@ -339,7 +339,8 @@ def int16_pairs_accumulate(a_raw, b, a_zero_point):
     (raw codes). Since a <= 255 and |b| <= 128, s_p can leave int16 only if
     a[2p] + a[2p+1] >= 256 AND |b[2p]| + |b[2p+1]| >= 129, so the correction is
     evaluated on those rows and columns only: the exact part is
-    `exact_matmul`, the correction is usually tiny. Odd K: the last element pairs with 0.
+    `exact_matmul`, the correction is usually tiny. Odd K: the last element
+    pairs with 0.
     Oracle: requant.accumulate_u8s8_int16_pairs (tests/test_integer.py).
     """
     a = np.asarray(a_raw)
@@ -374,8 +375,9 @@ def conv2d_accumulate(xq, x_zero_point, wq, *, stride=1, padding=0, dilation=1, 
     Formula: acc[n, k, oh, ow] = sum_{c, i, j} (xpad[n, c, oh*SH + i*DH, ow*SW + j*DW] - z_x) * w[k, c, i, j],
     padding holds z_x (the code of real 0).
     "exact": sqref.ops.conv_gemm of float32 (x - z_x) with `exact_matmul` (exact
-    integer sums, K = C/groups * KH * KW). "int16-pairs": raw codes in onnxruntime/FBGEMM's NHWC im2col order,
-    K = (KH, KW, C), summed by accumulate_u8s8_int16_pairs (the AVX2 saturation).
+    integer sums, K = C/groups * KH * KW). "int16-pairs": raw codes in
+    onnxruntime/FBGEMM's NHWC im2col order, K = (KH, KW, C), summed by
+    accumulate_u8s8_int16_pairs (the AVX2 saturation).
     Oracle: a naive int64 loop nest (tests/test_integer.py).
     """
     xq = _check_codes("xq", xq, np.uint8, 4, "N, C, H, W")
@@ -392,7 +394,6 @@ def conv2d_accumulate(xq, x_zero_point, wq, *, stride=1, padding=0, dilation=1, 
     OW = output_size(W, KW, stride=SW, padding=PW, dilation=DW)
     if OH < 1 or OW < 1:
         raise ValueError(f"kernel {KH}x{KW} does not fit input {H}x{W} with padding {(PH, PW)}")
-    kdim = CG * KH * KW
     zx = _check_zero_point(x_zero_point)
     KG = K // G
     if accumulate == "exact":
@@ -419,8 +420,8 @@ def linear_accumulate(xq, x_zero_point, wq, *, accumulate="exact"):
 
     Shapes: xq (N, IN), wq (OUT, IN) -> (N, OUT). Dtypes: uint8 and int8 codes; int64 out.
     Formula: acc[n, o] = sum_i (x[n, i] - z_x) * w[o, i]; "exact" is `exact_matmul`
-    (float32 GEMMs over blocks of K, exact integer sums), "int16-pairs" the AVX2 saturation model with
-    K in input-feature order. Oracle: a naive int64 loop (tests/test_integer.py).
+    (float32 GEMMs over blocks of K, exact integer sums), "int16-pairs" the AVX2
+    saturation model with K in input-feature order. Oracle: a naive int64 loop (tests/test_integer.py).
     """
     xq = _check_codes("xq", xq, np.uint8, 2, "N, IN")
     wq = _check_codes("wq", wq, np.int8, 2, "OUT, IN")

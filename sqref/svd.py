@@ -94,7 +94,8 @@ def decompose_randomized(w, rank: int, *, oversample: int = 10, iterations: int 
 
     Y = (W W^T)^q W G with G Gaussian (IN x (r + p)), re-normalised after
     every product by an LU basis of the same span (`_basis`); Q = orth(Y)
-    by QR; then the exact SVD of the small Q^T W. Cost O(OUT * IN * (r + p) * (2q + 2)) instead of O(OUT * IN * min).
+    by QR; then the exact SVD of the small Q^T W.
+    Cost O(OUT * IN * (r + p) * (2q + 2)) instead of O(OUT * IN * min).
     Error: with a decaying spectrum the result is close to the Eckart-Young
     optimum; the returned singular values are those of Q^T W, so the
     reported reconstruction error is computed from the factors, not from
