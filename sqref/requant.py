@@ -441,7 +441,7 @@ def quantize_linear(x, scale, zero_point, *, qmin, qmax, mode, axis=1):
     with np.errstate(over="ignore", invalid="ignore"):
         if mode == "onnxruntime":
             lo, hi = (qmin - zp).astype(np.float32), (qmax - zp).astype(np.float32)
-            v = xf / s
+            v = np.asarray(xf / s)  # an array even for a 0-d x (the in-place clamp below needs one)
             nan = np.isnan(v)
             if nan.any():
                 v = np.where(nan, lo, v)

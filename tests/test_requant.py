@@ -117,6 +117,13 @@ def test_negative_tie_double_vs_single_rounding(mode, want):
 @pytest.mark.parametrize("mode, want", [("tflite", -3), ("onnxruntime", -2), ("onnx-reference", -2), ("pytorch", -2)])
 def test_quantize_negative_tie(mode, want):
     assert requant.quantize_linear(np.float32([-2.5]), 1.0, 0, mode=mode, **I8).tolist() == [want]
+    # a 0-d input (a scalar) gives a 0-d result with the same value
+    assert int(requant.quantize_linear(np.float32(-2.5), 1.0, 0, mode=mode, **I8)) == want
+
+
+def test_requantize_scalar_accumulator():
+    got = requant.requantize(np.int64(-5), multiplier=0.5, zero_point=0, qmin=-128, qmax=127, mode="onnxruntime")
+    assert np.ndim(got) == 0 and int(got) == -2  # -2.5 rounds half to even
 
 
 @pytest.mark.parametrize(
