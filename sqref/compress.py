@@ -141,8 +141,9 @@ def finetune(model: Model, train_xy, val_xy, *, epochs: int, quantize_kwargs: di
     0.2 points, so after a few epochs several epochs tie, and under the
     cosine schedule the latest of them has had the smallest steps (the most
     converged). The earliest-tie rule was used before; four seeds of the
-    LeNet-5 setting in docs/results.md showed its pick among tied epochs to
-    be arbitrary (their test accuracies differed by up to 0.5 points).
+    LeNet-5 setting of docs/results.md (a side experiment described there)
+    showed its pick among tied epochs to be arbitrary: tied epochs differed
+    by up to 0.5 test points.
     Returns (float model, history); quantize it again to get the final codes.
     """
     from sqref.train import train
