@@ -63,7 +63,7 @@ def gemm_peak(repeats: int) -> float:
     return 2 * 1024**3 / median_seconds(lambda: a @ b, repeats) / 1e9
 
 
-def float_onnx(model) :
+def float_onnx(model):
     """The float ONNX graph (opset 21) of a sqref chain of Conv2d/MaxPool2d/Flatten/Linear/ReLU."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
