@@ -160,9 +160,10 @@ def cmd_compress(args) -> dict:
     qkw = _quantize_kwargs(args)
     # fail now, not after the work; with SVD a linear layer n may be named by its factors n.v and n.u
     # (the final quantize_model checks again, against the layers SVD actually made)
-    planned = [(f"{n}.{f}" if layer.kind == "linear" and not args.no_svd else n, layer.kind)
-               for n, layer in zip(model.names, model.layers)
-               for f in (("v", "u") if layer.kind == "linear" and not args.no_svd else ("",))]
+    planned = []
+    for n, layer in zip(model.names, model.layers):
+        split = layer.kind == "linear" and not args.no_svd
+        planned += [(f"{n}.v", "linear"), (f"{n}.u", "linear")] if split else [(n, layer.kind)]
     parse_bits(args.bits, tuple(n for n, _ in planned), tuple(k for _, k in planned))
     steps = {}
     start = time.perf_counter()

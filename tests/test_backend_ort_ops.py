@@ -25,9 +25,10 @@ onnx = pytest.importorskip("onnx")
 
 from hypothesis import Phase, find, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
+import integer_oracles  # noqa: E402
 from sqref import requant  # noqa: E402
 from sqref.testing import assert_bit_exact, qparams, quantize_cases  # noqa: E402
 
@@ -70,38 +71,11 @@ def run_both(model, inputs, constants=()):
 # ------------------------------------------------ naive integer arithmetic
 
 
-def patches(x, kh, kw, *, pads, strides, dilations, fill):
-    """(N, C, H, W) -> (N, OH, OW, KH, KW, C); padding holds `fill` (the raw zero point)."""
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=fill)
-    oh = (xp.shape[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (xp.shape[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    out = np.empty((x.shape[0], oh, ow, kh, kw, x.shape[1]), np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            rows = slice(i * dilations[0], i * dilations[0] + strides[0] * (oh - 1) + 1, strides[0])
-            cols = slice(j * dilations[1], j * dilations[1] + strides[1] * (ow - 1) + 1, strides[1])
-            out[:, :, :, i, j, :] = xp[:, :, rows, cols].transpose(0, 2, 3, 1)
-    return out
-
-
 def conv_acc(x, w, zx, zw, *, pads, strides, dilations, group, u8s8_pairs=False):
-    """Integer conv accumulator (N, K, OH, OW): exact ``sum (x - zx)(w - zw)`` in int64, or,
-    with ``u8s8_pairs``, as the saturating VPMADDUBSW kernels compute it (K in (KH, KW, C)
-    order, as onnxruntime's and FBGEMM's NHWC im2col; depthwise kernels are exact)."""
-    k_out, cg, kh, kw = w.shape
-    kg = k_out // group
-    p = patches(x, kh, kw, pads=pads, strides=strides, dilations=dilations, fill=zx)
-    n, oh, ow = p.shape[:3]
-    out = np.empty((n, k_out, oh, ow), np.int64)
-    for g in range(group):
-        cols = p[..., g * cg : (g + 1) * cg].reshape(n * oh * ow, kh * kw * cg)
-        wm = w[g * kg : (g + 1) * kg].astype(np.int64).transpose(2, 3, 1, 0).reshape(kh * kw * cg, kg)
-        if u8s8_pairs and not (cg == 1 and kg == 1):
-            acc = requant.accumulate_u8s8_int16_pairs(cols, wm, a_zero_point=zx, b_zero_point=zw)
-        else:
-            acc = (cols - zx) @ (wm - zw)
-        out[:, g * kg : (g + 1) * kg] = acc.reshape(n, oh, ow, kg).transpose(0, 3, 1, 2)
-    return out
+    """Integer conv accumulator (N, K, OH, OW), with the ONNX attribute names: exact, or,
+    with ``u8s8_pairs``, as the saturating VPMADDUBSW kernels compute it (depthwise kernels are exact)."""
+    return integer_oracles.conv_accumulator(x, w, zx, zw, pads=pads, strides=strides, dilations=dilations,
+                                            groups=group, u8s8_pairs=u8s8_pairs, exact_depthwise=True)
 
 
 def matmul_acc(a, b, za, zb, *, u8s8_pairs=False):
@@ -125,22 +99,12 @@ U8S8_SATURATES = _probe_u8s8_saturation()
 # ---------------------------------------------------------- strategies
 
 
-@st.composite
-def codes(draw, shape, dtype, *, limit=None):
-    """Integer codes of `dtype` from a drawn seed: the type extremes (saturating pairs),
-    uniform, or |v| <= limit. numpy draws the bulk so K can be in the hundreds."""
+def codes(shape, dtype, *, limit=None):
+    """integer_oracles.codes; with `limit`, uniform in [-limit, limit] (within the dtype's range)."""
+    if limit is None:
+        return integer_oracles.codes(shape, dtype)
     lo, hi = RANGES[dtype]
-    if limit is not None:
-        lo, hi = max(lo, -limit), min(hi, limit)
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    dist = draw(st.sampled_from(["extremes", "uniform", "small"]) if limit is None else st.just("uniform"))
-    if dist == "extremes":
-        v = rng.choice([lo, hi, lo + 1, hi - 1, (lo + hi) // 2], size=shape)
-    elif dist == "small":
-        v = rng.integers(max(lo, -8), min(hi, 8) + 1, size=shape)
-    else:
-        v = rng.integers(lo, hi + 1, size=shape)
-    return v.astype(dtype)
+    return integer_oracles.codes(shape, dtype, max(lo, -limit), min(hi, limit), dists=("uniform",))
 
 
 @st.composite

@@ -28,6 +28,7 @@ pytest.importorskip("ai_edge_litert")
 from hypothesis import given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+import integer_oracles  # noqa: E402
 import sqref  # noqa: E402
 from sqref import integer, requant, tflite_io  # noqa: E402
 from sqref.data import DATA_DIR, load_split  # noqa: E402
@@ -47,14 +48,9 @@ def f32(v):
     return float(np.float32(v))
 
 
-@st.composite
-def codes(draw, shape, dtype, lo, hi):
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    if draw(st.booleans()):
-        v = rng.choice([lo, hi, lo + 1, hi - 1, (lo + hi) // 2], size=shape)
-    else:
-        v = rng.integers(lo, hi + 1, size=shape)
-    return v.astype(dtype)
+def codes(shape, dtype, lo, hi):
+    """integer_oracles.codes in [lo, hi]: extremes or uniform."""
+    return integer_oracles.codes(shape, dtype, lo, hi, dists=("extremes", "uniform"))
 
 
 @st.composite

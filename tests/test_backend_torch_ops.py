@@ -25,6 +25,7 @@ torch = pytest.importorskip("torch")
 from hypothesis import Phase, find, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+import integer_oracles  # noqa: E402
 from sqref import requant  # noqa: E402
 from sqref.testing import assert_bit_exact, qparams, quantize_cases  # noqa: E402
 
@@ -62,38 +63,11 @@ def q_weight(codes, scales, zps):
 # ------------------------------------------------ naive integer arithmetic
 
 
-def patches(x, kh, kw, *, padding, stride, dilation, fill):
-    """(N, C, H, W) -> (N, OH, OW, KH, KW, C), symmetric `padding` holding `fill` (the zero point)."""
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=fill)
-    oh = (xp.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (xp.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    out = np.empty((x.shape[0], oh, ow, kh, kw, x.shape[1]), np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
-            cols = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1, stride[1])
-            out[:, :, :, i, j, :] = xp[:, :, rows, cols].transpose(0, 2, 3, 1)
-    return out
-
-
 def conv_acc(x, w, zx, zw, *, padding, stride, dilation, groups, u8s8_pairs):
-    """Conv accumulator (N, K, OH, OW) without bias: exact, or as the saturating FBGEMM kernels
-    compute it (pairs along K in (KH, KW, C) order, depthwise included)."""
-    k_out, cg, kh, kw = w.shape
-    kg = k_out // groups
-    p = patches(x, kh, kw, padding=padding, stride=stride, dilation=dilation, fill=zx)
-    n, oh, ow = p.shape[:3]
-    out = np.empty((n, k_out, oh, ow), np.int64)
-    for g in range(groups):
-        cols = p[..., g * cg : (g + 1) * cg].reshape(n * oh * ow, kh * kw * cg)
-        wm = w[g * kg : (g + 1) * kg].astype(np.int64).transpose(2, 3, 1, 0).reshape(kh * kw * cg, kg)
-        zwg = zw if np.ndim(zw) == 0 else np.asarray(zw)[g * kg : (g + 1) * kg]
-        if u8s8_pairs:
-            acc = requant.accumulate_u8s8_int16_pairs(cols, wm, a_zero_point=zx, b_zero_point=zwg)
-        else:
-            acc = (cols - zx) @ (wm - zwg)
-        out[:, g * kg : (g + 1) * kg] = acc.reshape(n, oh, ow, kg).transpose(0, 3, 1, 2)
-    return out
+    """Conv accumulator (N, K, OH, OW) without bias, with torch's argument names: exact, or as the
+    saturating FBGEMM kernels compute it (depthwise included)."""
+    return integer_oracles.conv_accumulator(x, w, zx, zw, pads=(*padding, *padding), strides=stride,
+                                            dilations=dilation, groups=groups, u8s8_pairs=u8s8_pairs)
 
 
 def linear_acc(x, w, zx, zw, *, u8s8_pairs):
@@ -162,15 +136,9 @@ def test_dequantize(data, dtype):
 # ------------------------------------------------------ linear and conv
 
 
-@st.composite
-def codes(draw, shape, lo, hi):
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    dist = draw(st.sampled_from(["extremes", "uniform", "small"]))
-    if dist == "extremes":
-        return rng.choice([lo, hi, lo + 1, hi - 1, (lo + hi) // 2], size=shape)
-    if dist == "small":
-        return rng.integers(max(lo, -8), min(hi, 8) + 1, size=shape)
-    return rng.integers(lo, hi + 1, size=shape)
+def codes(shape, lo, hi):
+    """int64 codes in [lo, hi] (integer_oracles.codes)."""
+    return integer_oracles.codes(shape, np.int64, lo, hi)
 
 
 @st.composite

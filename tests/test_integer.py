@@ -19,6 +19,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import sqref
+from integer_oracles import codes
 from sqref import calibration, integer, requant
 from sqref.data import load_split
 from sqref.integer import ActParams, IntConv2d, IntegerModel, IntLinear
@@ -111,20 +112,6 @@ def naive_avg(mode, x, y, kernel, hw):
 
 
 # ------------------------------------------------------------ strategies
-
-
-@st.composite
-def codes(draw, shape, dtype):
-    lo, hi = (0, 255) if dtype == np.uint8 else (-128, 127)
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["extremes", "uniform", "small"]))
-    if kind == "extremes":  # saturating int16 pairs and type limits, on purpose
-        v = rng.choice([lo, hi, lo + 1, hi - 1, (lo + hi) // 2], size=shape)
-    elif kind == "small":
-        v = rng.integers(max(lo, -8), min(hi, 8) + 1, size=shape)
-    else:
-        v = rng.integers(lo, hi + 1, size=shape)
-    return v.astype(dtype)
 
 
 @st.composite
