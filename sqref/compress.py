@@ -140,10 +140,9 @@ def finetune(model: Model, train_xy, val_xy, *, epochs: int, quantize_kwargs: di
     quantized model, the LATEST of tied epochs: 500 validation images resolve
     0.2 points, so after a few epochs several epochs tie, and under the
     cosine schedule the latest of them has had the smallest steps (the most
-    converged). The earliest-tie rule was used before; four seeds of the
-    LeNet-5 setting of docs/results.md (a side experiment described there)
-    showed its pick among tied epochs to be arbitrary: tied epochs differed
-    by up to 0.5 test points.
+    converged). The earliest-tie rule was used before; a side experiment
+    with four seeds (described in docs/results.md) found tied epochs to
+    differ on test by several images, so that pick was arbitrary.
     Returns (float model, history); quantize it again to get the final codes.
     """
     from sqref.train import train
