@@ -129,7 +129,8 @@ def search_rank(model: Model, val_xy, *, max_drop: float, quantize_kwargs: dict,
 
 
 def finetune(model: Model, train_xy, val_xy, *, epochs: int, quantize_kwargs: dict, lr: float = 0.002,
-             progress: bool = True, seed: int = 0):
+             progress: bool = True, seed: int = 0, teacher: Model | None = None, temperature: float = 1.0,
+             alpha: float = 0.0):
     """Quantization-aware fine-tuning with the straight-through estimator.
 
     Every step quantizes the current float weights (the boundary re-derived
@@ -143,6 +144,8 @@ def finetune(model: Model, train_xy, val_xy, *, epochs: int, quantize_kwargs: di
     converged). The earliest-tie rule was used before; a side experiment
     with four seeds (described in docs/results.md) found tied epochs to
     differ on test by several images, so that pick was arbitrary.
+    `teacher` (typically the float model before SVD and quantization),
+    `temperature`, `alpha`: knowledge distillation, see sqref.train.train.
     Returns (float model, history); quantize it again to get the final codes.
     """
     from sqref.train import train
@@ -155,4 +158,4 @@ def finetune(model: Model, train_xy, val_xy, *, epochs: int, quantize_kwargs: di
     start = dataclasses.replace(model, layers=float_layers)
     return train(start, train_xy, val_xy, epochs=epochs, lr=lr, momentum=0.9, weight_decay=0.0,
                  batch_size=64, seed=seed, max_shift=1, progress=progress, grad_transform=to_quantized,
-                 keep="best-latest")
+                 keep="best-latest", teacher=teacher, temperature=temperature, alpha=alpha)

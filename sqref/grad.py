@@ -108,6 +108,43 @@ def softmax_cross_entropy(logits, labels):
     return loss, grad / logits.dtype.type(N)
 
 
+def check_distillation(temperature, alpha) -> None:
+    """Raise ValueError unless temperature > 0 (finite) and alpha is in [0, 1]."""
+    if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+
+
+def distillation_loss(logits, labels, teacher_logits, *, temperature: float, alpha: float):
+    """Knowledge distillation (Hinton, Vinyals and Dean, 2015): the student
+    learns the labels and the teacher's softened class probabilities.
+    Returns (loss, grad_logits); with alpha = 0 it is softmax_cross_entropy.
+
+    With s, t the student's and the teacher's logits, T the temperature and
+    p_T(z) = softmax(z / T), mean over the N rows:
+        loss = (1 - alpha) CE(softmax(s), labels) + alpha T^2 KL(p_T(t) || p_T(s)),
+        grad = (1 - alpha) (softmax(s) - onehot(labels)) / N + alpha T (p_T(s) - p_T(t)) / N.
+    The T^2 keeps the soft term's gradient the same size at every T. As torch:
+    (1 - alpha) * cross_entropy(s, y) + alpha * T**2 * kl_div(log_softmax(s / T),
+    log_softmax(t / T), log_target=True, reduction="batchmean").
+    """
+    check_distillation(temperature, alpha)
+    if np.shape(teacher_logits) != logits.shape:
+        raise ValueError(f"teacher_logits must have the logits' shape {logits.shape}, got {np.shape(teacher_logits)}")
+    hard_loss, hard_grad = softmax_cross_entropy(logits, labels)
+    dtype = logits.dtype.type
+    T = dtype(temperature)
+    log_student = ops.log_softmax(logits / T)
+    log_teacher = ops.log_softmax(np.asarray(teacher_logits, dtype=logits.dtype) / T)
+    teacher = np.exp(log_teacher)
+    N = logits.shape[0]
+    soft_loss = np.sum(teacher * (log_teacher - log_student)) / N
+    soft_grad = (np.exp(log_student) - teacher) * (T / dtype(N))
+    a = dtype(alpha)
+    return (1 - a) * hard_loss + a * T * T * soft_loss, (1 - a) * hard_grad + a * soft_grad
+
+
 def layer_backward(layer, x, grad_y):
     """Dispatch on the layer type: returns (grad_x, {param name: grad})."""
     if isinstance(layer, Conv2d):
@@ -128,8 +165,9 @@ def layer_backward(layer, x, grad_y):
     raise TypeError(f"no backward pass for layer type {type(layer).__name__}")
 
 
-def model_gradients(model, x, labels):
-    """Loss and per-layer parameter gradients of the mean cross-entropy.
+def model_gradients(model, x, labels, loss_fn=softmax_cross_entropy):
+    """Loss and per-layer parameter gradients of `loss_fn(logits, labels) ->
+    (loss, grad_logits)`, by default the mean cross-entropy.
 
     Returns (loss, logits, [ {param: grad} for each layer ]).
     """
@@ -137,7 +175,7 @@ def model_gradients(model, x, labels):
     for layer in model.layers:
         inputs.append(layer(inputs[-1]))
     logits = inputs[-1]
-    loss, grad = softmax_cross_entropy(logits, labels)
+    loss, grad = loss_fn(logits, labels)
     grads = [None] * len(model.layers)
     for index in range(len(model.layers) - 1, -1, -1):
         grad, grads[index] = layer_backward(model.layers[index], inputs[index], grad)
@@ -146,5 +184,5 @@ def model_gradients(model, x, labels):
 
 __all__ = [
     "conv2d_backward", "linear_backward", "relu_backward", "max_pool2d_backward",
-    "avg_pool2d_backward", "softmax_cross_entropy", "layer_backward", "model_gradients",
+    "avg_pool2d_backward", "softmax_cross_entropy", "check_distillation", "distillation_loss", "layer_backward", "model_gradients",
 ]

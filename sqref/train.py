@@ -8,12 +8,13 @@ works on copies of its arrays and returns a new model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
 
-from sqref.grad import model_gradients
-from sqref.model import PARAM_LAYERS, Model, layer_arrays, predict
+from sqref.grad import check_distillation, distillation_loss, model_gradients, softmax_cross_entropy
+from sqref.model import PARAM_LAYERS, Model, layer_arrays, predict, run
 from sqref.progress import Progress
 
 
@@ -55,7 +56,8 @@ def accuracy(model: Model, x, y) -> float:
 
 def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05, momentum: float = 0.9,
           weight_decay: float = 5e-4, batch_size: int = 64, seed: int = 0, max_shift: int = 2,
-          patience: int | None = None, progress: bool = True, grad_transform=None, keep: str = "best"):
+          patience: int | None = None, progress: bool = True, grad_transform=None, keep: str = "best",
+          teacher: Model | None = None, temperature: float = 1.0, alpha: float = 0.0):
     """Train with SGD and return (model, history): the model of the epoch with
     the best validation accuracy (`keep="best"`: the earliest of tied epochs;
     `keep="best-latest"`: the latest of them) or of the last epoch
@@ -69,6 +71,10 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
     float parameters to the model used in the forward pass (quantization-aware
     fine-tuning uses it for fake quantization with the straight-through
     estimator: gradients of the quantized model update the float weights).
+    `teacher`, if given, is a model whose logits on each (augmented) batch are
+    distilled into the model being trained: the loss is
+    grad.distillation_loss with `temperature` and `alpha` (alpha = 0: the
+    labels only, as without a teacher).
     """
     for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -78,6 +84,8 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if keep not in KEEP:
         raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
+    if teacher is not None:
+        check_distillation(temperature, alpha)
     x_train, y_train = train_xy
     x_val, y_val = val_xy
     rng = np.random.default_rng(seed)
@@ -97,7 +105,11 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
             xb = random_shift(x_train[idx], max_shift, rng)
             current = with_params(model, params)
             forward_model = current if grad_transform is None else grad_transform(current)
-            loss, _, grads = model_gradients(forward_model, xb, y_train[idx])
+            loss_fn = softmax_cross_entropy
+            if teacher is not None:
+                loss_fn = functools.partial(distillation_loss, teacher_logits=run(teacher, xb),
+                                            temperature=temperature, alpha=alpha)
+            loss, _, grads = model_gradients(forward_model, xb, y_train[idx], loss_fn)
             lr_t = np.float32(lr * 0.5 * (1 + math.cos(math.pi * step / total_steps)))
             for p, v, g in zip(params, velocity, grads):
                 for key in p:

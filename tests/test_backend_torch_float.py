@@ -71,6 +71,22 @@ def test_linear_and_cross_entropy_match_torch(N, IN, OUT, seed):
         np.testing.assert_allclose(mine, theirs.grad.numpy(), **TOL)
 
 
+@given(st.integers(1, 5), st.integers(2, 6), st.floats(0.5, 8.0), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+def test_distillation_loss_matches_torch(N, classes, temperature, alpha, seed):
+    rng = np.random.default_rng(seed)
+    s, teacher = rng.standard_normal((N, classes)) * 3, rng.standard_normal((N, classes)) * 3
+    labels = rng.integers(0, classes, N)
+    ts, F = t(s), torch.nn.functional
+    loss = ((1 - alpha) * F.cross_entropy(ts, torch.tensor(labels))
+            + alpha * temperature**2 * F.kl_div(F.log_softmax(ts / temperature, -1),
+                                                 F.log_softmax(torch.tensor(teacher) / temperature, -1),
+                                                 log_target=True, reduction="batchmean"))
+    loss.backward()
+    my_loss, g = grad.distillation_loss(s, labels, teacher, temperature=temperature, alpha=alpha)
+    assert my_loss == pytest.approx(loss.item(), rel=1e-12, abs=1e-14)  # float64; abs for a loss near 0
+    np.testing.assert_allclose(g, ts.grad.numpy(), **TOL)
+
+
 def test_softmax_matches_torch():
     x = np.random.default_rng(0).standard_normal((4, 10)) * 30
     np.testing.assert_allclose(ops.softmax(x), torch.softmax(torch.tensor(x), -1).numpy(), **TOL)

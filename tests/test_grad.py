@@ -88,3 +88,52 @@ def test_model_gradients_match_finite_differences():
     np.testing.assert_allclose(grads[0]["weight"], numeric_grad(loss, model.layers[0].weight), atol=FD_TOL)
     np.testing.assert_allclose(grads[3]["bias"], numeric_grad(loss, model.layers[3].bias), atol=FD_TOL)
     assert set(grads[5]) == {"weight"}  # a bias-free layer gets no bias gradient
+
+
+def test_distillation_literal():
+    # Student logits equal, teacher at T = 2 gives p_T(t) = (e/(1+e), 1/(1+e)) for t = (2, 0);
+    # student p_T(s) = (1/2, 1/2). Hard term: log 2. Soft term: KL(p_T(t) || 1/2) = sum p log(2p).
+    s, t, labels = np.zeros((1, 2)), np.array([[2.0, 0.0]]), np.array([0])
+    p = np.array([np.e / (1 + np.e), 1 / (1 + np.e)])
+    kl = np.sum(p * np.log(2 * p))
+    loss, g = grad.distillation_loss(s, labels, t, temperature=2.0, alpha=0.25)
+    assert loss == pytest.approx(0.75 * np.log(2) + 0.25 * 4 * kl, rel=1e-14)
+    np.testing.assert_allclose(g, 0.75 * np.array([[-0.5, 0.5]]) + 0.25 * 2 * (0.5 - p)[None], rtol=1e-14)
+
+
+def test_distillation_alpha_zero_is_cross_entropy_and_teacher_optimum_has_zero_soft_gradient():
+    rng = np.random.default_rng(3)
+    s, labels = rng.standard_normal((4, 5)), np.array([0, 4, 2, 2])
+    ce, g_ce = grad.softmax_cross_entropy(s, labels)
+    loss, g = grad.distillation_loss(s, labels, rng.standard_normal((4, 5)), temperature=3.0, alpha=0.0)
+    assert loss == ce
+    np.testing.assert_array_equal(g, g_ce)
+    # a student equal to its teacher: KL = 0 and the soft gradient vanishes
+    loss, g = grad.distillation_loss(s, labels, s, temperature=3.0, alpha=1.0)
+    assert loss == pytest.approx(0.0, abs=1e-15)
+    np.testing.assert_allclose(g, 0.0, atol=1e-16)
+
+
+@given(st.integers(1, 4), st.integers(2, 6), st.floats(0.5, 8.0), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+def test_distillation_gradient_matches_finite_differences(N, classes, temperature, alpha, seed):
+    rng = np.random.default_rng(seed)
+    s, t = rng.standard_normal((N, classes)) * 3, rng.standard_normal((N, classes)) * 3
+    labels = rng.integers(0, classes, N)
+    _, g = grad.distillation_loss(s, labels, t, temperature=temperature, alpha=alpha)
+    loss = lambda: grad.distillation_loss(s, labels, t, temperature=temperature, alpha=alpha)[0]  # noqa: E731
+    np.testing.assert_allclose(g, numeric_grad(loss, s), atol=FD_TOL)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=0.0, alpha=0.5), "temperature must be a finite number > 0, got 0.0"),
+    (dict(temperature=float("inf"), alpha=0.5), "temperature must be a finite number > 0, got inf"),
+    (dict(temperature=2.0, alpha=1.5), r"alpha must be in \[0, 1\], got 1.5"),
+])
+def test_distillation_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        grad.distillation_loss(np.zeros((1, 2)), np.array([0]), np.zeros((1, 2)), **kwargs)
+
+
+def test_distillation_rejects_teacher_of_another_shape():
+    with pytest.raises(ValueError, match=r"teacher_logits must have the logits' shape \(1, 2\), got \(1, 3\)"):
+        grad.distillation_loss(np.zeros((1, 2)), np.array([0]), np.zeros((1, 3)), temperature=2.0, alpha=0.5)
