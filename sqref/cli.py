@@ -151,15 +151,16 @@ def cmd_train(args) -> dict:
     trained, history = train(model, train_xy, val_xy, seed=args.seed, progress=_progress_enabled(args), **recipe)
     seconds = time.perf_counter() - start
     test_acc = accuracy(trained, *load_split(args.data, "test"))
-    best = max(history, key=lambda e: e["val_accuracy"]) if recipe["keep"] == "best" else history[-1]
-    recipe = {"arch": args.arch, **recipe, "seed": args.seed, "fc_init_scale": args.fc_init_scale, "kept_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+    kept = next(h for h in history if h["kept"])
+    recipe = {"arch": args.arch, **recipe, "seed": args.seed, "fc_init_scale": args.fc_init_scale,
+              "kept_epoch": kept["epoch"], "val_accuracy": kept["val_accuracy"],
               "test_accuracy": test_acc, "train_seconds": round(seconds, 1), "preprocessing": "pixels / 255",
               "data": "MNIST-5k train split (3,500 images); model selection on the 500-image val split",
               "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
     trained = trained.__class__(trained.layers, trained.input_shape, trained.names, {**model.meta, **recipe})
     sqref.save(trained, out, overwrite=args.force)
     if not args.json:
-        print(f"{out}: {args.arch}, kept epoch {best['epoch']}, val {100 * best['val_accuracy']:.2f}%, "
+        print(f"{out}: {args.arch}, kept epoch {kept['epoch']}, val {100 * kept['val_accuracy']:.2f}%, "
               f"test {100 * test_acc:.2f}%, {seconds:.0f}s")
     return {"output": out, **recipe}
 

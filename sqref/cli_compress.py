@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from sqref.cli import UsageError, _nonneg_float, _positive_int, _progress_enabled, check_output_path, evaluate, table
+from sqref.compress import FINETUNE_DISTILL
 
 
 def layer_rows(before, after, sizes) -> list[dict]:
@@ -196,8 +197,10 @@ def cmd_compress(args) -> dict:
     if args.finetune and args.no_eval:
         raise UsageError("--finetune trains on MNIST-5k; it cannot be combined with --no-eval")
     if args.finetune:
+        distill = {"teacher": model, "temperature": args.distill[0], "alpha": args.distill[1]} if args.distill else {}
         tuned, history = finetune(factored, load_split(args.data, "train"), load_split(args.data, "val"),
-                                  epochs=args.finetune, quantize_kwargs=qkw, lr=args.finetune_lr, progress=progress)
+                                  epochs=args.finetune, quantize_kwargs=qkw, lr=args.finetune_lr, progress=progress,
+                                  **distill)
         pre_quant = tuned
     else:
         history, pre_quant = None, factored
@@ -228,6 +231,12 @@ def cmd_compress(args) -> dict:
             else:
                 print(f"  SVD {rep['name']} {rep['shape'][0]}x{rep['shape'][1]}: rank {rep['rank']}, "
                       f"kept energy {100 * rep['kept_energy']:.2f}%, relative error {rep['relative_error']:.4f}")
+        if history:
+            kept = next(h for h in history if h["kept"])
+            method = (f"distillation from {model_path} (T {args.distill[0]:g}, alpha {args.distill[1]:g})"
+                      if args.distill else "the labels")
+            print(f"  fine-tuned {len(history)} epochs on {method}; kept epoch {kept['epoch']} "
+                  f"(validation {100 * kept['val_accuracy']:.2f}%)")
         print(table([{**r, "shape": "x".join(map(str, r["shape"])), "rank": _fmt(r["rank"], "d"),
                       "alpha": _alpha_text(r["alpha"]), "params_before": _fmt(r["params_before"], ","),
                       "params": f"{r['params']:,}", "payload_bytes": f"{r['payload_bytes']:,}"} for r in rows],
@@ -236,7 +245,9 @@ def cmd_compress(args) -> dict:
                      ("params", "params after"), ("payload_bytes", "bytes")]))
         print_totals(report["total"], qual)
     return {"output": out, "model": model_path, "settings": {**qkw, "rank": args.rank, "energy": args.energy,
-            "ratio": args.ratio, "max_drop": args.max_drop, "finetune": args.finetune, "svd": not args.no_svd},
+            "ratio": args.ratio, "max_drop": args.max_drop, "finetune": args.finetune,
+            "distill": dict(zip(("temperature", "alpha"), args.distill)) if args.finetune and args.distill else None,
+            "svd": not args.no_svd},
             "svd": [{k: v for k, v in r.items() if k != "singular_values"} for r in svd_reports],
             "rank_search": rank_search, "layers": rows, "total": report["total"], "quality": qual,
             "finetune_history": history, "timing": steps, "plots": plot_paths}
@@ -287,6 +298,9 @@ def register(sub, add):
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation (models not for MNIST)")
     p.add_argument("--finetune", type=_positive_int, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
     p.add_argument("--finetune-lr", type=_nonneg_float, default=0.002, help="fine-tuning learning rate (default: %(default)s)")
+    p.add_argument("--distill", type=_distill_arg, metavar="T,ALPHA|none",
+                   help="fine-tune by distillation from the input float model: temperature T > 0 and weight "
+                        f"ALPHA in [0, 1] of the soft targets; 'none': the labels only (default: {_distill_text(FINETUNE_DISTILL)})")
     p.set_defaults(func=_compress_defaults)
 
     from sqref.studies import STUDIES
@@ -337,9 +351,31 @@ Compression; not the file format). See METHOD.md section 4 and sqref/accounting.
 
 
 def _compress_defaults(args):
+    if args.distill is not None and not args.finetune:
+        raise UsageError(f"--distill {_distill_text(args.distill)}: distillation is a fine-tuning method; add --finetune EPOCHS")
+    if args.distill is None:
+        args.distill = FINETUNE_DISTILL or ()
     if args.rank is None and args.energy is None and args.ratio is None and args.max_drop is None and not args.no_svd:
         args.max_drop = 0.5
     return cmd_compress(args)
+
+
+def _distill_text(value) -> str:
+    return f"{value[0]:g},{value[1]:g}" if value else "none"
+
+
+def _distill_arg(text):
+    """'T,ALPHA' (temperature > 0, alpha in [0, 1]) -> (T, ALPHA); 'none' -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    parts = text.split(",")
+    try:
+        values = tuple(float(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not np.isfinite(values[0]) or values[0] <= 0 or not 0 <= values[1] <= 1:
+        raise argparse.ArgumentTypeError(f"expected T,ALPHA with T > 0 and ALPHA in [0, 1], or none; got {text!r}")
+    return values
 
 
 def _unit_interval(text):

@@ -18,6 +18,11 @@ from sqref import svd
 from sqref.model import Linear, Model, predict
 from sqref.qmodel import quantize_model
 
+# The fine-tuning method `sqref compress --finetune` uses by default:
+# (temperature, alpha) of distillation from the float model, or None for the
+# labels only. Chosen on the validation split by `sqref study finetune-select`.
+FINETUNE_DISTILL = None
+
 
 def factor_model(model: Model, *, rank=None, energy=None, ratio=None, only=None, decompositions=None,
                  solver: str = "exact"):

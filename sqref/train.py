@@ -58,8 +58,9 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
           weight_decay: float = 5e-4, batch_size: int = 64, seed: int = 0, max_shift: int = 2,
           patience: int | None = None, progress: bool = True, grad_transform=None, keep: str = "best",
           teacher: Model | None = None, temperature: float = 1.0, alpha: float = 0.0):
-    """Train with SGD and return (model, history): the model of the epoch with
-    the best validation accuracy (`keep="best"`: the earliest of tied epochs;
+    """Train with SGD and return (model, history): history has one dict per
+    epoch (epoch, loss, val_accuracy, kept), the model is that of the kept
+    epoch: the one with the best validation accuracy (`keep="best"`: the earliest of tied epochs;
     `keep="best-latest"`: the latest of them) or of the last epoch
     (`keep="last"`).
 
@@ -129,5 +130,8 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
             best = (val_acc, [{k: a.copy() for k, a in p.items()} for p in params], epoch + 1)
         if patience is not None and epoch + 1 - best[2] >= patience:
             break
+    kept_epoch = history[-1]["epoch"] if keep == "last" else best[2]
+    for h in history:
+        h["kept"] = h["epoch"] == kept_epoch
     trained = with_params(model, params if keep == "last" else best[1])
     return trained, history

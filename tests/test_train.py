@@ -21,6 +21,9 @@ def test_train_returns_the_kept_epoch(keep):
     accs = [h["val_accuracy"] for h in history]
     want = {"best": max(accs), "best-latest": max(accs), "last": accs[-1]}[keep]
     assert accuracy(model, *val) == want
+    kept = [h["epoch"] for h in history if h["kept"]]
+    tied = [h["epoch"] for h in history if h["val_accuracy"] == want]
+    assert kept == [{"best": tied[0], "best-latest": tied[-1], "last": 3}[keep]]
 
 
 def test_train_rejects_an_unknown_keep():
@@ -83,3 +86,18 @@ def test_train_rejects_bad_distillation_settings_before_training():
     with pytest.raises(ValueError, match="temperature must be a finite number > 0, got -1"):
         train(zoo.lenet300(0), (x[:8], y[:8]), (x[:8], y[:8]), epochs=1, progress=False, teacher=zoo.lenet300(1),
               temperature=-1)
+
+
+@pytest.mark.parametrize("keep", ["best", "best-latest", "last"])
+def test_train_cli_reports_the_epoch_it_saved(keep, tmp_path, capsys):
+    import json
+
+    import sqref
+    from sqref.cli import main
+    out = tmp_path / "m.h5"
+    assert main(["train", "--arch", "lenet300", "--epochs", "4", "--keep", keep, "--fc-init-scale", "1",
+                 "-o", str(out), "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    val = load_split(split="val")
+    assert accuracy(sqref.load(out), *val) == report["val_accuracy"]
+    assert sqref.load(out).meta["kept_epoch"] == report["kept_epoch"]
