@@ -35,3 +35,10 @@ def test_exactly_one_stopping_rule(setting):
     factored, val, float_val = setting
     with pytest.raises(ValueError, match="exactly one"):
         greedy_bits(factored, val, float_val, max_drop=0.5, target_ratio=40.0)
+
+
+def test_per_layer_bits_rejects_an_unknown_rule(setting):
+    from sqref.studies import per_layer_bits
+    factored, val, _ = setting
+    with pytest.raises(ValueError, match="rule must be one of max ratio, best accuracy at 50x, got 'fastest'"):
+        per_layer_bits(factored, "fastest", val, progress=False)
