@@ -369,7 +369,7 @@ def tradeoff_study(progress=True, finetune_epochs=5, collect=None) -> str:
     lines = ["## Trade-off: LeNet-5, rank x bits, no clipping (max) vs the dynamic boundary", "",
              "Command: `sqref study tradeoff`. Uniform bits for every layer, float32 biases, per tensor. "
              f"Cells: test accuracy % (agreement %); 'ft' columns after {finetune_epochs} epochs of fine-tuning "
-             "(only for 2 to 4 bits, where it matters).", "",
+             "on the labels only, without distillation (only for 2 to 4 bits, where it matters).", "",
              "| rank | bits | payload ratio | max | dynamic | max, ft | dynamic, ft |", "|---|---|---|---|---|---|---|"]
     ranks, bit_widths = (10, 20, 40), (2, 3, 4, 6, 8)
     bar = Progress(len(ranks) * len(bit_widths), "trade-off", enabled=progress)
