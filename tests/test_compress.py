@@ -76,6 +76,9 @@ def test_model_without_fc_layer_skips_svd_and_goes_on(tmp_path, capsys):
     (["--no-svd", "--bits", "8,fc1.v=4"], "'fc1.v' in bits spec"),  # no SVD: there is no factor fc1.v
     (["-o", LENET300], "is the input file"),
     (["-o", "/nonexistent-dir/x.h5"], "does not exist"),
+    (["--finetune", "1", "--distill", "4,2"], "expected T,ALPHA with T > 0 and ALPHA in [0, 1], or none; got '4,2'"),
+    (["--finetune", "1", "--distill", "0,0.5"], "got '0,0.5'"),
+    (["--distill", "4,0.9"], "--distill 4,0.9: distillation is a fine-tuning method; add --finetune EPOCHS"),
 ])
 def test_compress_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
     argv = ["compress", LENET300, *args]
