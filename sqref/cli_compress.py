@@ -147,7 +147,7 @@ def _default_output(model_path, tag):
 def cmd_compress(args) -> dict:
     import sqref
     from sqref.accounting import sizes
-    from sqref.compress import factor_model, finetune, search_rank
+    from sqref.compress import distill_kwargs, factor_model, finetune, search_rank
     from sqref.data import DATA_DIR, load_split
     from sqref.model import layer_arrays
     from sqref.progress import Progress
@@ -197,10 +197,9 @@ def cmd_compress(args) -> dict:
     if args.finetune and args.no_eval:
         raise UsageError("--finetune trains on MNIST-5k; it cannot be combined with --no-eval")
     if args.finetune:
-        distill = {"teacher": model, "temperature": args.distill[0], "alpha": args.distill[1]} if args.distill else {}
         tuned, history = finetune(factored, load_split(args.data, "train"), load_split(args.data, "val"),
                                   epochs=args.finetune, quantize_kwargs=qkw, lr=args.finetune_lr, progress=progress,
-                                  **distill)
+                                  **distill_kwargs(model, args.distill))
         pre_quant = tuned
     else:
         history, pre_quant = None, factored

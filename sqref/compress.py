@@ -26,6 +26,15 @@ from sqref.qmodel import quantize_model
 FINETUNE_DISTILL = (4.0, 0.9)
 
 
+def distill_kwargs(teacher: Model, distill) -> dict:
+    """finetune's keyword arguments for `distill` = (temperature, alpha) from
+    `teacher`; {} (the labels only) when `distill` is None or empty."""
+    if not distill:
+        return {}
+    temperature, alpha = distill
+    return {"teacher": teacher, "temperature": temperature, "alpha": alpha}
+
+
 def factor_model(model: Model, *, rank=None, energy=None, ratio=None, only=None, decompositions=None,
                  solver: str = "exact"):
     """Factor every Linear layer (or those named in `only`) by truncated SVD.

@@ -16,7 +16,7 @@ import numpy as np
 import sqref
 from sqref import clipping
 from sqref.accounting import sizes
-from sqref.compress import FINETUNE_DISTILL, factor_model, finetune
+from sqref.compress import FINETUNE_DISTILL, distill_kwargs, factor_model, finetune
 from sqref.data import DATA_DIR, load_split
 from sqref.model import PARAM_LAYERS, predict
 from sqref.progress import Progress
@@ -224,14 +224,6 @@ def _blas_threads() -> str:
     return f"OPENBLAS_NUM_THREADS={value}" if value else f"OpenBLAS default ({os.cpu_count()} cores)"
 
 
-def _distill_kwargs(teacher) -> dict:
-    """finetune's keyword arguments for the default method, compress.FINETUNE_DISTILL."""
-    if not FINETUNE_DISTILL:
-        return {}
-    temperature, alpha = FINETUNE_DISTILL
-    return {"teacher": teacher, "temperature": temperature, "alpha": alpha}
-
-
 def _method_text() -> str:
     if not FINETUNE_DISTILL:
         return "the labels only"
@@ -263,7 +255,7 @@ def finetune_study(progress=True) -> str:
         drops = []
         for seed in FINETUNE_SEEDS:
             tuned, _ = finetune(factored, train_xy, val, epochs=epochs, quantize_kwargs=qkw, progress=progress,
-                                seed=seed, **_distill_kwargs(model))
+                                seed=seed, **distill_kwargs(model, FINETUNE_DISTILL))
             qm = quantize_model(tuned, **qkw)
             drops.append(100 * (float_acc - _score(qm, float_preds, x, y)[0]))
             lines.append(_row(name, model, qm, float_preds, x, y, f"rank {rank}; bits {spec}; {epochs} epochs; seed {seed}"))
@@ -277,9 +269,9 @@ def finetune_study(progress=True) -> str:
 # distillation from the float model (T = 4, 90% soft targets); and
 # Apprentice-style (Mishra and Marr, 2018) distillation (T = 1, half and half).
 FINETUNE_CANDIDATES = {
-    "labels only": {},
-    "distill T=4, alpha=0.9": {"temperature": 4.0, "alpha": 0.9},
-    "distill T=1, alpha=0.5": {"temperature": 1.0, "alpha": 0.5},
+    "labels only": None,
+    "distill T=4, alpha=0.9": (4.0, 0.9),  # (temperature, alpha)
+    "distill T=1, alpha=0.5": (1.0, 0.5),
 }
 SELECT_SEEDS = (0, 1, 2, 3, 4)
 
@@ -291,8 +283,6 @@ def _validation_runs(model, candidates, rank, epochs, progress):
     """Fine-tune `model` (SVD at `rank`) under each candidate {label: (bits
     spec, distill kwargs)} with every seed in SELECT_SEEDS, reading only the
     validation split. Returns (markdown rows, {label: (mean kept, mean agreement)})."""
-    from sqref.model import run
-
     x_val, y_val = val = load_split(split="val")
     train_xy = load_split(split="train")
     float_val_preds = predict(model, x_val)
@@ -304,9 +294,9 @@ def _validation_runs(model, candidates, rank, epochs, progress):
         for seed in SELECT_SEEDS:
             tuned, history = finetune(factored, train_xy, val, epochs=epochs, quantize_kwargs=qkw,
                                       progress=progress, seed=seed, **distill)
-            preds = np.argmax(run(quantize_model(tuned, **qkw), x_val), axis=1)
-            kept.append(float(np.mean(preds == y_val)))
-            agree.append(float(np.mean(preds == float_val_preds)))
+            acc, agreement = _score(quantize_model(tuned, **qkw), float_val_preds, x_val, y_val)
+            kept.append(acc)
+            agree.append(agreement)
             last.append(history[-1]["val_accuracy"])
         scores[label] = (np.mean(kept), np.mean(agree))
         rows.append(f"| {label} | {', '.join(f'{100 * a:.1f}' for a in kept)} | {100 * np.mean(kept):.2f} | "
@@ -318,8 +308,15 @@ VALIDATION_NOTE = ("the test split is not read. 'kept': validation accuracy of t
                    "early stopping keeps, so every candidate gets the same upward selection bias); 'last': of the "
                    "last epoch (no selection); agreement: with the float model on validation, of the returned "
                    "model. 500 images: one image is 0.2 points.")
-VALIDATION_HEADER = ["| {} | kept val % per seed | mean kept % | mean last % | mean agreement % |",
-                     "|---|---|---|---|---|"]
+
+
+def _validation_section(title, description, column, rows, pick) -> str:
+    """A selection study's markdown: the title, the description followed by
+    VALIDATION_NOTE, the table of _validation_runs' rows, and the pick."""
+    lines = [f"## {title}", "", description + VALIDATION_NOTE, "",
+             f"| {column} | kept val % per seed | mean kept % | mean last % | mean agreement % |",
+             "|---|---|---|---|---|", *rows, "", f"Pick: **{pick}**."]
+    return "\n".join(lines) + "\n"
 
 
 def finetune_select_study(progress=True) -> str:
@@ -328,15 +325,13 @@ def finetune_select_study(progress=True) -> str:
     validation accuracy of the returned models (ties: mean agreement)."""
     rank, spec, epochs = SELECT_SETTING
     model = _load("lenet5")
-    candidates = {label: (spec, {"teacher": model, **d} if d else {}) for label, d in FINETUNE_CANDIDATES.items()}
+    candidates = {label: (spec, distill_kwargs(model, d)) for label, d in FINETUNE_CANDIDATES.items()}
     rows, scores = _validation_runs(model, candidates, rank, epochs, progress)
-    lines = ["## Choosing the fine-tuning method (validation split only)", "",
-             f"Command: `sqref study finetune-select`. LeNet-5, rank {rank}, bits {spec}, {epochs} epochs, "
-             f"seeds {', '.join(map(str, SELECT_SEEDS))}; the candidates were fixed before any was run "
-             f"(sqref.studies.FINETUNE_CANDIDATES), {VALIDATION_NOTE}", "",
-             VALIDATION_HEADER[0].format("method"), VALIDATION_HEADER[1], *rows]
-    pick = max(scores, key=lambda k: scores[k])
-    return "\n".join(lines + ["", f"Pick: **{pick}**."]) + "\n"
+    description = (f"Command: `sqref study finetune-select`. LeNet-5, rank {rank}, bits {spec}, {epochs} epochs, "
+                   f"seeds {', '.join(map(str, SELECT_SEEDS))}; the candidates were fixed before any was run "
+                   "(sqref.studies.FINETUNE_CANDIDATES), ")
+    return _validation_section("Choosing the fine-tuning method (validation split only)", description, "method",
+                               rows, max(scores, key=lambda k: scores[k]))
 
 
 # Bit allocations at 100x or more, compared under the chosen method after its
@@ -352,19 +347,18 @@ def finetune_bits_study(progress=True) -> str:
     the pick is the best mean validation accuracy (ties: the smaller model)."""
     rank, _, epochs = SELECT_SETTING
     model = _load("lenet5")
-    distill = _distill_kwargs(model)
+    distill = distill_kwargs(model, FINETUNE_DISTILL)
     candidates = {}
     for spec in BITS_CANDIDATES:
         ratio = _payload_ratio(quantize_model(factor_model(model, rank=rank)[0], bits=spec, bias_bits=16))
         candidates[f"bits {spec} ({ratio:.1f}x)"] = (spec, distill)
     rows, scores = _validation_runs(model, candidates, rank, epochs, progress)
-    lines = ["## Choosing the fine-tuned bit allocation (validation split only)", "",
-             f"Command: `sqref study finetune-bits`. LeNet-5, rank {rank}, {epochs} epochs, {_method_text()}, "
-             f"seeds {', '.join(map(str, SELECT_SEEDS))}; the candidates (sqref.studies.BITS_CANDIDATES) were "
-             f"fixed after the first fine-tuned test results, see docs/results.md; {VALIDATION_NOTE}", "",
-             VALIDATION_HEADER[0].format("bits (payload ratio)"), VALIDATION_HEADER[1], *rows]
-    pick = max(scores, key=lambda k: (scores[k][0], -list(scores).index(k)))
-    return "\n".join(lines + ["", f"Pick: **{pick}**."]) + "\n"
+    description = (f"Command: `sqref study finetune-bits`. LeNet-5, rank {rank}, {epochs} epochs, {_method_text()}, "
+                   f"seeds {', '.join(map(str, SELECT_SEEDS))}; the candidates (sqref.studies.BITS_CANDIDATES) were "
+                   "fixed after the first fine-tuned test results, see docs/results.md; ")
+    pick = max(scores, key=lambda k: (scores[k][0], -list(scores).index(k)))  # ties: the earlier, smaller model
+    return _validation_section("Choosing the fine-tuned bit allocation (validation split only)", description,
+                               "bits (payload ratio)", rows, pick)
 
 
 REPLICATE_SEEDS = (1, 2)
@@ -398,7 +392,7 @@ def replicate_study(progress=True) -> str:
         lines.append(_per_layer_bits_row(name, model, PER_LAYER_RULES[1], val, float_preds, x, y, progress))
         qkw = dict(bits=spec, rule="dynamic", bias_bits=16)
         tuned, _ = finetune(factor_model(model, rank=rank20)[0], train_xy, val, epochs=epochs, quantize_kwargs=qkw,
-                            progress=progress, seed=0, **_distill_kwargs(model))
+                            progress=progress, seed=0, **distill_kwargs(model, FINETUNE_DISTILL))
         lines.append(_row(name, model, quantize_model(tuned, **qkw), float_preds, x, y,
                           f"fine-tuned: rank {rank20}; bits {spec}; {epochs} epochs"))
     return "\n".join(lines) + "\n"
