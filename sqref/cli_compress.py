@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 from sqref.cli import UsageError, _nonneg_float, _positive_int, _progress_enabled, check_output_path, evaluate, table
-from sqref.compress import FINETUNE_DISTILL
+from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP
+from sqref.train import KEEP
 
 
 def layer_rows(before, after, sizes) -> list[dict]:
@@ -199,7 +200,7 @@ def cmd_compress(args) -> dict:
     if args.finetune:
         tuned, history = finetune(factored, load_split(args.data, "train"), load_split(args.data, "val"),
                                   epochs=args.finetune, quantize_kwargs=qkw, lr=args.finetune_lr, progress=progress,
-                                  **distill_kwargs(model, args.distill))
+                                  keep=args.finetune_keep, **distill_kwargs(model, args.distill))
         pre_quant = tuned
     else:
         history, pre_quant = None, factored
@@ -235,7 +236,7 @@ def cmd_compress(args) -> dict:
             method = (f"distillation from {model_path} (T {args.distill[0]:g}, alpha {args.distill[1]:g})"
                       if args.distill else "the labels")
             print(f"  fine-tuned {len(history)} epochs on {method}; kept epoch {kept['epoch']} "
-                  f"(validation {100 * kept['val_accuracy']:.2f}%)")
+                  f"(--finetune-keep {args.finetune_keep}; validation {100 * kept['val_accuracy']:.2f}%)")
         print(table([{**r, "shape": "x".join(map(str, r["shape"])), "rank": _fmt(r["rank"], "d"),
                       "alpha": _alpha_text(r["alpha"]), "params_before": _fmt(r["params_before"], ","),
                       "params": f"{r['params']:,}", "payload_bytes": f"{r['payload_bytes']:,}"} for r in rows],
@@ -246,6 +247,7 @@ def cmd_compress(args) -> dict:
     return {"output": out, "model": model_path, "settings": {**qkw, "rank": args.rank, "energy": args.energy,
             "ratio": args.ratio, "max_drop": args.max_drop, "finetune": args.finetune,
             "distill": dict(zip(("temperature", "alpha"), args.distill)) if args.finetune and args.distill else None,
+            "finetune_keep": args.finetune_keep if args.finetune else None,
             "svd": not args.no_svd},
             "svd": [{k: v for k, v in r.items() if k != "singular_values"} for r in svd_reports],
             "rank_search": rank_search, "layers": rows, "total": report["total"], "quality": qual,
@@ -300,6 +302,9 @@ def register(sub, add):
     p.add_argument("--distill", type=_distill_arg, metavar="T,ALPHA|none",
                    help="fine-tune by distillation from the input float model: temperature T > 0 and weight "
                         f"ALPHA in [0, 1] of the soft targets; 'none': the labels only (default: {_distill_text(FINETUNE_DISTILL)})")
+    p.add_argument("--finetune-keep", choices=KEEP,
+                   help="the fine-tuning epoch to keep: the last, or early stopping on validation accuracy, latest "
+                        f"or earliest of tied epochs (default: {FINETUNE_KEEP}; see `sqref study finetune-keep`)")
     p.set_defaults(func=_compress_defaults)
 
     from sqref.studies import STUDIES
@@ -352,8 +357,12 @@ Compression; not the file format). See METHOD.md section 4 and sqref/accounting.
 def _compress_defaults(args):
     if args.distill is not None and not args.finetune:
         raise UsageError(f"--distill {_distill_text(args.distill)}: distillation is a fine-tuning method; add --finetune EPOCHS")
+    if args.finetune_keep is not None and not args.finetune:
+        raise UsageError(f"--finetune-keep {args.finetune_keep}: it says which fine-tuning epoch to keep; add --finetune EPOCHS")
     if args.distill is None:
         args.distill = FINETUNE_DISTILL or ()
+    if args.finetune_keep is None:
+        args.finetune_keep = FINETUNE_KEEP
     if args.rank is None and args.energy is None and args.ratio is None and args.max_drop is None and not args.no_svd:
         args.max_drop = 0.5
     return cmd_compress(args)

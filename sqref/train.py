@@ -57,7 +57,7 @@ def accuracy(model: Model, x, y) -> float:
 def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05, momentum: float = 0.9,
           weight_decay: float = 5e-4, batch_size: int = 64, seed: int = 0, max_shift: int = 2,
           patience: int | None = None, progress: bool = True, grad_transform=None, keep: str = "best",
-          teacher: Model | None = None, temperature: float = 1.0, alpha: float = 0.0):
+          teacher: Model | None = None, temperature: float = 1.0, alpha: float = 0.0, on_epoch=None):
     """Train with SGD and return (model, history): history has one dict per
     epoch (epoch, loss, val_accuracy, kept), the model is that of the kept
     epoch: the one with the best validation accuracy (`keep="best"`: the earliest of tied epochs;
@@ -76,6 +76,9 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
     distilled into the model being trained: the loss is
     grad.distillation_loss with `temperature` and `alpha` (alpha = 0: the
     labels only, as without a teacher).
+    `on_epoch(epoch, val_model)`, if given, is called after every epoch with
+    the epoch number (from 1) and the model validated (quantized when
+    fine-tuning): a study can record what each epoch predicts.
     """
     for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -124,6 +127,8 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
         current = with_params(model, params)
         val_model = current if grad_transform is None else grad_transform(current)
         val_acc = accuracy(val_model, x_val, y_val)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, val_model)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": val_acc})
         bar.close(f"loss {np.mean(losses):.4f} val {100 * val_acc:.2f}%")
         if replaces_kept(val_acc, best[0], keep):

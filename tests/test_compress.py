@@ -79,6 +79,8 @@ def test_model_without_fc_layer_skips_svd_and_goes_on(tmp_path, capsys):
     (["--finetune", "1", "--distill", "4,2"], "expected T,ALPHA with T > 0 and ALPHA in [0, 1], or none; got '4,2'"),
     (["--finetune", "1", "--distill", "0,0.5"], "got '0,0.5'"),
     (["--distill", "4,0.9"], "--distill 4,0.9: distillation is a fine-tuning method; add --finetune EPOCHS"),
+    (["--finetune-keep", "last"], "--finetune-keep last: it says which fine-tuning epoch to keep; add --finetune EPOCHS"),
+    (["--finetune", "1", "--finetune-keep", "first"], "invalid choice: 'first' (choose from 'best', 'best-latest', 'last')"),
 ])
 def test_compress_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
     argv = ["compress", LENET300, *args]

@@ -78,6 +78,39 @@ def test_compress_finetune_report_agrees_with_eval(distill, expected, tmp_path, 
     report = json.loads(capsys.readouterr().out)
     assert code == 0
     assert report["settings"]["distill"] == expected
+    assert report["settings"]["finetune_keep"] == "last"
     assert [h["kept"] for h in report["finetune_history"]] == [True]
     assert main(["eval", str(out), "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["quality"]["compressed_accuracy"]
+
+
+@pytest.mark.parametrize("keep", ["last", "best-latest"])
+def test_finetune_returns_the_epoch_keep_names(keep):
+    # a learning rate 25 times the default overshoots, so the best epoch is the first
+    # and not the last (measured: validation 92%, 66%, 65%)
+    x, y = load_split(split="train")
+    xv, yv = load_split(split="val")
+    xv, yv = xv[:100], yv[:100]
+    qkw = dict(bits=2, rule="dynamic")
+    seen = {}
+    tuned, history = finetune(sqref.load(LENET300), (x[:300], y[:300]), (xv, yv), epochs=3, lr=0.05,
+                              quantize_kwargs=qkw, progress=False, keep=keep,
+                              on_epoch=lambda epoch, m: seen.setdefault(epoch, accuracy(m, xv, yv)))
+    assert seen == {h["epoch"]: h["val_accuracy"] for h in history}  # on_epoch sees the quantized model validated
+    accs = [h["val_accuracy"] for h in history]
+    best = 3 - int(np.argmax(accs[::-1]))
+    assert best != 3  # the case this test is for
+    expected = 3 if keep == "last" else best
+    assert [h["epoch"] for h in history if h["kept"]] == [expected]
+    assert accuracy(quantize_model(tuned, **qkw), xv, yv) == accs[expected - 1]
+
+
+def test_finetune_keeps_the_last_epoch_by_default():
+    assert compress.FINETUNE_KEEP == "last"
+    x, y = load_split(split="train")
+    kwargs = dict(epochs=2, quantize_kwargs=dict(bits=2, rule="dynamic"), progress=False)
+    default, _ = finetune(sqref.load(LENET300), (x[:100], y[:100]), (x[:20], y[:20]), **kwargs)
+    last, _ = finetune(sqref.load(LENET300), (x[:100], y[:100]), (x[:20], y[:20]), keep="last", **kwargs)
+    for a, b in zip(default.layers, last.layers):
+        for key, value in layer_arrays(a).items():
+            assert value.tobytes() == layer_arrays(b)[key].tobytes()

@@ -1,4 +1,5 @@
-"""The greedy per-layer bit search behind the paper study's "beyond the paper" rows."""
+"""The greedy per-layer bit search behind the paper study's "beyond the paper"
+rows, and the keep-rule study's promise not to read the test split."""
 import numpy as np
 import pytest
 
@@ -6,6 +7,8 @@ import sqref
 from sqref.compress import factor_model
 from sqref.data import DATA_DIR, load_split
 from sqref.model import predict
+from sqref import studies
+from sqref.crossfit import KEEP_RULES
 from sqref.studies import _payload_ratio, greedy_bits
 
 
@@ -42,3 +45,24 @@ def test_per_layer_bits_rejects_an_unknown_rule(setting):
     factored, val, _ = setting
     with pytest.raises(ValueError, match="rule must be one of max ratio, best accuracy at 50x, got 'fastest'"):
         per_layer_bits(factored, "fastest", val, progress=False)
+
+
+def test_finetune_keep_study_reads_validation_only(monkeypatch):
+    # a reduced run (one seed, two epochs, two halvings): every rule gets a row, the pick is
+    # one of them, and the test split is never loaded
+    real = studies.load_split
+
+    def no_test(*args, split, **kwargs):
+        assert split != "test", "the keep-rule study read the test split"
+        return real(*args, split=split, **kwargs)
+
+    monkeypatch.setattr(studies, "load_split", no_test)
+    monkeypatch.setattr(studies, "SELECT_SEEDS", (0,))
+    monkeypatch.setattr(studies, "SELECT_SETTING", (20, "2,conv1=4", 2))
+    monkeypatch.setattr(studies, "CROSSFIT_SPLITS", 2)
+    text = studies.finetune_keep_study(progress=False)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| keep rule")]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(KEEP_RULES)
+    pick = text.split("Pick: **")[1].split("**")[0]
+    assert pick in KEEP_RULES
+    assert "then bits **2,conv1=4 (111.7x)**" in text or "then bits **2,conv1=4,fc2=4 (103.4x)**" in text
