@@ -358,7 +358,8 @@ def _compress_defaults(args):
     if args.distill is not None and not args.finetune:
         raise UsageError(f"--distill {_distill_text(args.distill)}: distillation is a fine-tuning method; add --finetune EPOCHS")
     if args.finetune_keep is not None and not args.finetune:
-        raise UsageError(f"--finetune-keep {args.finetune_keep}: it says which fine-tuning epoch to keep; add --finetune EPOCHS")
+        raise UsageError(f"--finetune-keep {args.finetune_keep}: it says which fine-tuning epoch to keep; "
+                         "add --finetune EPOCHS")
     if args.distill is None:
         args.distill = FINETUNE_DISTILL or ()
     if args.finetune_keep is None:

@@ -31,6 +31,10 @@ def _per_epoch(score, logits, y, teacher):
     return np.array([score(z.astype(np.float64), y, teacher.astype(np.float64)) for z in logits])
 
 
+def _label_accuracy(z, y, t):
+    return _accuracy(z, y)
+
+
 def _ce(z, y, t):
     return softmax_cross_entropy(z, y)[0]
 
@@ -49,8 +53,8 @@ def _agreement(z, y, t):
 
 # The rules compared, fixed before the comparison was run.
 KEEP_RULES = {
-    "best accuracy, latest tie": lambda L, y, t: _latest_max(_per_epoch(lambda z, y, t: _accuracy(z, y), L, y, t)),
-    "best accuracy, earliest tie": lambda L, y, t: int(np.argmax(_per_epoch(lambda z, y, t: _accuracy(z, y), L, y, t))),
+    "best accuracy, latest tie": lambda L, y, t: _latest_max(_per_epoch(_label_accuracy, L, y, t)),
+    "best accuracy, earliest tie": lambda L, y, t: int(np.argmax(_per_epoch(_label_accuracy, L, y, t))),
     "last epoch": lambda L, y, t: len(L) - 1,
     "lowest cross-entropy": lambda L, y, t: int(np.argmin(_per_epoch(_ce, L, y, t))),
     "lowest distillation loss (T 4, alpha 0.9)": lambda L, y, t: int(np.argmin(_per_epoch(_objective, L, y, t))),

@@ -348,16 +348,19 @@ def finetune_select_study(progress=True) -> str:
 BITS_CANDIDATES = ("2,conv1=4", "2,conv1=4,fc2=4")
 
 
+def _allocation_label(factored, spec) -> str:
+    """'SPEC (RATIOx)': a bits spec with the payload ratio it gives `factored` (float16 biases)."""
+    return f"{spec} ({_payload_ratio(quantize_model(factored, bits=spec, bias_bits=16)):.1f}x)"
+
+
 def finetune_bits_study(progress=True) -> str:
     """Choose LeNet-5's fine-tuned bit allocation on the validation split only:
     the pick is the best mean validation accuracy (ties: the smaller model)."""
     rank, _, epochs = SELECT_SETTING
     model = _load("lenet5")
     distill = distill_kwargs(model, FINETUNE_DISTILL)
-    candidates = {}
-    for spec in BITS_CANDIDATES:
-        ratio = _payload_ratio(quantize_model(factor_model(model, rank=rank)[0], bits=spec, bias_bits=16))
-        candidates[f"bits {spec} ({ratio:.1f}x)"] = (spec, distill)
+    factored = factor_model(model, rank=rank)[0]
+    candidates = {f"bits {_allocation_label(factored, spec)}": (spec, distill) for spec in BITS_CANDIDATES}
     rows, scores = _validation_runs(model, candidates, rank, epochs, progress)
     description = (f"Command: `sqref study finetune-bits`. LeNet-5, rank {rank}, {epochs} epochs, {_method_text()}, "
                    f"seeds {', '.join(map(str, SELECT_SEEDS))}; the candidates (sqref.studies.BITS_CANDIDATES) were "
@@ -386,13 +389,13 @@ def finetune_keep_study(progress=True) -> str:
     labels, scores = [], {}
     for spec in BITS_CANDIDATES:
         qkw = dict(bits=spec, rule="dynamic", bias_bits=16)
-        labels.append(f"{spec} ({_payload_ratio(quantize_model(factored, **qkw)):.1f}x)")
+        labels.append(_allocation_label(factored, spec))
         for seed in SELECT_SEEDS:
             logits = []
             finetune(factored, train_xy, val, epochs=epochs, quantize_kwargs=qkw, progress=progress, seed=seed,
                      on_epoch=lambda epoch, m: logits.append(run(m, x_val)), **distill_kwargs(model, FINETUNE_DISTILL))
-            for rule, v in crossfit(np.stack(logits), y_val, teacher_logits, splits=CROSSFIT_SPLITS).items():
-                scores.setdefault(rule, {}).setdefault(labels[-1], []).append(v)
+            for name, v in crossfit(np.stack(logits), y_val, teacher_logits, splits=CROSSFIT_SPLITS).items():
+                scores.setdefault(name, {}).setdefault(labels[-1], []).append(v)
     mean = {rule: {label: np.concatenate(v).mean(axis=0) for label, v in by.items()} for rule, by in scores.items()}
     rule = max(mean, key=lambda r: (np.mean([m[0] for m in mean[r].values()]),
                                     np.mean([m[1] for m in mean[r].values()])))
@@ -431,8 +434,9 @@ def replicate_study(progress=True) -> str:
     rank20, spec, epochs = FINETUNE_SETTINGS["lenet5"]
     lines = ["## Replication on independently trained LeNet-5s", "",
              "Command: `sqref study replicate`. Each model is trained by `sqref train --arch lenet5 --seed S` "
-             "(the shipped model's recipe, another seed). The rules and settings above are applied unchanged: the paper's (8 bits, smallest rank within 0.5 points on "
-             f"validation), the post-training rule \"{PER_LAYER_RULES[1]}\", and fine-tuning with the shipped "
+             "(the shipped model's recipe, another seed). The rules and settings above are applied unchanged: "
+             "the paper's (8 bits, smallest rank within 0.5 points on validation), the post-training rule "
+             f"\"{PER_LAYER_RULES[1]}\", and fine-tuning with the shipped "
              f"method ({_method_text()}; rank {rank20}, bits {spec}, {epochs} epochs, the {_keep_text()}, "
              "fine-tuning seed 0). No rule or setting was chosen on these models; but the fine-tuning keep rule "
              "and bits were revised after the results of seeds 1 and 2 had been seen (docs/results.md), and "
