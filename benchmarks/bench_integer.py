@@ -8,7 +8,7 @@ activations calibrated ("max") on the first `--calibration` TRAIN images:
 
     float    sqref.run on the weight-quantized model (float32 engine)
     integer  sqref.integer.run_integer on its IntegerModel (exact accumulation)
-    ort      onnxruntime on sqref.onnx_io.export_onnx of the same IntegerModel
+    ort      onnxruntime on sqref.backends.onnx.export_onnx of the same IntegerModel
              (int8 weights, float input), session built once, logits fetched only
 
 on the same inputs: a batch of 64 test images and the 1,000 test images.
@@ -25,7 +25,8 @@ import os
 import numpy as np
 
 import sqref
-from sqref import data, integer, onnx_io, qmodel
+from sqref import data, integer, qmodel
+from sqref.backends import onnx as onnx_io
 
 from bench_forward import median_seconds
 

@@ -6,7 +6,7 @@ Two graphs of LeNet-5 (data/lenet5.h5), timed on the same `--batch` test images:
 
     float    the float model built with onnx.helper (Conv, MaxPool, Flatten, Gemm, Relu;
              opset 21), against sqref.run on the sqref model
-    qlinear  sqref.onnx_io.export_onnx of its 8-bit IntegerModel (QuantizeLinear,
+    qlinear  sqref.backends.onnx.export_onnx of its 8-bit IntegerModel (QuantizeLinear,
              QLinearConv, MaxPool on uint8, DequantizeLinear), against
              sqref.integer.run_integer
 
@@ -24,7 +24,8 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 
 import sqref
-from sqref import data, integer, onnx_io, qmodel
+from sqref import data, integer, qmodel
+from sqref.backends import onnx as onnx_io
 
 from bench_forward import float_onnx, median_seconds
 

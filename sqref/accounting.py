@@ -1,4 +1,4 @@
-"""Storage and compression accounting, in real bytes (METHOD.md section 4).
+"""Storage and compression accounting, in real bytes (docs/method.md section 4).
 
 original   32 bits x every parameter of the original (float) model
 payload    the exact bytes needed to rebuild the model:

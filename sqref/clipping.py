@@ -1,4 +1,4 @@
-"""Clipping boundaries alpha for k-bit weights (METHOD.md section 2).
+"""Clipping boundaries alpha for k-bit weights (docs/method.md section 2).
 
 One signature for every rule:
 
@@ -261,12 +261,12 @@ _REFINE_LEVELS = 5  # each level divides the step by 16: from ~10% down to ~1e-7
 _FINALISTS = 2  # search points evaluated exactly
 
 
-def _scales(alphas, bits):
+def grid_scales(alphas, bits):
     """The float32 grid scales (as float64) that quantize would use for these boundaries."""
     return np.asarray(grid_params(bits=bits, alpha=np.asarray(alphas, dtype=np.float64))[0], dtype=np.float64)
 
 
-def _approx_sse(a, cum1, cum2, scales, qmax):
+def approx_sse(a, cum1, cum2, scales, qmax):
     """Sum of squared errors of the symmetric grid for each scale, from sorted |x| and its prefix sums.
 
     Shapes: a (n,) sorted |x|; cum1, cum2 (n + 1,) prefix sums of a and a**2;
@@ -301,7 +301,7 @@ def _search(a, bits):
     low = max(smallest, amax * 2.0**-32, 2.0 * qmax * float(np.finfo(np.float32).tiny))
     alphas = np.geomspace(low, amax, _GRID_POINTS) if low < amax else np.array([amax])
     for level in range(_REFINE_LEVELS + 1):
-        sse = _approx_sse(a64, cum1, cum2, _scales(alphas, bits), qmax)
+        sse = approx_sse(a64, cum1, cum2, grid_scales(alphas, bits), qmax)
         if level == _REFINE_LEVELS:
             break
         best = int(np.argmin(sse))
@@ -327,7 +327,7 @@ def _dynamic_alpha(x, bits, rounding, extra=()):
         _kl_alpha(a, amax, bits),  # the histogram does not depend on the order of a
     ]
     candidates = _search(a, bits) + rules + [float(v) for v in extra]
-    scales = _scales(candidates, bits)
+    scales = grid_scales(candidates, bits)
     unique, first = np.unique(scales, return_index=True)  # equal scales are the same grid
     qmax = 2 ** (bits - 1) - 1
     sse = sum_sq_error(x, unique, qmax, rounding)
@@ -345,7 +345,7 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
 
     Algorithm, per channel (x = the whole tensor when axis is None):
       1. sort |x| once; prefix sums of |x| and |x|**2 give the SSE of any alpha
-         in O(qmax log n), per quantization level (_approx_sse);
+         in O(qmax log n), per quantization level (approx_sse);
       2. search a 128-point geometric grid of alphas over (0, max|x|], then,
          5 times, a 33-point linear grid between the neighbours of the best
          point (each level divides the step by 16, down to ~1e-7 relative);

@@ -1,5 +1,5 @@
 """The paper end to end: truncated SVD of the FC layers, k-bit weights with a
-clipping rule, optional quantization-aware fine-tuning (METHOD.md 2-4).
+clipping rule, optional quantization-aware fine-tuning (docs/method.md 2-4).
 
     factor_model        replace Linear layers by SVD pairs (rank, energy or ratio)
     search_rank         the max_drop rule: smallest shared rank whose compressed
@@ -17,6 +17,7 @@ import numpy as np
 from sqref import svd
 from sqref.model import Linear, Model, predict
 from sqref.qmodel import quantize_model
+from sqref.train import train
 
 # The fine-tuning method `sqref compress --finetune` uses by default:
 # (temperature, alpha) of distillation from the float model, or None for the
@@ -169,8 +170,6 @@ def finetune(model: Model, train_xy, val_xy, *, epochs: int, quantize_kwargs: di
     callback after every epoch, see sqref.train.train.
     Returns (float model, history); quantize it again to get the final codes.
     """
-    from sqref.train import train
-
     def to_quantized(current):
         return quantize_model(current, **quantize_kwargs)
 

@@ -15,8 +15,11 @@ import tempfile
 import h5py
 import numpy as np
 
+from sqref import __version__, clipping, quant
 from sqref.model import (AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU,
                          infer_shapes, layer_arrays)
+from sqref.packing import pack_codes, packed_nbytes, unpack_codes
+from sqref.qmodel import BIAS_BITS, LayerQuant
 
 FORMAT_NAME = "sqref-model"
 FORMAT_VERSION = 1
@@ -39,6 +42,15 @@ def array_sha256(a: np.ndarray) -> str:
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     return hashlib.sha256(a.tobytes()).hexdigest()
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_array(group: h5py.Group, name: str, a: np.ndarray) -> None:
@@ -198,8 +210,6 @@ def save(model: Model, path, *, overwrite: bool = False) -> None:
     """Write `model` to `path` (format v1), atomically; quantized layers are
     stored as packed codes. Refuses an existing `path` unless `overwrite`.
     """
-    from sqref import __version__
-
     infer_shapes(model)  # never write a model that cannot run
     with atomic_h5(path, overwrite=overwrite) as f:
         f.attrs["format"] = FORMAT_NAME
@@ -301,8 +311,6 @@ def _read_layer(g, where):
 # quantized weights (docs/format.md, "Quantized layers")
 # --------------------------------------------------------------------------
 def _write_quant(g, q) -> None:
-    from sqref.packing import pack_codes
-
     qg = g.create_group("quant")
     codes = np.asarray(q.codes)
     write_array(qg, "codes", pack_codes(codes.reshape(-1), q.bits))
@@ -318,10 +326,6 @@ def _write_quant(g, q) -> None:
 
 
 def _read_quant(g, where):
-    from sqref import clipping, quant
-    from sqref.packing import packed_nbytes, unpack_codes
-    from sqref.qmodel import BIAS_BITS, LayerQuant
-
     where = f"{where} quant"
     qg = g["quant"]
     if not isinstance(qg, h5py.Group):

@@ -1,4 +1,4 @@
-"""Bit packing of k-bit codes into bytes (METHOD.md section 4).
+"""Bit packing of k-bit codes into bytes (docs/method.md section 4).
 
 Layout: code i occupies bits [k*i, k*i + k) of one little-endian bit stream;
 bit j of the stream is bit (j % 8) of byte j // 8 (LSB first). Signed codes

@@ -26,6 +26,9 @@ import os
 
 import numpy as np
 
+from sqref import clipping, quant
+from sqref.model import PARAM_LAYERS
+
 DPI = 120
 WIDTH = 8.0  # inches: 960 px at DPI
 MAX_GRID_EDGES = 64  # draw a grid's decision edges only when there are at most this many
@@ -48,8 +51,6 @@ def _finish(fig, path):
 
 def _param_layers(model):
     """(name, layer) for every Conv2d/Linear layer."""
-    from sqref.model import PARAM_LAYERS
-
     return [(n, layer) for n, layer in zip(model.names, model.layers) if isinstance(layer, PARAM_LAYERS)]
 
 
@@ -210,7 +211,6 @@ def mse_vs_alpha(w, bits_list, *, rules=("max", "percentile", "sigma", "aciq-gau
     """
     from matplotlib.lines import Line2D
 
-    from sqref import clipping, quant
 
     w = quant.check_weights(w)
     amax = float(np.max(np.abs(w)))

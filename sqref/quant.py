@@ -1,4 +1,4 @@
-"""Uniform k-bit quantization grids for weights (METHOD.md section 1).
+"""Uniform k-bit quantization grids for weights (docs/method.md section 1).
 
     symmetric (default)  qmax = 2**(k-1) - 1, codes in [-qmax, qmax], s = alpha / qmax, z = 0
     asymmetric           codes in [0, 2**k - 1], s = (hi - lo) / (2**k - 1), z = round(-lo / s)
@@ -25,7 +25,7 @@ import numpy as np
 
 ROUNDINGS = ("half_even", "half_away")
 SCHEMES = ("symmetric", "asymmetric")
-BITS_RANGE = (2, 8)  # weights; METHOD.md section 1
+BITS_RANGE = (2, 8)  # weights; docs/method.md section 1
 _CHUNK = 1 << 16  # elements per block in quant_mse: keeps the temporaries in cache
 
 

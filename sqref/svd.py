@@ -1,4 +1,4 @@
-"""Truncated SVD of fully-connected layers (METHOD.md section 3).
+"""Truncated SVD of fully-connected layers (docs/method.md section 3).
 
     W (OUT x IN) = U S V^T   (scipy.linalg.svd, full_matrices=False)
     keep rank r:  Linear(IN -> r, weight = sqrt(S_r) V_r^T, no bias)

@@ -7,7 +7,7 @@ a histogram of ``actual - desired`` (value: count), the worst difference and
 the first mismatching indices with both values.
 
 The strategies draw, on purpose, the cases where backends disagree
-(docs/BACKENDS.md): exact .5 ties with either sign and zero-point parity,
+(docs/backends.md): exact .5 ties with either sign and zero-point parity,
 zero points at the type limits, outputs exactly at qmin/qmax, accumulators
 past 2**24, multipliers >= 1 and below 2**-31, and quantize inputs a few ulps
 from a tie where a reciprocal multiply and a division round differently.
@@ -18,7 +18,7 @@ How a backend author uses it, in their own test suite::
 
     import numpy as np
     from hypothesis import given
-    from sqref import requant
+    from sqref.integer import requant
     from sqref.testing import assert_bit_exact, requant_cases
 
     @given(requant_cases(dtype="uint8"))
@@ -38,7 +38,7 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["assert_bit_exact", "qparams", "multipliers", "requant_cases", "quantize_cases"]
+__all__ = ["assert_bit_exact", "codes", "qparams", "multipliers", "requant_cases", "quantize_cases"]
 
 _RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
@@ -173,6 +173,33 @@ def _zero_points(st, qmin, qmax):
 def _binary(st, lo, hi):
     """mant * 2**(e - 23), mant a 24-bit integer, e in [lo, hi]: float32-exact, in [2**lo, 2**(hi + 1))."""
     return st.tuples(st.integers(2**23, 2**24 - 1), st.integers(lo, hi)).map(lambda me: me[0] * 2.0 ** (me[1] - 23))
+
+
+DTYPE_RANGES = {np.uint8: (0, 255), np.int8: (-128, 127), np.int64: (-(2**63), 2**63 - 1)}
+
+
+def codes(shape, dtype, lo=None, hi=None, *, dists=("extremes", "uniform", "small")):
+    """Strategy for integer code arrays of ``dtype`` (np.uint8, np.int8 or np.int64) in [lo, hi]
+    (default: the dtype's range), NumPy drawing the bulk from a drawn seed so that K can be
+    in the hundreds. Distributions: "extremes" (lo, hi, their neighbours and the midpoint:
+    saturating int16 pairs, type limits), "uniform", "small" (|v| <= 8)."""
+    st = _strategies()
+    lo = DTYPE_RANGES[dtype][0] if lo is None else lo
+    hi = DTYPE_RANGES[dtype][1] if hi is None else hi
+
+    @st.composite
+    def draw_codes(draw):
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        dist = draw(st.sampled_from(dists))
+        if dist == "extremes":
+            v = rng.choice([lo, hi, lo + 1, hi - 1, (lo + hi) // 2], size=shape)
+        elif dist == "small":
+            v = rng.integers(max(lo, -8), min(hi, 8) + 1, size=shape)
+        else:
+            v = rng.integers(lo, hi + 1, size=shape)
+        return v.astype(dtype)
+
+    return draw_codes()
 
 
 def qparams(dtype=None):

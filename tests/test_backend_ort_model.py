@@ -1,4 +1,4 @@
-"""Whole models exported by sqref.onnx_io, run in onnxruntime, against sqref's "onnxruntime" mode.
+"""Whole models exported by sqref.backends.onnx, run in onnxruntime, against sqref's "onnxruntime" mode.
 
 The shipped LeNet-5, quantized to 8 bits (dynamic boundary, per tensor) and
 calibrated on the train split, runs in onnxruntime on all 1,000 test images and
@@ -27,7 +27,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import sqref  # noqa: E402
-from sqref import integer, onnx_io  # noqa: E402
+from sqref import integer  # noqa: E402
+from sqref.backends import onnx as onnx_io  # noqa: E402
 from sqref.data import DATA_DIR, load_split  # noqa: E402
 from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU  # noqa: E402
 from sqref.qmodel import quantize_model  # noqa: E402

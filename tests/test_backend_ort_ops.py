@@ -1,11 +1,11 @@
-"""onnxruntime and the ONNX reference evaluator against sqref.requant, bit for bit.
+"""onnxruntime and the ONNX reference evaluator against sqref.integer.requant, bit for bit.
 
 Each test builds a one-node ONNX model in memory, runs it in onnxruntime (CPU)
 and in ``onnx.reference.ReferenceEvaluator``, and requires EXACT equality with
 sqref's ``onnxruntime`` and ``onnx-reference`` modes. The integer accumulators
 come from a naive int64 conv/matmul written here (the source of truth).
 
-Documented deviation (docs/BACKENDS.md): on x86 AVX2 without VNNI,
+Documented deviation (docs/backends.md): on x86 AVX2 without VNNI,
 onnxruntime's u8 x s8 kernels (MatMulInteger, QLinearMatMul, QLinearConv
 except depthwise) sum adjacent u8*s8 products along K in saturating int16
 (VPMADDUBSW), so the accumulator itself differs from the exact one:
@@ -28,8 +28,9 @@ from hypothesis import strategies as st  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-import integer_oracles  # noqa: E402
-from sqref import requant  # noqa: E402
+from sqref import testing  # noqa: E402
+from sqref.integer import oracle  # noqa: E402
+from sqref.integer import requant  # noqa: E402
 from sqref.testing import assert_bit_exact, qparams, quantize_cases  # noqa: E402
 
 # Each example builds an onnxruntime session and a reference evaluator (~5-10 ms);
@@ -74,8 +75,7 @@ def run_both(model, inputs, constants=()):
 def conv_acc(x, w, zx, zw, *, pads, strides, dilations, group, u8s8_pairs=False):
     """Integer conv accumulator (N, K, OH, OW), with the ONNX attribute names: exact, or,
     with ``u8s8_pairs``, as the saturating VPMADDUBSW kernels compute it (depthwise kernels are exact)."""
-    return integer_oracles.conv_accumulator(x, w, zx, zw, pads=pads, strides=strides, dilations=dilations,
-                                            groups=group, u8s8_pairs=u8s8_pairs, exact_depthwise=True)
+    return oracle.conv_accumulator(x, w, x_zero_point=zx, w_zero_point=zw, pads=pads, strides=strides, dilations=dilations, groups=group, u8s8_pairs=u8s8_pairs, exact_depthwise=True)
 
 
 def matmul_acc(a, b, za, zb, *, u8s8_pairs=False):
@@ -100,11 +100,11 @@ U8S8_SATURATES = _probe_u8s8_saturation()
 
 
 def codes(shape, dtype, *, limit=None):
-    """integer_oracles.codes; with `limit`, uniform in [-limit, limit] (within the dtype's range)."""
+    """testing.codes; with `limit`, uniform in [-limit, limit] (within the dtype's range)."""
     if limit is None:
-        return integer_oracles.codes(shape, dtype)
+        return testing.codes(shape, dtype)
     lo, hi = RANGES[dtype]
-    return integer_oracles.codes(shape, dtype, max(lo, -limit), min(hi, limit), dists=("uniform",))
+    return testing.codes(shape, dtype, max(lo, -limit), min(hi, limit), dists=("uniform",))
 
 
 @st.composite

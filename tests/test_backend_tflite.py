@@ -1,6 +1,6 @@
 """TFLite (ai-edge-litert's Interpreter) against sqref, bit for bit.
 
-One-op int8 models are built from the flatbuffer schema (sqref.tflite_io) over
+One-op int8 models are built from the flatbuffer schema (sqref.backends.tflite) over
 hypothesis-drawn small shapes, with exact .5 ties on purpose (power-of-two
 scales), per-tensor and per-channel weights, and run with each kernel set.
 Measured on x86-64 AVX2 with ai-edge-litert 2.3, asserted exactly:
@@ -11,10 +11,10 @@ Measured on x86-64 AVX2 with ai-edge-litert 2.3, asserted exactly:
     reference   tflite (double round)  single_away          exact     tflite
     builtin     tflite_ruy             tflite_ruy           exact     tflite
 
-"tflite_ruy" (sqref.tflite_io.requant_tflite_ruy) is double rounding whose final
+"tflite_ruy" (sqref.backends.tflite.requant_tflite_ruy) is double rounding whose final
 shift rounds half up instead of half away from zero; "single_away"
 (requant_tflite_single_away) rounds once, ties away from zero. Both are
-deviations from every sqref.requant mode, at (negative) ties. The literal
+deviations from every sqref.integer.requant mode, at (negative) ties. The literal
 tie tests below pin each row. The whole LeNet-5 (per-channel weights) runs
 under XNNPACK bit-exact with sqref's "onnxruntime" mode on every tensor.
 """
@@ -28,9 +28,12 @@ pytest.importorskip("ai_edge_litert")
 from hypothesis import given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import integer_oracles  # noqa: E402
+from sqref import testing  # noqa: E402
+from sqref.integer import oracle  # noqa: E402
 import sqref  # noqa: E402
-from sqref import integer, requant, tflite_io  # noqa: E402
+from sqref import integer  # noqa: E402
+from sqref.backends import tflite as tflite_io  # noqa: E402
+from sqref.integer import requant  # noqa: E402
 from sqref.data import DATA_DIR, load_split  # noqa: E402
 from sqref.integer import ActParams, IntAvgPool2d, IntConv2d, IntegerModel, IntLinear, IntMaxPool2d  # noqa: E402
 from sqref.qmodel import quantize_model  # noqa: E402
@@ -49,8 +52,8 @@ def f32(v):
 
 
 def codes(shape, dtype, lo, hi):
-    """integer_oracles.codes in [lo, hi]: extremes or uniform."""
-    return integer_oracles.codes(shape, dtype, lo, hi, dists=("extremes", "uniform"))
+    """testing.codes in [lo, hi]: extremes or uniform."""
+    return testing.codes(shape, dtype, lo, hi, dists=("extremes", "uniform"))
 
 
 @st.composite
@@ -85,7 +88,7 @@ def conv_models(draw):
     x = ActParams(draw(st.sampled_from([1.0, 0.25, f32(1 / 255), f32(0.037)])), draw(st.integers(0, 255)))
     sw = w_scales(draw, k, draw(st.booleans()))
     bias = np.array(draw(st.lists(st.integers(-(2**12), 2**12), min_size=k, max_size=k)), np.int32)
-    acc = integer.conv2d_accumulate(xq, x.zero_point, wq, stride=stride, padding=pad, dilation=dil)
+    acc = integer.conv2d_accumulate(xq, wq, x_zero_point=x.zero_point, stride=stride, padding=pad, dilation=dil)
     y = draw(out_params(acc + bias[None, :, None, None], x.scale, sw))
     layer = IntConv2d(wq, sw, bias, bias.astype(np.float32), x, y, relu=draw(st.booleans()), stride=stride,
                       padding=pad, dilation=dil)
@@ -100,7 +103,7 @@ def fc_models(draw):
     x = ActParams(draw(st.sampled_from([1.0, 0.5, f32(0.021)])), draw(st.integers(0, 255)))
     sw = w_scales(draw, o, draw(st.booleans()))
     bias = np.array(draw(st.lists(st.integers(-(2**12), 2**12), min_size=o, max_size=o)), np.int32)
-    acc = integer.linear_accumulate(xq, x.zero_point, wq) + bias
+    acc = integer.linear_accumulate(xq, wq, x_zero_point=x.zero_point) + bias
     y = draw(out_params(acc, x.scale, sw))
     layer = IntLinear(wq, sw, bias, bias.astype(np.float32), x, y, relu=draw(st.booleans()))
     return IntegerModel((layer,), ("fc",), (i,), x, "tflite"), xq, acc
@@ -111,9 +114,9 @@ def want_codes(mode, acc, layer):
                                      mode="tflite" if mode in ("ruy", "single-away") else mode)
     qmin = layer.y.zero_point if layer.relu else 0
     if mode == "ruy":
-        y = tflite_io.requant_tflite_ruy(acc, multiplier=m, zero_point=layer.y.zero_point, qmin=qmin, qmax=255)
+        y = requant.requant_tflite_ruy(acc, multiplier=m, zero_point=layer.y.zero_point, qmin=qmin, qmax=255)
     elif mode == "single-away":
-        y = tflite_io.requant_tflite_single_away(acc, multiplier=m, zero_point=layer.y.zero_point, qmin=qmin, qmax=255)
+        y = requant.requant_tflite_single_away(acc, multiplier=m, zero_point=layer.y.zero_point, qmin=qmin, qmax=255)
     else:
         y = requant.requantize(acc, multiplier=m, zero_point=layer.y.zero_point, qmin=qmin, qmax=255, mode=mode)
     return y.astype(np.uint8)
@@ -152,9 +155,9 @@ def test_pools(data, kernels, average):
     imodel = IntegerModel((cls((kh, kw), stride, (0, 0), x),), ("pool",), q.shape[1:], x, "tflite")
     got = tflite_io.run_tflite_model(imodel, q, kernels=kernels)["pool"]
     if average:
-        want = integer.avg_pool2d_codes(q, (kh, kw), stride, (0, 0), x=x, y=x, mode="tflite")
+        want = integer.avg_pool2d_codes(q, kernel_size=(kh, kw), stride=stride, padding=(0, 0), x=x, y=x, mode="tflite")
     else:
-        want = integer.max_pool2d_codes(q, (kh, kw), stride, (0, 0))
+        want = integer.max_pool2d_codes(q, kernel_size=(kh, kw), stride=stride, padding=(0, 0))
     assert_bit_exact(got, want, err_msg=kernels)
 
 
@@ -164,7 +167,7 @@ def test_ruy_rounding_literal():
     # "tflite" (RoundingDivideByPOT, half away) -> -2; ruy's rounding shift (half up) -> -1.
     m = 0.0010695511146296924
     assert requant.requantize(np.array([-1403]), multiplier=m, zero_point=0, qmin=-128, qmax=127, mode="tflite").tolist() == [-2]
-    assert tflite_io.requant_tflite_ruy(np.array([-1403]), multiplier=m, zero_point=0, qmin=-128, qmax=127).tolist() == [-1]
+    assert requant.requant_tflite_ruy(np.array([-1403]), multiplier=m, zero_point=0, qmin=-128, qmax=127).tolist() == [-1]
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -177,13 +180,13 @@ def test_literal_ties_pin_each_kernel_set(per_channel):
     codes_in = np.arange(40, dtype=np.uint8).reshape(1, 1, 5, 8)
     conv = IntConv2d(np.ones((2, 1, 1, 1), np.int8), sw, np.array([-20, -21], np.int32), np.zeros(2, np.float32), x, y)
     conv_model = IntegerModel((conv,), ("c",), (1, 5, 8), x)
-    acc = integer.conv2d_accumulate(codes_in, 0, conv.weight) + conv.bias[None, :, None, None]
+    acc = integer.conv2d_accumulate(codes_in, conv.weight, x_zero_point=0) + conv.bias[None, :, None, None]
     w_fc = np.zeros((2, 40), np.int8)
     w_fc[:, 0] = 1
     fc = IntLinear(w_fc, sw, np.array([-20, -21], np.int32), np.zeros(2, np.float32), x, y)
     fc_model = IntegerModel((fc,), ("f",), (40,), x)
     fc_in = np.repeat(np.arange(40, dtype=np.uint8)[:, None], 40, axis=1)
-    acc_fc = integer.linear_accumulate(fc_in, 0, w_fc) + fc.bias
+    acc_fc = integer.linear_accumulate(fc_in, w_fc, x_zero_point=0) + fc.bias
     for kernels, (conv_mode, fc_mode) in KERNEL_MODES.items():
         got = tflite_io.run_tflite_model(conv_model, codes_in, kernels=kernels)["c"]
         assert_bit_exact(got, want_codes(conv_mode, acc, conv), err_msg=f"{kernels} conv")

@@ -1,4 +1,4 @@
-"""PyTorch (fbgemm engine) against sqref.requant, bit for bit.
+"""PyTorch (fbgemm engine) against sqref.integer.requant, bit for bit.
 
 quantize_per_tensor is checked against mode "pytorch" (one float32 fused
 multiply-add of the reciprocal scale and the zero point), quantized
@@ -6,7 +6,7 @@ linear/conv2d against mode "fbgemm" (float bias added in float32, per-tensor
 reciprocal vs per-channel division), all with EXACT equality; the
 accumulators come from a naive int64 matmul/conv written here.
 
-Documented deviation (docs/BACKENDS.md): FBGEMM's AVX2 u8 x s8 kernels
+Documented deviation (docs/backends.md): FBGEMM's AVX2 u8 x s8 kernels
 (VPMADDUBSW) sum adjacent products along K in saturating int16, for linear
 and for every conv kernel measured here (im2col, groupwise, depthwise; K in
 (KH, KW, C) order). ``FBGEMM_SATURATES`` probes the machine once; where it
@@ -25,8 +25,9 @@ torch = pytest.importorskip("torch")
 from hypothesis import Phase, find, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import integer_oracles  # noqa: E402
-from sqref import requant  # noqa: E402
+from sqref import testing  # noqa: E402
+from sqref.integer import oracle  # noqa: E402
+from sqref.integer import requant  # noqa: E402
 from sqref.testing import assert_bit_exact, qparams, quantize_cases  # noqa: E402
 
 # Each example packs weights and runs one small op (~1-3 ms); 40 examples per
@@ -66,8 +67,7 @@ def q_weight(codes, scales, zps):
 def conv_acc(x, w, zx, zw, *, padding, stride, dilation, groups, u8s8_pairs):
     """Conv accumulator (N, K, OH, OW) without bias, with torch's argument names: exact, or as the
     saturating FBGEMM kernels compute it (depthwise included)."""
-    return integer_oracles.conv_accumulator(x, w, zx, zw, pads=(*padding, *padding), strides=stride,
-                                            dilations=dilation, groups=groups, u8s8_pairs=u8s8_pairs)
+    return oracle.conv_accumulator(x, w, x_zero_point=zx, w_zero_point=zw, pads=(*padding, *padding), strides=stride, dilations=dilation, groups=groups, u8s8_pairs=u8s8_pairs)
 
 
 def linear_acc(x, w, zx, zw, *, u8s8_pairs):
@@ -116,7 +116,7 @@ def test_quantize_per_tensor(case):
     ],
 )
 def test_quantize_per_tensor_literal(x, scale, zp, want, n):
-    # NOTE: BACKENDS.md says clamp(zp + nearbyint(x * float32(1/scale))); measured here it is
+    # NOTE: docs/backends.md says clamp(zp + nearbyint(x * float32(1/scale))); measured here it is
     # rne(fma(x, float32(1/scale), zp)), FBGEMM's QuantizeAvx2<LEGACY=true>
     got = torch.quantize_per_tensor(torch.full((n,), x, dtype=torch.float32), scale, zp, torch.quint8)
     assert got.int_repr().tolist() == [want] * n
@@ -137,8 +137,8 @@ def test_dequantize(data, dtype):
 
 
 def codes(shape, lo, hi):
-    """int64 codes in [lo, hi] (integer_oracles.codes)."""
-    return integer_oracles.codes(shape, np.int64, lo, hi)
+    """int64 codes in [lo, hi] (testing.codes)."""
+    return testing.codes(shape, np.int64, lo, hi)
 
 
 @st.composite

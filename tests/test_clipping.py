@@ -252,8 +252,8 @@ def test_fast_sse_model_agrees_with_the_exact_sum(w, bits, fraction):
     a = np.sort(np.abs(x))
     cum1, cum2 = np.concatenate([[0], np.cumsum(a)]), np.concatenate([[0], np.cumsum(a * a)])
     qmax = 2 ** (bits - 1) - 1
-    scale = clipping._scales([fraction * a[-1]], bits)
-    fast = clipping._approx_sse(a, cum1, cum2, scale, qmax)
+    scale = clipping.grid_scales([fraction * a[-1]], bits)
+    fast = clipping.approx_sse(a, cum1, cum2, scale, qmax)
     exact = quant.sum_sq_error(x, scale, qmax)
     # S2 - 2 c S1 + c^2 n cancels: its rounding is a few eps times the size of the terms, not of the result
     atol = 64 * np.finfo(np.float64).eps * (cum2[-1] + a.size * (qmax * scale[0]) ** 2)
@@ -266,7 +266,7 @@ def test_dynamic_finds_the_minimum_of_a_smooth_curve(bits):
     x = np.random.default_rng(3).normal(size=20000)
     qmax = 2 ** (bits - 1) - 1
     alphas = np.linspace(0.01, 1, 2000) * np.abs(x).max()
-    scan = quant.sum_sq_error(x, clipping._scales(alphas, bits), qmax).min() / x.size
+    scan = quant.sum_sq_error(x, clipping.grid_scales(alphas, bits), qmax).min() / x.size
     # The search ends with steps of ~1e-7 relative, far finer than the scan's 1/2000 of max|w|, so it
     # must do at least as well; 1e-7 relative is the float rounding of the search's prefix-sum SSE
     # model (~1e-9 here), which may steer it between points whose MSEs differ by less than that.

@@ -1,4 +1,4 @@
-"""Golden files (sqref.golden) and the `sqref golden` / `sqref verify` commands.
+"""Golden files (sqref.integer.golden) and the `sqref golden` / `sqref verify` commands.
 
 Checked: byte-identical regeneration (two runs of the command hashed), the
 format (every dataset has a sha256, the attributes docs/integer.md lists), a
@@ -6,7 +6,6 @@ read/write round trip, per-tensor mismatch reports with exact counts, the exit
 codes (0 exact, 1 mismatch, 2 bad input) and each backend on a golden file made
 in its native mode.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -15,7 +14,12 @@ import h5py
 import numpy as np
 import pytest
 
-from sqref import cli, golden, integer
+from sqref import cli, integer
+from sqref.backends.probe import accumulation, resolve_accumulate
+from sqref.data import load_split
+from sqref.integer.verify import verify
+from sqref.jobs.integer import prepare
+from sqref.integer import golden
 from sqref.data import DATA_DIR
 from sqref.fileformat import FileFormatError
 
@@ -24,28 +28,7 @@ LENET5 = os.fspath(DATA_DIR / "lenet5.h5")
 
 
 def run_cli(argv, capsys):
-    """sqref.cli.main with the golden/verify subcommands registered (as cli.py will register them)."""
-    from sqref import cli_integer
-
-    original = cli.build_parser
-
-    def build_parser():
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "golden" not in sub.choices:
-            def add(name, help_text):
-                p = sub.add_parser(name, help=help_text, description=help_text)
-                p.add_argument("--json", action="store_true")
-                p.add_argument("-q", "--quiet", action="store_true")
-                return p
-            cli_integer.register(sub, add)
-        return parser
-
-    cli.build_parser = build_parser
-    try:
-        code = cli.main(argv)
-    finally:
-        cli.build_parser = original
+    code = cli.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -56,12 +39,10 @@ def sha(path):
 
 @pytest.fixture(scope="module")
 def lenet300_golden(tmp_path_factory):
-    """`sqref golden lenet300.h5 --mode onnxruntime --accumulate int16-pairs --count 50` (fast: an MLP)."""
-    imodel, info = golden.prepare(LENET300)
-    from sqref.data import load_split
-
+    """`sqref golden lenet300.h5 --mode onnxruntime --count 50` (fast: an MLP); accumulate "auto"."""
+    imodel, info = prepare(LENET300)
     x, y = load_split(split="test")
-    g = golden.make_golden(imodel, x[:50], accumulate="int16-pairs", labels=y[:50], meta=info)
+    g = golden.make_golden(imodel, x[:50], labels=y[:50], meta=info)
     path = tmp_path_factory.mktemp("golden") / "lenet300.golden.h5"
     golden.write_golden(g, path)
     return g, path
@@ -83,7 +64,7 @@ def test_format_fields_and_checksums(lenet300_golden):
     g, path = lenet300_golden
     with h5py.File(path, "r") as f:
         assert f.attrs["format"] == "sqref-golden" and f.attrs["format_version"] == 1
-        assert f.attrs["mode"] == "onnxruntime" and f.attrs["accumulate"] == "int16-pairs"
+        assert f.attrs["mode"] == "onnxruntime" and f.attrs["accumulate"] == g.accumulate  # probed
         assert f.attrs["sqref_version"] and int(f.attrs["count"]) == 50
         meta = json.loads(f.attrs["meta"])
         assert meta["weights"].startswith("float model quantized by sqref: 8 bits")
@@ -103,7 +84,7 @@ def test_round_trip_and_sqref_verifies_exactly(lenet300_golden):
     for a, b in zip(back.outputs, g.outputs):
         assert np.array_equal(a, b) and a.dtype == np.uint8
     assert back.logits.tobytes() == g.logits.tobytes()
-    report = golden.verify(back, "sqref")
+    report = verify(back, "sqref")
     assert report["match"] and all(r["match"] for r in report["tensors"])
 
 
@@ -115,7 +96,7 @@ def test_a_changed_output_is_reported_exactly(lenet300_golden, tmp_path):
     outputs[1] = bad
     tampered = golden.Golden(g.imodel, g.inputs, tuple(outputs), g.logits, g.mode, g.accumulate, g.labels, g.meta)
     golden.write_golden(tampered, tmp_path / "t.h5")
-    report = golden.verify(golden.read_golden(tmp_path / "t.h5"), "sqref")
+    report = verify(golden.read_golden(tmp_path / "t.h5"), "sqref")
     rows = {r["name"]: r for r in report["tensors"]}
     assert not report["match"]
     assert rows["fc1"]["mismatches"] == 1 and rows["fc1"]["histogram"] == {"-5": 1}
@@ -170,28 +151,36 @@ def test_golden_of_a_quantized_model_file(tmp_path, capsys):
 
 def test_onnxruntime_verifies_a_native_golden(lenet300_golden):
     pytest.importorskip("onnxruntime")
-    g, _ = lenet300_golden  # onnxruntime mode, int16-pairs: this machine's ORT
-    report = golden.verify(g, "onnxruntime")
+    g, path = lenet300_golden  # onnxruntime mode, accumulate "auto": what this machine's ORT does, probed
+    assert g.accumulate == resolve_accumulate("onnxruntime")[0]
+    assert golden.read_golden(path).meta["accumulate_probe"]["probe"] == {k: g.accumulate for k in ("matmul", "conv")}
+    report = verify(g, "onnxruntime")
     assert report["match"], [(r["name"], r["mismatches"]) for r in report["tensors"]]
 
 
-def test_torch_verifies_a_native_golden(tmp_path):
-    pytest.importorskip("torch")
-    imodel, info = golden.prepare(LENET300, mode="fbgemm")
-    from sqref.data import load_split
-
-    g = golden.make_golden(imodel, load_split(split="test")[0][:50], accumulate="int16-pairs")
-    report = golden.verify(g, "torch")
-    assert report["match"], [(r["name"], r["mismatches"]) for r in report["tensors"]]
+@pytest.mark.parametrize("backend, mode", [("onnxruntime", "onnxruntime"), ("torch", "fbgemm")])
+def test_both_accumulations_against_the_probed_backend(backend, mode):
+    # Both expectations on every CPU kind: the golden file made with the accumulation the probe
+    # found matches the backend bit for bit; the one made with the other accumulation does not
+    # (on LeNet-300-100 the saturated pairs change hundreds of fc1 outputs), and the note names
+    # what the probe found. On an AVX2 CPU without VNNI the roles of the two swap.
+    pytest.importorskip(backend)
+    imodel, _ = prepare(LENET300, mode=mode)
+    x = load_split(split="test")[0][:50]
+    found = accumulation(backend, "matmul")
+    other = {"exact": "int16-pairs", "int16-pairs": "exact"}[found]
+    assert verify(golden.make_golden(imodel, x, accumulate=found), backend)["match"]
+    report = verify(golden.make_golden(imodel, x, accumulate=other), backend)
+    fc1 = next(r for r in report["tensors"] if r["name"] == "fc1")
+    assert not report["match"] and fc1["mismatches"] > 0
+    assert any(f"accumulate {found} on this machine" in note for note in report["notes"]), report["notes"]
 
 
 def test_tflite_verifies_a_native_golden():
     pytest.importorskip("ai_edge_litert")
-    imodel, _ = golden.prepare(LENET300, mode="onnxruntime")  # XNNPACK requantizes as onnxruntime does
-    from sqref.data import load_split
-
+    imodel, _ = prepare(LENET300, mode="onnxruntime")  # XNNPACK requantizes as onnxruntime does
     g = golden.make_golden(imodel, load_split(split="test")[0][:50])
-    report = golden.verify(g, "tflite")
+    report = verify(g, "tflite")
     assert report["match"], [(r["name"], r["mismatches"]) for r in report["tensors"]]
 
 

@@ -4,7 +4,7 @@ Oracles: a hand-computed conv (every mode); naive int64 loop nests for conv,
 linear, max pool and avg pool (the source of truth, written here one output
 element at a time); requant.accumulate_u8s8_int16_pairs for the saturation
 model; the float fake-quant model for accuracy; a subprocess per BLAS thread
-count for determinism. The five docs/BACKENDS.md disagreement categories are
+count for determinism. The five docs/backends.md disagreement categories are
 driven through whole (tiny) integer models here; the op-level cases live in
 tests/test_requant.py.
 """
@@ -19,96 +19,19 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import sqref
-from integer_oracles import codes
-from sqref import calibration, integer, requant
+from sqref import integer
+from sqref.integer import calibration, requant
 from sqref.data import load_split
 from sqref.integer import ActParams, IntConv2d, IntegerModel, IntLinear
 from sqref.model import Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU
 from sqref.qmodel import quantize_model
-from sqref.testing import assert_bit_exact
+from sqref.integer.oracle import naive_avg, naive_conv, naive_linear, naive_pool
+from sqref.testing import assert_bit_exact, codes
 
 MODES = requant.MODES
 
 
 # ------------------------------------------------------------ naive oracles
-
-
-def naive_conv(xq, zx, wq, *, stride, padding, dilation, groups, pairs=False):
-    """acc[n, k, oh, ow] one element at a time, Python ints; padding holds z_x.
-    pairs: raw u8*s8 products in (KH, KW, C) order, adjacent pairs saturated to int16."""
-    N, C, H, W = xq.shape
-    K, CG, KH, KW = wq.shape
-    (SH, SW), (PH, PW), (DH, DW) = stride, padding, dilation
-    OH = (H + 2 * PH - DH * (KH - 1) - 1) // SH + 1
-    OW = (W + 2 * PW - DW * (KW - 1) - 1) // SW + 1
-    out = np.zeros((N, K, OH, OW), np.int64)
-    for n in range(N):
-        for k in range(K):
-            g = k // (K // groups)
-            for oh in range(OH):
-                for ow in range(OW):
-                    raw, wsum = [], 0
-                    for i in range(KH):
-                        for j in range(KW):
-                            for c in range(CG):
-                                h, w = oh * SH - PH + i * DH, ow * SW - PW + j * DW
-                                v = int(xq[n, g * CG + c, h, w]) if 0 <= h < H and 0 <= w < W else zx
-                                raw.append(v * int(wq[k, c, i, j]))
-                                wsum += int(wq[k, c, i, j])
-                    if pairs:
-                        raw += [0] * (len(raw) % 2)
-                        total = sum(min(max(raw[p] + raw[p + 1], -(2**15)), 2**15 - 1) for p in range(0, len(raw), 2))
-                    else:
-                        total = sum(raw)
-                    out[n, k, oh, ow] = total - zx * wsum
-    return out
-
-
-def naive_linear(xq, zx, wq):
-    return np.array([[sum((int(xq[n, i]) - zx) * int(wq[o, i]) for i in range(xq.shape[1]))
-                      for o in range(wq.shape[0])] for n in range(xq.shape[0])], np.int64)
-
-
-def naive_pool(q, kernel, stride, padding, reduce):
-    """reduce(list of in-bounds codes, number of padded taps) for every window."""
-    N, C, H, W = q.shape
-    (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
-    OH, OW = (H + 2 * PH - KH) // SH + 1, (W + 2 * PW - KW) // SW + 1
-    out = np.zeros((N, C, OH, OW), np.int64)
-    for n in range(N):
-        for c in range(C):
-            for oh in range(OH):
-                for ow in range(OW):
-                    vals = [int(q[n, c, oh * SH - PH + i, ow * SW - PW + j]) for i in range(KH) for j in range(KW)
-                            if 0 <= oh * SH - PH + i < H and 0 <= ow * SW - PW + j < W]
-                    out[n, c, oh, ow] = reduce(vals, KH * KW - len(vals))
-    return out.astype(np.uint8)
-
-
-def naive_avg(mode, x, y, kernel, hw):
-    """The avg-pool rounding of each mode re-stated per window (see avg_pool2d_codes)."""
-    f32 = np.float32
-    n = kernel[0] * kernel[1]
-
-    def reduce(vals, padded):
-        S = sum(v - x.zero_point for v in vals)
-        if mode == "onnxruntime":
-            if tuple(kernel) == tuple(hw) and padded == 0:  # ORT's global average pool
-                m = f32(f32(x.scale) / f32(f32(y.scale) * f32(n)))
-                return int(np.clip(np.rint(f32(S) * m), -y.zero_point, 255 - y.zero_point)) + y.zero_point
-            acc = f32(0)
-            for v in vals:  # padded taps add +0.0: omitted
-                acc = f32(acc + f32(f32(x.scale) * f32(v - x.zero_point)))
-            return int(np.clip(np.rint(f32(f32(f32(acc / f32(n)) / f32(y.scale)) + f32(y.zero_point))), 0, 255))
-        if mode == "onnx-reference":
-            return int(np.clip(np.rint(S * x.scale / (n * y.scale)) + y.zero_point, 0, 255))
-        if mode in ("tflite", "tflite-single"):
-            A = sum(v - 128 for v in vals)
-            r = (A + n // 2) // n if A > 0 else -((-A + n // 2) // n)
-            return min(max(r + 128, 0), 255)
-        m = f32(np.float64(x.scale) / np.float64(y.scale) / n)
-        return int(np.clip(np.rint(f32(f32(f32(S) * m) + f32(y.zero_point))), 0, 255))
-    return reduce
 
 
 # ------------------------------------------------------------ strategies
@@ -160,7 +83,7 @@ def literal_conv_layer(zy):
 
 def test_literal_conv_accumulator():
     x, layer = literal_conv_layer(11)
-    acc = integer.conv2d_accumulate(x, 2, layer.weight)
+    acc = integer.conv2d_accumulate(x, layer.weight, x_zero_point=2)
     assert acc.tolist() == [[[[-5, 0], [-6, -1]]]]
 
 
@@ -212,14 +135,14 @@ def test_act_params_literal():
 def test_conv_matches_naive_loop(case):
     xq, zx, wq, geo = case
     note(f"x {xq.shape} w {wq.shape} zx {zx} {geo}")
-    assert_bit_exact(integer.conv2d_accumulate(xq, zx, wq, **geo), naive_conv(xq, zx, wq, **geo))
+    assert_bit_exact(integer.conv2d_accumulate(xq, wq, x_zero_point=zx, **geo), naive_conv(xq, wq, x_zero_point=zx, **geo))
 
 
 @given(conv_cases())
 def test_conv_int16_pairs_matches_naive_saturating_loop(case):
     xq, zx, wq, geo = case
-    got = integer.conv2d_accumulate(xq, zx, wq, accumulate="int16-pairs", **geo)
-    assert_bit_exact(got, naive_conv(xq, zx, wq, pairs=True, **geo))
+    got = integer.conv2d_accumulate(xq, wq, x_zero_point=zx, accumulate="int16-pairs", **geo)
+    assert_bit_exact(got, naive_conv(xq, wq, x_zero_point=zx, pairs=True, **geo))
 
 
 @given(st.data())
@@ -227,9 +150,9 @@ def test_linear_matches_naive_loop(data):
     n, k, o = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 40)), data.draw(st.integers(1, 5))
     xq, wq = data.draw(codes((n, k), np.uint8)), data.draw(codes((o, k), np.int8))
     zx = data.draw(st.integers(0, 255))
-    assert_bit_exact(integer.linear_accumulate(xq, zx, wq), naive_linear(xq, zx, wq))
+    assert_bit_exact(integer.linear_accumulate(xq, wq, x_zero_point=zx), naive_linear(xq, wq, x_zero_point=zx))
     want_pairs = requant.accumulate_u8s8_int16_pairs(xq, wq.T, a_zero_point=zx)
-    assert_bit_exact(integer.linear_accumulate(xq, zx, wq, accumulate="int16-pairs"), want_pairs)
+    assert_bit_exact(integer.linear_accumulate(xq, wq, x_zero_point=zx, accumulate="int16-pairs"), want_pairs)
 
 
 def test_exact_matmul_worst_case_literal():
@@ -258,7 +181,7 @@ def test_linear_past_one_block_matches_int64(data):
     xq, wq = data.draw(codes((n, k), np.uint8)), data.draw(codes((o, k), np.int8))
     zx = data.draw(st.integers(0, 255))
     want = (xq.astype(np.int64) - zx) @ wq.astype(np.int64).T  # int64 matmul: exact, the oracle here
-    assert_bit_exact(integer.linear_accumulate(xq, zx, wq), want)
+    assert_bit_exact(integer.linear_accumulate(xq, wq, x_zero_point=zx), want)
 
 
 @given(st.data())
@@ -266,7 +189,7 @@ def test_fast_pair_model_equals_requant_pair_model(data):
     m, k, n = data.draw(st.integers(1, 30)), data.draw(st.integers(1, 40)), data.draw(st.integers(1, 8))
     a, b = data.draw(codes((m, k), np.uint8)), data.draw(codes((k, n), np.int8))
     za = data.draw(st.integers(0, 255))
-    assert_bit_exact(integer.int16_pairs_accumulate(a, b, za),
+    assert_bit_exact(integer.int16_pairs_accumulate(a, b, a_zero_point=za),
                      requant.accumulate_u8s8_int16_pairs(a, b, a_zero_point=za))
 
 
@@ -274,7 +197,7 @@ def test_fast_pair_model_equals_requant_pair_model(data):
 def test_max_pool_matches_naive_loop(case):
     q, kernel, stride, pad = case
     want = naive_pool(q, kernel, stride, pad, lambda vals, padded: max(vals))
-    assert_bit_exact(integer.max_pool2d_codes(q, kernel, stride, pad), want)
+    assert_bit_exact(integer.max_pool2d_codes(q, kernel_size=kernel, stride=stride, padding=pad), want)
 
 
 @given(pool_cases(), st.sampled_from(MODES), st.data())
@@ -287,7 +210,7 @@ def test_avg_pool_matches_naive_loop(case, mode, data):
     zx = data.draw(st.sampled_from([0, 255, 128, data.draw(st.integers(0, 255))]))
     scale = data.draw(st.sampled_from([2.0**-4, 0.1, 0.0037, 1.7]))
     x = act(scale, zx)
-    got = integer.avg_pool2d_codes(q, kernel, stride, pad, x=x, y=x, mode=mode)
+    got = integer.avg_pool2d_codes(q, kernel_size=kernel, stride=stride, padding=pad, x=x, y=x, mode=mode)
     assert_bit_exact(got, naive_pool(q, kernel, stride, pad, naive_avg(mode, x, x, kernel, q.shape[2:])))
 
 
@@ -298,31 +221,31 @@ def test_avg_pool_modes_round_a_tie_differently():
     # PyTorch adds the zero point before rounding: rne(1.5 + 3 = 4.5) = 4, i.e. 1
     q = np.array([[[[4, 5]]]], np.uint8)
     x = act(0.5, 3)
-    got = {m: int(integer.avg_pool2d_codes(q, (1, 2), (1, 2), (0, 0), x=x, y=x, mode=m)[0, 0, 0, 0]) - 3
+    got = {m: int(integer.avg_pool2d_codes(q, kernel_size=(1, 2), stride=(1, 2), padding=(0, 0), x=x, y=x, mode=m)[0, 0, 0, 0]) - 3
            for m in MODES}
     assert got == {"onnxruntime": 2, "onnx-reference": 2, "tflite": 1, "tflite-single": 1, "fbgemm": 1}
     # a window narrower than the input takes ORT's float path: (0.5 + 1.0) / 2 / 0.5 + 3 = 4.5 -> 4
     wide = np.array([[[[4, 5, 3, 3]]]], np.uint8)
     want = {"onnxruntime": [4, 3], "onnx-reference": [5, 3], "tflite": [4, 3], "tflite-single": [4, 3], "fbgemm": [4, 3]}
     for m in MODES:
-        assert integer.avg_pool2d_codes(wide, (1, 2), (1, 2), (0, 0), x=x, y=x, mode=m).ravel().tolist() == want[m]
+        assert integer.avg_pool2d_codes(wide, kernel_size=(1, 2), stride=(1, 2), padding=(0, 0), x=x, y=x, mode=m).ravel().tolist() == want[m]
 
 
 def test_kernels_reject_bad_input():
     with pytest.raises(TypeError, match="uint8"):
-        integer.conv2d_accumulate(np.zeros((1, 1, 3, 3), np.int8), 0, np.zeros((1, 1, 1, 1), np.int8))
+        integer.conv2d_accumulate(np.zeros((1, 1, 3, 3), np.int8), np.zeros((1, 1, 1, 1), np.int8), x_zero_point=0)
     with pytest.raises(ValueError, match="groups"):
-        integer.conv2d_accumulate(np.zeros((1, 3, 3, 3), np.uint8), 0, np.zeros((2, 2, 1, 1), np.int8))
+        integer.conv2d_accumulate(np.zeros((1, 3, 3, 3), np.uint8), np.zeros((2, 2, 1, 1), np.int8), x_zero_point=0)
     with pytest.raises(ValueError, match="IN must match"):
-        integer.linear_accumulate(np.zeros((1, 3), np.uint8), 0, np.zeros((2, 4), np.int8))
+        integer.linear_accumulate(np.zeros((1, 3), np.uint8), np.zeros((2, 4), np.int8), x_zero_point=0)
     with pytest.raises(ValueError, match="zero point"):
-        integer.linear_accumulate(np.zeros((1, 3), np.uint8), 256, np.zeros((2, 3), np.int8))  # bound needs z_x <= 255
+        integer.linear_accumulate(np.zeros((1, 3), np.uint8), np.zeros((2, 3), np.int8), x_zero_point=256)  # bound needs z_x <= 255
     with pytest.raises(ValueError, match="TFLite"):
         q = np.zeros((1, 1, 4, 4), np.uint8)
-        integer.avg_pool2d_codes(q, (3, 3), (1, 1), (1, 1), x=act(1, 0), y=act(1, 0), mode="tflite")
+        integer.avg_pool2d_codes(q, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), x=act(1, 0), y=act(1, 0), mode="tflite")
 
 
-# ------------------------------------------------------------ model level: the BACKENDS.md cases
+# ------------------------------------------------------------ model level: the docs/backends.md cases
 
 
 def linear_model(*, x, y, w, bias, w_scale=1.0, relu=False, bias_float=None):
@@ -441,8 +364,8 @@ def test_mse_rule_is_no_worse_than_max_on_its_own_grid():
     x = np.concatenate([rng.laplace(0, 1, 50000), [30.0]])
     a = np.sort(x)
     cum1, cum2 = np.concatenate([[0], np.cumsum(a)]), np.concatenate([[0], np.cumsum(a * a)])
-    best = calibration._mse_alpha(x)
-    sse = lambda al: calibration._grid_sse(a, cum1, cum2, al)  # noqa: E731
+    best = calibration.mse_alpha(x)
+    sse = lambda al: calibration.grid_sse(a, cum1, cum2, al)  # noqa: E731
     assert sse(best) < sse(30.0)
     # and equal to a direct quantize/dequantize evaluation of that grid
     p = integer.act_params(max(a[0], -best), min(a[-1], best))

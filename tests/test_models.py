@@ -7,7 +7,7 @@ import sqref
 from sqref.data import DATA_DIR, load_split
 from sqref.model import predict
 
-# name -> (parameter count from METHOD.md section 6, accuracy floor the README states)
+# name -> (parameter count from docs/method.md section 6, accuracy floor the README states)
 SHIPPED = {"lenet5": (431_080, 0.980), "lenet300": (266_610, 0.965)}
 
 

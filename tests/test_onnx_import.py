@@ -1,4 +1,4 @@
-"""sqref.onnx_io.import_onnx: float ONNX models into sqref Models.
+"""sqref.backends.onnx.import_onnx: float ONNX models into sqref Models.
 
 Models come from torch.onnx.export (the dynamo exporter, which needs onnxscript,
 and the TorchScript exporter) of LeNet-5-like nets, and from onnx.helper for
@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import sqref  # noqa: E402
-from sqref import onnx_io  # noqa: E402
+from sqref.backends import onnx as onnx_io  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -155,6 +155,7 @@ def test_unsupported_graphs_name_the_problem(nodes, inits, match):
 def test_imported_model_runs_the_whole_integer_pipeline(tmp_path):
     # import -> quantize -> integer model -> export -> onnxruntime: the pieces fit together
     from sqref import integer
+    from sqref.backends.probe import resolve_accumulate
     from sqref.qmodel import quantize_model
 
     torch.manual_seed(3)
@@ -162,7 +163,8 @@ def test_imported_model_runs_the_whole_integer_pipeline(tmp_path):
     q = quantize_model(model, bits=8)
     x = np.random.default_rng(4).random((8, 2, 16, 16)).astype(np.float32)
     imodel = integer.build_integer_model(q, integer.calibrate(q, x))
-    logits, outs = integer.run_integer(imodel, x, accumulate="int16-pairs", return_intermediates=True)
+    accumulate, _ = resolve_accumulate("onnxruntime")  # what this machine's onnxruntime does, probed
+    logits, outs = integer.run_integer(imodel, x, accumulate=accumulate, return_intermediates=True)
     got_logits, got = onnx_io.run_onnxruntime(imodel, x)
     assert got_logits.tobytes() == logits.tobytes()
     assert all(np.array_equal(got[n], o) for n, o in zip(imodel.names, outs))

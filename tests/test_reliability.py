@@ -95,7 +95,7 @@ def test_every_subcommand_fails_bad_input_in_one_line_exit_2_json_error(command,
 
 
 def test_every_registered_subcommand_is_covered():
-    from sqref.cli import build_parser
+    from sqref.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -1,4 +1,4 @@
-"""sqref.requant: the BACKENDS.md disagreement cases literally, then each mode
+"""sqref.integer.requant: the docs/backends.md disagreement cases literally, then each mode
 against a naive re-statement in exact rational arithmetic (fractions.Fraction,
 Python ints, explicit rounding)."""
 import math
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import Phase, assume, find, given, note, settings
 from hypothesis import strategies as st
 
-from sqref import requant
-from sqref.requant import INT32_MAX, INT32_MIN, MODES, QUANTIZE_MODES
+from sqref.integer import requant
+from sqref.integer.requant import INT32_MAX, INT32_MIN, MODES, QUANTIZE_MODES
 from sqref.testing import assert_bit_exact, multipliers, quantize_cases, requant_cases
 
 U8 = dict(qmin=0, qmax=255)
@@ -95,7 +95,7 @@ def py_onnx_reference(acc, m, zp, qmin, qmax):  # valid where float64 is exact
     return clamp(rne(Fraction(acc) * Fraction(m) + zp), qmin, qmax)
 
 
-# ------------------------------------------------- BACKENDS.md literally
+# ------------------------------------------------- docs/backends.md literally
 
 
 @pytest.mark.parametrize(

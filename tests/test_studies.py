@@ -7,9 +7,9 @@ import sqref
 from sqref.compress import factor_model
 from sqref.data import DATA_DIR, load_split
 from sqref.model import predict
-from sqref import studies
+from sqref.studies import tables as studies
 from sqref.crossfit import KEEP_RULES
-from sqref.studies import _payload_ratio, greedy_bits
+from sqref.studies.tables import greedy_bits, payload_ratio
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_max_drop_rule_stays_within_the_budget(setting):
 def test_target_ratio_rule_reaches_the_ratio(setting):
     factored, val, float_val = setting
     bits, qm = greedy_bits(factored, val, float_val, target_ratio=40.0, bias_bits=16)
-    assert _payload_ratio(qm) >= 40.0
+    assert payload_ratio(qm) >= 40.0
     assert {layer.quant.bits for layer in qm.layers if getattr(layer, "quant", None)} == set(bits.values())
 
 
@@ -41,7 +41,7 @@ def test_exactly_one_stopping_rule(setting):
 
 
 def test_per_layer_bits_rejects_an_unknown_rule(setting):
-    from sqref.studies import per_layer_bits
+    from sqref.studies.tables import per_layer_bits
     factored, val, _ = setting
     with pytest.raises(ValueError, match="rule must be one of max ratio, best accuracy at 50x, got 'fastest'"):
         per_layer_bits(factored, "fastest", val, progress=False)

@@ -14,7 +14,15 @@ import shlex
 import sys
 import time
 
-from sqref.cli import _json_default, _positive_int, check_output_path, table
+from sqref.backends.probe import resolve_accumulate
+from sqref.cli.args import check_output_path, json_default, positive_int, table
+from sqref.data import DEFAULT_DATA, load_split
+from sqref.integer import golden
+from sqref.integer.calibration import CALIBRATION_RULES
+from sqref.integer.model import ACCUMULATE
+from sqref.integer.requant import MODES
+from sqref.integer.verify import BACKENDS, verify
+from sqref.jobs.integer import prepare
 
 EXIT_MISMATCH = 1
 
@@ -25,9 +33,6 @@ def _default_output(model_path, mode):
 
 
 def cmd_golden(args) -> dict:
-    from sqref import golden
-    from sqref.data import load_split
-
     integer_mode = args.mode
     out = check_output_path(args.output or _default_output(args.model, integer_mode), [args.model, args.data],
                             force=args.force)
@@ -37,34 +42,46 @@ def cmd_golden(args) -> dict:
     x, y = load_split(args.data, "test")
     if args.count > len(x):
         raise ValueError(f"--count {args.count} is more than the {len(x)} test images")
-    imodel, info = golden.prepare(args.model, data=args.data, rule=args.rule, mode=integer_mode)
+    imodel, info = prepare(args.model, data=args.data, rule=args.rule, mode=integer_mode)
+    accumulate, probe = (resolve_accumulate(integer_mode) if args.accumulate == "auto"
+                         else (args.accumulate, {"requested": args.accumulate}))
+    # the command regenerates the file anywhere: it names the accumulation "auto" resolved to
     command = ["sqref", "golden", os.path.basename(os.fspath(args.model)), "--mode", integer_mode, "--count",
-               str(args.count), "--accumulate", args.accumulate, "--rule", args.rule, "-o", os.path.basename(out)]
+               str(args.count), "--accumulate", accumulate, "--rule", args.rule, "-o", os.path.basename(out)]
     meta = {**info, "data": {"file": os.path.basename(os.fspath(args.data)), "split": "test",
-                             "images": f"the first {args.count}"}, "command": shlex.join(command)}
-    g = golden.make_golden(imodel, x[:args.count], mode=integer_mode, accumulate=args.accumulate,
+                             "images": f"the first {args.count}"}, "command": shlex.join(command),
+            "accumulate_probe": probe}
+    g = golden.make_golden(imodel, x[:args.count], mode=integer_mode, accumulate=accumulate,
                            labels=y[:args.count], meta=meta)
     golden.write_golden(g, out, overwrite=args.force)
     seconds = time.perf_counter() - start
     accuracy = float((g.logits.argmax(axis=1) == y[:args.count]).mean())
-    result = {"output": out, "mode": integer_mode, "accumulate": args.accumulate, "count": args.count,
+    result = {"output": out, "mode": integer_mode, "accumulate": accumulate, "accumulate_probe": probe,
+              "count": args.count,
               "accuracy": accuracy, "layers": list(imodel.names), "bytes": os.path.getsize(out), **info,
               "seconds": round(seconds, 2)}
     if not args.json:
         print(f"{out}: {args.count} test images through {len(imodel.layers)} integer layers, mode {integer_mode}, "
-              f"accumulate {args.accumulate}; {os.path.getsize(out):,} bytes")
+              f"accumulate {accumulate}; {os.path.getsize(out):,} bytes")
+        if args.accumulate == "auto":
+            print(f"  accumulate auto: {_probe_text(probe)}")
         print(f"  weights: {info['weights']}")
         print(f"  activations: uint8, calibrated with rule '{args.rule}' on the {info['calibration']['images']} "
               f"train images; logits dequantized: accuracy {100 * accuracy:.1f}% on these images")
-        print(f"  check it with: sqref verify {out} --backend sqref|onnxruntime|torch|tflite")
+        print(f"  check it with: sqref verify {out} --backend {'|'.join(BACKENDS)}")
     return result
 
 
-def cmd_verify(args) -> dict:
-    from sqref import golden
+def _probe_text(probe) -> str:
+    found = probe.get("probe")
+    if isinstance(found, dict):
+        return f"{probe['backend']} on this {probe['machine']} CPU: " + ", ".join(f"{k} {v}" for k, v in found.items())
+    return str(found)
 
+
+def cmd_verify(args) -> dict:
     g = golden.read_golden(args.golden)
-    report = golden.verify(g, args.backend)
+    report = verify(g, args.backend)
     report["golden"] = os.fspath(args.golden)
     tensors = report["tensors"]
     n_bad = sum(1 for r in tensors if r["match"] is False)
@@ -93,7 +110,7 @@ def cmd_verify(args) -> dict:
         r.pop("message", None)
     if n_bad:  # a finding, not bad input: exit 1 (sqref.cli.main maps SystemExit to its code)
         if args.json:
-            print(json.dumps(report, default=_json_default, sort_keys=True))
+            print(json.dumps(report, default=json_default, sort_keys=True))
         sys.stdout.flush()
         raise SystemExit(EXIT_MISMATCH)
     return report
@@ -101,20 +118,16 @@ def cmd_verify(args) -> dict:
 
 def register(sub, add):
     """Add the golden and verify subcommands to the main parser."""
-    from sqref.data import DEFAULT_DATA
-    from sqref.golden import BACKENDS
-    from sqref.integer import ACCUMULATE, CALIBRATION_RULES
-    from sqref.requant import MODES
-
     p = add("golden", "write a bit-exact golden file: every integer layer's outputs on test images, with all "
                       "quantization parameters (a float MODEL is quantized to 8 bits first)")
     p.add_argument("model", help="a sqref model file (.h5), float or quantized")
     p.add_argument("--mode", required=True, choices=MODES, help="requantization arithmetic (whose backend to model)")
     p.add_argument("-o", "--output", help="golden file to write (default: MODEL.golden.MODE.h5 in .)")
-    p.add_argument("--count", type=_positive_int, default=100, help="first N test images (default: %(default)s)")
-    p.add_argument("--accumulate", choices=ACCUMULATE, default="exact",
-                   help="exact integer sums, or int16-pairs: the saturation of onnxruntime/FBGEMM u8 x s8 kernels "
-                        "on AVX2 without VNNI (default: %(default)s)")
+    p.add_argument("--count", type=positive_int, default=100, help="first N test images (default: %(default)s)")
+    p.add_argument("--accumulate", choices=("auto", *ACCUMULATE), default="auto",
+                   help="exact integer sums; int16-pairs: the saturation of onnxruntime/FBGEMM u8 x s8 kernels "
+                        "on x86 without VNNI; auto: what the mode's backend does on this machine, probed "
+                        "(default: %(default)s)")
     p.add_argument("--rule", choices=CALIBRATION_RULES, default="max",
                    help="activation calibration rule, on the train split (default: %(default)s)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="data file (default: %(default)s)")

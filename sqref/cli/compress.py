@@ -9,8 +9,18 @@ import time
 
 import numpy as np
 
-from sqref.cli import UsageError, _nonneg_float, _positive_int, _progress_enabled, check_output_path, evaluate, table
-from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP
+import sqref
+from sqref import plots
+from sqref.accounting import sizes
+from sqref.cli.args import UsageError, check_output_path, nonneg_float, positive_int, progress_enabled, table
+from sqref.clipping import RULES
+from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP, distill_kwargs, factor_model, finetune, search_rank
+from sqref.data import DATA_DIR, DEFAULT_DATA, load_split
+from sqref.fileformat import atomic_path
+from sqref.jobs.models import evaluate
+from sqref.model import layer_arrays
+from sqref.progress import Progress
+from sqref.qmodel import parse_bits, quantize_model
 from sqref.train import KEEP
 
 
@@ -50,15 +60,11 @@ def _plot_paths(args, *, force):
 
 def save_figure(fig, path) -> None:
     """Write a PNG atomically (the target was checked by check_output_path)."""
-    from sqref.fileformat import atomic_path
-
     with atomic_path(path, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
 
 
 def _plot_quantized(paths, before, after):
-    from sqref import plots
-
     save_figure(plots.weight_histograms(before, after), paths[0])
     save_figure(plots.layer_errors(before, after), paths[1])
 
@@ -77,8 +83,6 @@ def _alpha_text(v):
 
 def quality(float_model, compressed, data_path, split, progress) -> dict:
     """Accuracy of both models on a split, the drop in points and the agreement."""
-    from sqref.data import load_split
-
     x, y = load_split(data_path, split)
     a = evaluate(float_model, x, y, progress=progress, label=f"float model on {split}")
     b = evaluate(compressed, x, y, progress=progress, label=f"compressed model on {split}")
@@ -109,10 +113,6 @@ def _bits_arg(text):
 
 
 def cmd_quantize(args) -> dict:
-    import sqref
-    from sqref.accounting import sizes
-    from sqref.qmodel import quantize_model
-
     out = check_output_path(args.output or _default_output(args.model, f"q{args.bits}".replace(",", "_")),
                             [args.model], force=args.force)
     plot_paths = _plot_paths(args, force=args.force)
@@ -123,7 +123,7 @@ def cmd_quantize(args) -> dict:
     sqref.save(qmodel, out, overwrite=args.force)
     report = sizes(qmodel, out)
     rows = layer_rows(model, qmodel, report)
-    qual = None if args.no_eval else quality(model, qmodel, args.data, args.split, _progress_enabled(args))
+    qual = None if args.no_eval else quality(model, qmodel, args.data, args.split, progress_enabled(args))
     if plot_paths:
         _plot_quantized(plot_paths, model, qmodel)
     if not args.json:
@@ -146,17 +146,9 @@ def _default_output(model_path, tag):
 
 
 def cmd_compress(args) -> dict:
-    import sqref
-    from sqref.accounting import sizes
-    from sqref.compress import distill_kwargs, factor_model, finetune, search_rank
-    from sqref.data import DATA_DIR, load_split
-    from sqref.model import layer_arrays
-    from sqref.progress import Progress
-    from sqref.qmodel import parse_bits, quantize_model
-
     model_path = args.model or os.fspath(DATA_DIR / "lenet5.h5")
     out = check_output_path(args.output or _default_output(model_path, "compressed"), [model_path], force=args.force)
-    progress = _progress_enabled(args)
+    progress = progress_enabled(args)
     plot_paths = _plot_paths(args, force=args.force)
     model = sqref.load(model_path)
     qkw = _quantize_kwargs(args)
@@ -255,9 +247,6 @@ def cmd_compress(args) -> dict:
 
 
 def add_quant_options(p, *, default_bits):
-    from sqref.clipping import RULES
-    from sqref.data import DEFAULT_DATA
-
     p.add_argument("--bits", type=_bits_arg, default=default_bits,
                    help="weight bits: an int in [2, 8], or per layer like 'conv=8,fc=4' or '8,conv1=4' "
                         "(default: %(default)s)")
@@ -287,18 +276,18 @@ def register(sub, add):
     p.add_argument("model", nargs="?", help="a sqref model file (default: data/lenet5.h5)")
     add_quant_options(p, default_bits=8)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--rank", type=_positive_int, help="SVD rank shared by the FC layers")
+    g.add_argument("--rank", type=positive_int, help="SVD rank shared by the FC layers")
     g.add_argument("--energy", type=_unit_interval, help="keep the smallest rank holding this energy fraction")
     g.add_argument("--ratio", type=_open_unit_interval, help="keep at most this fraction of each FC layer's weights")
-    g.add_argument("--max-drop", type=_nonneg_float, default=None,
+    g.add_argument("--max-drop", type=nonneg_float, default=None,
                    help="smallest rank losing at most this many points on the validation split (default: 0.5 "
                         "when no other rank option is given)")
     g.add_argument("--no-svd", action="store_true", help="quantize only")
     p.add_argument("--svd-solver", choices=["exact", "randomized"], default="exact",
                    help="randomized: a fast approximate SVD for a small explicit --rank on large layers")
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation (models not for MNIST)")
-    p.add_argument("--finetune", type=_positive_int, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
-    p.add_argument("--finetune-lr", type=_nonneg_float, default=0.002, help="fine-tuning learning rate (default: %(default)s)")
+    p.add_argument("--finetune", type=positive_int, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
+    p.add_argument("--finetune-lr", type=nonneg_float, default=0.002, help="fine-tuning learning rate (default: %(default)s)")
     p.add_argument("--distill", type=_distill_arg, metavar="T,ALPHA|none",
                    help="fine-tune by distillation from the input float model: temperature T > 0 and weight "
                         f"ALPHA in [0, 1] of the soft targets; 'none': the labels only (default: {_distill_text(FINETUNE_DISTILL)})")
@@ -306,52 +295,6 @@ def register(sub, add):
                    help="the fine-tuning epoch to keep: the last, or early stopping on validation accuracy, latest "
                         f"or earliest of tied epochs (default: {FINETUNE_KEEP}; see `sqref study finetune-keep`)")
     p.set_defaults(func=_compress_defaults)
-
-    from sqref.studies import STUDIES
-
-    p = add("study", "regenerate a results table of docs/results.md (markdown on stdout or into a file)")
-    p.add_argument("name", choices=[*STUDIES, "all"])
-    p.add_argument("-o", "--output", help="write the markdown to this file")
-    p.add_argument("--plot", metavar="FILE.png", help="draw the tradeoff study's accuracy curves (needs matplotlib)")
-    p.add_argument("--force", action="store_true", help="replace an existing output file")
-    p.set_defaults(func=cmd_study)
-
-
-def cmd_study(args) -> dict:
-    from sqref.fileformat import atomic_text
-    from sqref.studies import STUDIES
-
-    names = list(STUDIES) if args.name == "all" else [args.name]
-    if args.plot and "tradeoff" not in names:
-        raise UsageError("--plot draws the accuracy curves of the tradeoff study: use it with 'tradeoff' or 'all'")
-    plot = check_output_path(args.plot, force=args.force) if args.plot else None
-    out = check_output_path(args.output, force=args.force) if args.output else None
-    curves = []
-    sections = [STUDIES[n](progress=_progress_enabled(args), **({"collect": curves} if n == "tradeoff" else {}))
-                for n in names]
-    text = RESULTS_HEADER + "\n".join(sections) if args.name == "all" else "\n".join(sections)
-    if plot:
-        from sqref import plots
-
-        save_figure(plots.accuracy_curves(curves, title="LeNet-5: test accuracy vs payload ratio"), plot)
-    if out:
-        atomic_text(out, text, overwrite=args.force)
-    elif not args.json:
-        print(text)
-    return {"study": args.name, "markdown": text, "output": args.output}
-
-
-RESULTS_HEADER = """# sqref results
-
-Every table on this page is produced by `sqref study all -o docs/results.md --force` (each section names
-its own `sqref study NAME` command) on the shipped models and data. Accuracy is on the 1,000-image test
-split (one image = 0.1 point; standard error near 98% about 0.45 points) and always comes with the
-prediction agreement between the compressed and the float model. Ratios: original bytes (32 bits x every
-parameter of the float model) over payload bytes (packed codes, scales, zero points, biases, SVD ranks),
-over the .h5 file's bytes, and over a Huffman-coded payload (an extra column for comparison with Deep
-Compression; not the file format). See METHOD.md section 4 and sqref/accounting.py.
-
-"""
 
 
 def _compress_defaults(args):
@@ -388,14 +331,14 @@ def _distill_arg(text):
 
 
 def _unit_interval(text):
-    value = _nonneg_float(text)
+    value = nonneg_float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
     return value
 
 
 def _open_unit_interval(text):
-    value = _nonneg_float(text)
+    value = nonneg_float(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
     return value

@@ -72,7 +72,7 @@ def activation_range(values, *, rule="max", p=clipping.PERCENTILE_P):
                   although the uint8 grid has 256 levels).
       mse         alpha minimising sum (x - Q(x))**2 where Q is THIS uint8 grid
                   (act_params(lo, hi) then quantize/dequantize), not the
-                  symmetric weight grid of clipping.boundary_dynamic; see _mse_alpha.
+                  symmetric weight grid of clipping.boundary_dynamic; see mse_alpha.
     A ReLU output has min(x) = 0, hence lo = 0 and zero point 0 under every rule.
     Shapes: values any shape (flattened). Returns (lo, hi) as floats.
     """
@@ -90,13 +90,13 @@ def activation_range(values, *, rule="max", p=clipping.PERCENTILE_P):
     elif rule == "kl":
         alpha = clipping.boundary_kl(x.astype(np.float64), 8)
     elif rule == "mse":
-        alpha = _mse_alpha(x)
+        alpha = mse_alpha(x)
     else:
         raise ValueError(f"calibration rule must be one of {CALIBRATION_RULES}, got {rule!r}")
     return max(x_min, -alpha), min(x_max, alpha)
 
 
-def _grid_sse(a, cum1, cum2, alpha):
+def grid_sse(a, cum1, cum2, alpha):
     """sum (x - Q(x))**2 over sorted x for the uint8 grid of the range clipped at alpha.
 
     Level j (code j) holds the x whose code rounds to j: boundaries at
@@ -114,8 +114,8 @@ def _grid_sse(a, cum1, cum2, alpha):
     return float(np.sum((cum2[hi] - cum2[lo]) - 2.0 * v * (cum1[hi] - cum1[lo]) + v * v * (hi - lo)))
 
 
-def _mse_alpha(x):
-    """alpha in (0, max|x|] minimising _grid_sse: 256 evenly spaced boundaries, then
+def mse_alpha(x):
+    """alpha in (0, max|x|] minimising grid_sse: 256 evenly spaced boundaries, then
     4 refinements of 33 points between the best one's neighbours (step / 16 each)."""
     a = np.sort(x.astype(np.float64))
     cum1, cum2 = np.zeros(a.size + 1), np.zeros(a.size + 1)
@@ -124,7 +124,7 @@ def _mse_alpha(x):
     amax = max(-float(a[0]), float(a[-1]))
     alphas = amax * np.arange(1, 257) / 256.0
     for _ in range(5):
-        sse = [_grid_sse(a, cum1, cum2, al) for al in alphas]
+        sse = [grid_sse(a, cum1, cum2, al) for al in alphas]
         best = int(np.argmin(sse))
         lo, hi = alphas[max(best - 1, 0)], alphas[min(best + 1, alphas.size - 1)]
         best_alpha = float(alphas[best])
@@ -137,7 +137,7 @@ class Calibration:
     """Activation parameters of a model: its input and every layer's output (model.names order).
 
     rule    the calibration rule (CALIBRATION_RULES); the logits always use "max"
-            unless calibrate(clip_logits=True) (METHOD.md: never clip the logits)
+            unless calibrate(clip_logits=True) (docs/method.md: never clip the logits)
     images  how many images were seen
     """
 

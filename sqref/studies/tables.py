@@ -14,14 +14,15 @@ import os
 import numpy as np
 
 import sqref
-from sqref import clipping
+from sqref import clipping, zoo
 from sqref.accounting import sizes
-from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP, distill_kwargs, factor_model, finetune
+from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP, distill_kwargs, factor_model, finetune, search_rank
 from sqref.data import DATA_DIR, load_split
 from sqref.crossfit import crossfit
 from sqref.model import PARAM_LAYERS, predict, run
 from sqref.progress import Progress
 from sqref.qmodel import quantize_model
+from sqref.train import train
 
 MODELS = ("lenet5", "lenet300")
 TARGET_RATIO = 50.0  # the post-training target of the paper study's "best accuracy at" rule
@@ -36,7 +37,7 @@ def _score(model, float_preds, x, y):
     return float(np.mean(preds == y)), float(np.mean(preds == float_preds))
 
 
-def _payload_ratio(model) -> float:
+def payload_ratio(model) -> float:
     return sizes(model)["total"]["payload_ratio"]
 
 
@@ -95,7 +96,7 @@ def greedy_bits(model, val, float_val_preds, *, max_drop=None, target_ratio=None
     best = quantize_model(model, bits=bits, **qkw)
     if max_drop is not None and 100 * (base_acc - float(np.mean(predict(best, x) == y))) > max_drop:
         return None
-    while target_ratio is None or _payload_ratio(best) < target_ratio:
+    while target_ratio is None or payload_ratio(best) < target_ratio:
         trials = []
         for n in names:
             if bits[n] <= floor:
@@ -132,8 +133,6 @@ HEADER = ["| model | settings | float % | compressed % | drop (points) | agreeme
 
 def paper_study(progress=True, max_drop=0.5) -> str:
     """The paper's claim, and post-training compression beyond it."""
-    from sqref.compress import search_rank
-
     x, y = load_split(split="test")
     val = load_split(split="val")
     lines = ["## The paper's claim: 8-bit weights + SVD of the FC layers, no fine-tuning", "",
@@ -193,7 +192,7 @@ def per_layer_bits(model, rule, val, *, max_drop=0.5, progress=True, label=""):
         found = greedy_bits(factored, val, float_val, bias_bits=16, **kwargs)
         if found is not None:
             acc = float(np.mean(predict(found[1], val[0]) == val[1]))
-            key = score(_payload_ratio(found[1]), acc)
+            key = score(payload_ratio(found[1]), acc)
             if best is None or key > best[0]:
                 best = (key, rank, *found)
         bar.update(index + 1)
@@ -350,7 +349,7 @@ BITS_CANDIDATES = ("2,conv1=4", "2,conv1=4,fc2=4")
 
 def _allocation_label(factored, spec) -> str:
     """'SPEC (RATIOx)': a bits spec with the payload ratio it gives `factored` (float16 biases)."""
-    return f"{spec} ({_payload_ratio(quantize_model(factored, bits=spec, bias_bits=16)):.1f}x)"
+    return f"{spec} ({payload_ratio(quantize_model(factored, bits=spec, bias_bits=16)):.1f}x)"
 
 
 def finetune_bits_study(progress=True) -> str:
@@ -425,10 +424,6 @@ def replicate_study(progress=True) -> str:
     """The LeNet-5 results again, on LeNet-5s trained with the shipped recipe
     from other seeds. No rule, setting or method was chosen on these models,
     so their test drops are an out-of-sample check of the rules themselves."""
-    from sqref import zoo
-    from sqref.compress import search_rank
-    from sqref.train import train
-
     x, y = load_split(split="test")
     train_xy, val = load_split(split="train"), load_split(split="val")
     rank20, spec, epochs = FINETUNE_SETTINGS["lenet5"]
@@ -485,7 +480,7 @@ def tradeoff_study(progress=True, finetune_epochs=5, collect=None) -> str:
                     base = finetune(factored, train_xy, val, epochs=finetune_epochs, quantize_kwargs=qkw,
                                     progress=False)[0] if tune else factored
                     qm = quantize_model(base, **qkw)
-                    ratio = ratio or _payload_ratio(qm)
+                    ratio = ratio or payload_ratio(qm)
                     acc, agree = _score(qm, float_preds, x, y)
                     cells.append(f"{100 * acc:.1f} ({100 * agree:.1f})")
                     if collect is not None:

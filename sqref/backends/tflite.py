@@ -25,11 +25,11 @@ measured with ai-edge-litert 2.3 on x86-64 AVX2, tests/test_backend_tflite.py):
                  float32(float32(s_x * s_w) / s_y)), NOT "tflite"; AVERAGE_POOL_2D
                  rounds as "tflite" (half away on int8 sums)
     "reference"  BUILTIN_REF: CONV_2D = "tflite" (double rounding); FULLY_CONNECTED
-                 rounds ONCE, half away from zero (requant_tflite_single_away below):
+                 rounds ONCE, half away from zero (requant.requant_tflite_single_away):
                  neither "tflite" (no intermediate rounding) nor "tflite-single" (ties up)
     "builtin"    optimized kernels without delegates (ruy): double rounding whose
                  final shift rounds half UP, not half away: a variant no sqref mode
-                 has (requant_tflite_ruy below); it differs from "tflite" only where
+                 has (requant.requant_tflite_ruy); it differs from "tflite" only where
                  the first rounding lands on a negative .5 tie (acc = -1403,
                  M = 0.0010695511 gives -1 where "tflite" gives -2)
 So no kernel set runs a conv + FC model as mode "tflite" end to end. Max pool is
@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sqref import integer, requant
+from sqref import integer
+from sqref.integer import requant
 
 KERNELS = ("xnnpack", "builtin", "reference")
 
@@ -51,7 +52,7 @@ def _schema():
         import ai_edge_litert.schema_py_generated as schema
         import flatbuffers
     except ImportError as exc:  # pragma: no cover - exercised only without ai-edge-litert
-        raise ImportError("sqref.tflite_io needs ai-edge-litert (pip install ai-edge-litert)") from exc
+        raise ImportError("sqref.backends.tflite needs ai-edge-litert (pip install ai-edge-litert)") from exc
     return schema, flatbuffers
 
 
@@ -227,41 +228,6 @@ def interpreter(model_bytes, *, kernels="xnnpack"):
                          experimental_preserve_all_tensors=True, num_threads=1)
     it.allocate_tensors()
     return it
-
-
-def requant_tflite_ruy(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
-    """Requantize as TFLite's optimized int8 CONV_2D / FULLY_CONNECTED (ruy) on x86-64, measured.
-
-    Formula: (M0, shift) = QuantizeMultiplier(M); x = SRDHM(acc * 2**max(shift, 0), M0)
-    (round half up to Q31, as "tflite"); then a rounding right shift by -shift that
-    rounds half UP: (x + 2**(r - 1)) >> r, where "tflite"'s RoundingDivideByPOT rounds
-    half away from zero; + zero point, clamp.
-    # NOTE: not one of sqref.requant.MODES; kept here as the model of a measured deviation.
-    """
-    acc = np.asarray(acc, np.int64)
-    m = requant._along(np.asarray(multiplier, np.float64), acc.ndim, axis, acc.shape, "multiplier")
-    m0, shift = requant.quantize_multiplier(m)
-    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
-    x = requant.saturating_rounding_doubling_high_mul(requant._wrap_int32(acc << left), m0)
-    y = (x + ((np.int64(1) << right) >> 1)) >> right
-    return np.clip(y + int(zero_point), qmin, qmax)
-
-
-def requant_tflite_single_away(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
-    """Requantize as TFLite's reference int8 FULLY_CONNECTED (BUILTIN_REF) on x86-64, measured.
-
-    Formula: (M0, shift) = QuantizeMultiplier(M); y = round_half_away(acc * M0 / 2**(31 - shift)),
-    exact in int64; + zero point, clamp. One rounding like "tflite-single", but ties go
-    away from zero: acc = -18, M = 0.25 gives -5 (tflite-single -4; tflite -5; onnxruntime -4).
-    # NOTE: not one of sqref.requant.MODES; it matched every drawn case (tests/test_backend_tflite.py).
-    """
-    acc = np.asarray(acc, np.int64)
-    m = requant._along(np.asarray(multiplier, np.float64), acc.ndim, axis, acc.shape, "multiplier")
-    m0, shift = requant.quantize_multiplier(m)
-    total = 31 - shift.astype(np.int64)
-    p = acc * m0.astype(np.int64)  # |acc| < 2**31, M0 < 2**31: exact in int64
-    y = np.sign(p) * ((np.abs(p) + (np.int64(1) << (total - 1))) >> total)
-    return np.clip(y + int(zero_point), qmin, qmax)
 
 
 def _to_nchw_uint8(a, layout):

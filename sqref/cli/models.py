@@ -1,78 +1,23 @@
-"""The `sqref` command line.
-
-Exit codes: 0 success, 2 bad input or arguments (one line on stderr, no
-traceback), 1 an internal failure. With --json, stdout holds exactly one JSON
-object, with an "error" field when the command failed.
-"""
+"""`sqref info`, `eval`, `train`, `init` and `data`: commands about one model or the data file."""
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 
 import numpy as np
 
-from sqref import __version__
-from sqref.train import KEEP
-
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(ValueError):
-    """Bad arguments or input: reported in one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other bad input
-        raise UsageError(f"{self.prog}: {message}")
+import sqref
+from sqref import zoo
+from sqref.accounting import sizes
+from sqref.cli.args import check_output_path, nonneg_float, positive_int, progress_enabled, table
+from sqref.data import DEFAULT_DATA, build_mnist5k, find_source, load_split
+from sqref.model import infer_shapes, layer_arrays, predict
+from sqref.jobs.models import evaluate
+from sqref.train import KEEP, accuracy, train
+from sqref.zoo import ARCHITECTURES, FC_INIT_SCALE
 
 
-# --------------------------------------------------------------------------
-# helpers shared by subcommands
-# --------------------------------------------------------------------------
-def check_output_path(out, inputs=(), *, force: bool = False) -> str:
-    """Refuse to write over an input file, or over an existing file without --force."""
-    out = os.fspath(out)
-    for path in inputs:
-        if path is not None and os.path.exists(path) and os.path.exists(out) and os.path.samefile(path, out):
-            raise UsageError(f"output {out} is the input file; refusing to overwrite it")
-        if path is not None and os.path.abspath(path) == os.path.abspath(out):
-            raise UsageError(f"output {out} is the input file; refusing to overwrite it")
-    if os.path.exists(out) and not force:
-        raise UsageError(f"output {out} already exists; pass --force to replace it")
-    if os.path.isdir(out):
-        raise UsageError(f"output {out} is a directory; give a file path")
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        raise UsageError(f"output {out}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise UsageError(f"output {out}: directory {directory} is not writable")
-    return out
-
-
-def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """Plain-text table: columns are (key, header) pairs, values already formatted."""
-    cells = [[h for _, h in columns]] + [[str(r.get(k, "")) for k, _ in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _progress_enabled(args) -> bool:
-    return not getattr(args, "quiet", False)
-
-
-# --------------------------------------------------------------------------
-# subcommands
-# --------------------------------------------------------------------------
 def cmd_info(args) -> dict:
-    import sqref
-    from sqref.accounting import sizes
-    from sqref.model import infer_shapes, layer_arrays
-
     model = sqref.load(args.model)
     shapes = infer_shapes(model)
     report = sizes(model, args.model)
@@ -105,26 +50,11 @@ def cmd_info(args) -> dict:
     return result
 
 
-def evaluate(model, x, y, *, progress=True, label="eval") -> dict:
-    """Accuracy and predictions of `model` on (x, y), with a progress bar."""
-    from sqref.model import predict
-    from sqref.progress import Progress
-
-    bar = Progress(len(x), label, enabled=progress)
-    preds = predict(model, x, batch_size=250, progress=bar.update)
-    acc = float(np.mean(preds == y))
-    bar.close(f"accuracy {100 * acc:.2f}%")
-    return {"accuracy": acc, "correct": int(np.sum(preds == y)), "count": int(len(y)), "predictions": preds}
-
-
 def cmd_eval(args) -> dict:
-    import sqref
-    from sqref.data import load_split
-
     model = sqref.load(args.model)
     x, y = load_split(args.data, args.split)
     start = time.perf_counter()
-    result = evaluate(model, x, y, progress=_progress_enabled(args))
+    result = evaluate(model, x, y, progress=progress_enabled(args))
     seconds = time.perf_counter() - start
     out = {"model": os.fspath(args.model), "split": args.split, "accuracy": result["accuracy"],
            "correct": result["correct"], "count": result["count"], "seconds": round(seconds, 3)}
@@ -135,11 +65,6 @@ def cmd_eval(args) -> dict:
 
 
 def cmd_train(args) -> dict:
-    import sqref
-    from sqref import zoo
-    from sqref.data import load_split
-    from sqref.train import accuracy, train
-
     out = check_output_path(args.output, force=args.force)
     recipe = dict(zoo.RECIPES[args.arch])
     for key in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "max_shift", "keep"):
@@ -148,7 +73,7 @@ def cmd_train(args) -> dict:
     model = zoo.ARCHITECTURES[args.arch](args.seed, fc_init_scale=args.fc_init_scale)
     train_xy, val_xy = load_split(args.data, "train"), load_split(args.data, "val")
     start = time.perf_counter()
-    trained, history = train(model, train_xy, val_xy, seed=args.seed, progress=_progress_enabled(args), **recipe)
+    trained, history = train(model, train_xy, val_xy, seed=args.seed, progress=progress_enabled(args), **recipe)
     seconds = time.perf_counter() - start
     test_acc = accuracy(trained, *load_split(args.data, "test"))
     kept = next(h for h in history if h["kept"])
@@ -166,9 +91,6 @@ def cmd_train(args) -> dict:
 
 
 def cmd_init(args) -> dict:
-    import sqref
-    from sqref import zoo
-
     out = check_output_path(args.output, force=args.force)
     model = {**zoo.ARCHITECTURES, **zoo.STRUCTURAL}[args.arch](args.seed)
     sqref.save(model, out, overwrite=args.force)
@@ -178,8 +100,6 @@ def cmd_init(args) -> dict:
 
 
 def cmd_data(args) -> dict:
-    from sqref.data import DEFAULT_DATA, build_mnist5k, find_source
-
     source = args.source or find_source()
     out = check_output_path(args.output or DEFAULT_DATA, [source], force=args.force)
     summary = build_mnist5k(source, out, overwrite=args.force)
@@ -190,50 +110,8 @@ def cmd_data(args) -> dict:
     return summary
 
 
-# --------------------------------------------------------------------------
-# argument parsing and the error contract
-# --------------------------------------------------------------------------
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _nonneg_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def zoo_fc_scale() -> float:
-    from sqref.zoo import FC_INIT_SCALE
-
-    return FC_INIT_SCALE
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from sqref.data import DEFAULT_DATA
-    from sqref.zoo import ARCHITECTURES
-
-    parser = _Parser(prog="sqref", description="NumPy reference for space-efficient CNN quantization "
-                     "(k-bit weights, truncated SVD, dynamic-boundary clipping).")
-    parser.add_argument("--version", action="version", version=f"sqref {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    def add(name, help_text):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress output on stderr")
-        return p
-
+def register(sub, add):
+    """Add info, eval, train, init and data to the main parser."""
     p = add("info", "list a model file's layers, shapes, parameter counts and bytes")
     p.add_argument("model", help="a sqref model file (.h5)")
     p.set_defaults(func=cmd_info)
@@ -251,14 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=str(DEFAULT_DATA), help="data file (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     # Unset options take the architecture's recipe (sqref.zoo.RECIPES), which trained the shipped models.
-    p.add_argument("--epochs", type=_positive_int, help="default: the recipe's")
-    p.add_argument("--lr", type=_nonneg_float, help="initial learning rate, cosine schedule (default: the recipe's)")
-    p.add_argument("--momentum", type=_nonneg_float)
-    p.add_argument("--weight-decay", type=_nonneg_float)
-    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--epochs", type=positive_int, help="default: the recipe's")
+    p.add_argument("--lr", type=nonneg_float, help="initial learning rate, cosine schedule (default: the recipe's)")
+    p.add_argument("--momentum", type=nonneg_float)
+    p.add_argument("--weight-decay", type=nonneg_float)
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--shift", dest="max_shift", type=int, choices=range(0, 5), metavar="{0..4}",
                    help="random-shift augmentation in pixels")
-    p.add_argument("--fc-init-scale", type=_nonneg_float, default=zoo_fc_scale(),
+    p.add_argument("--fc-init-scale", type=nonneg_float, default=FC_INIT_SCALE,
                    help="FC weights start this many times He-normal (default: %(default)s; see sqref/zoo.py)")
     p.add_argument("--keep", choices=KEEP,
                    help="keep the epoch with the best validation accuracy (the earliest or the latest of tied "
@@ -278,54 +156,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="data file to write (default: the shipped data/mnist5k.h5)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_data)
-
-    from sqref import cli_compress
-
-    cli_compress.register(sub, add)
-
-    from sqref import cli_integer
-
-    cli_integer.register(sub, add)
-    return parser
-
-
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    want_json = "--json" in argv
-    try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if not getattr(args, "command", None):
-            parser.print_help(sys.stderr)
-            return EXIT_USAGE
-        result = args.func(args)
-        if args.json:
-            print(json.dumps(result, default=_json_default, sort_keys=True))
-        return EXIT_OK
-    except SystemExit as exc:  # --help / --version
-        return int(exc.code or 0)
-    except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_INTERNAL, want_json)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, EXIT_USAGE, want_json)
-    except MemoryError:
-        return _fail("out of memory", EXIT_INTERNAL, want_json)
-    except Exception as exc:  # an internal failure: still one line, exit 1
-        return _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, want_json)
-
-
-def _fail(message: str, code: int, want_json: bool) -> int:
-    print(f"sqref: error: {message}", file=sys.stderr)
-    if want_json:
-        print(json.dumps({"error": message, "exit_code": code}))
-    return code
-
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

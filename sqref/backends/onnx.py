@@ -45,7 +45,7 @@ def _onnx():
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - exercised only without onnx
-        raise ImportError("sqref.onnx_io needs the onnx package: pip install onnx") from exc
+        raise ImportError("sqref.backends.onnx needs the onnx package: pip install onnx") from exc
     return onnx
 
 
@@ -197,6 +197,26 @@ def run_onnxruntime(imodel: integer.IntegerModel, x, *, weight_dtype="int8", thr
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, feed)
     out = dict(zip(names, values))
+    return out.pop("logits"), out
+
+
+def run_onnx_reference(imodel: integer.IntegerModel, x, *, weight_dtype="int8"):
+    """Run the exported model in ONNX's reference evaluator: returns (logits float32, {output name: array}).
+
+    x as run_onnxruntime. The reference evaluator has no com.microsoft ops, so a model
+    with an average pool (exported as QLinearAveragePool) is a ValueError.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    if any(isinstance(layer, integer.IntAvgPool2d) for layer in imodel.layers):
+        raise ValueError("the ONNX reference evaluator has no quantized average pool (com.microsoft "
+                         "QLinearAveragePool); verify this model with another backend")
+    x = np.asarray(x)
+    input_dtype = "uint8" if x.dtype == np.uint8 else "float32"
+    model = export_onnx(imodel, input_dtype=input_dtype, weight_dtype=weight_dtype)
+    feed = {"input_q" if input_dtype == "uint8" else "input": x if input_dtype == "uint8" else x.astype(np.float32)}
+    names = [o.name for o in model.graph.output]
+    out = dict(zip(names, ReferenceEvaluator(model).run(names, feed)))
     return out.pop("logits"), out
 
 

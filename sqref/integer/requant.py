@@ -3,7 +3,7 @@
 A quantized conv or matmul ends with an int32 accumulator ``acc`` (bias
 included) and must turn it into an 8-bit output
 ``y = clamp(requant(acc) + z_y, qmin, qmax)`` with ``M = s_x * s_w / s_y``.
-Backends disagree on the last bit of ``requant`` (docs/BACKENDS.md, the
+Backends disagree on the last bit of ``requant`` (docs/backends.md, the
 source of every fact below), so each backend's arithmetic is a mode:
 
     onnxruntime     float32(acc) * float32(M), clamp, round half even, + z_y
@@ -23,7 +23,7 @@ Where C++ has undefined behaviour (int32 overflow, float->int of NaN), sqref
 does what x86-64 hardware does and says so in a ``# NOTE:``.
 
 Oracles: tests/test_requant.py checks every mode against exact rational
-arithmetic (``fractions.Fraction``) and the BACKENDS.md disagreement cases;
+arithmetic (``fractions.Fraction``) and the docs/backends.md disagreement cases;
 tests/test_backend_*.py check them bit for bit against onnxruntime, the ONNX
 reference evaluator and PyTorch/fbgemm.
 """
@@ -145,7 +145,7 @@ def quantize_multiplier(multiplier, *, single_rounding=False):
     Formula: ``q, e = frexp(M)`` (q in [0.5, 1)); ``M0 = round_half_away(q * 2**31)``;
     if M0 == 2**31 it is halved and e incremented; ``M ~= M0 * 2**(e - 31)``.
     ``M == 0`` and ``e < -31`` give (0, 0): TFLite flushes tiny multipliers to
-    zero. The threshold is M < 2**-32 (BACKENDS.md's "2**-31" is approximate:
+    zero. The threshold is M < 2**-32 (docs/backends.md's "2**-31" is approximate:
     M = 2**-32 gives (2**30, -31)); such an M cannot change an int32 result.
     With ``single_rounding`` (TFLITE_SINGLE_ROUNDING), ``e > 30`` saturates to
     (2**31 - 1, 30).
@@ -362,6 +362,44 @@ def requant_fbgemm(acc, *, multiplier, zero_point, qmin, qmax, axis=1, bias=None
     return np.clip(r + zp, qmin, qmax)
 
 
+# ----------------------------------------------------------------------------- measured TFLite kernels
+
+
+def requant_tflite_ruy(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
+    """Requantize as TFLite's optimized int8 CONV_2D / FULLY_CONNECTED (ruy) on x86-64, measured.
+
+    Formula: (M0, shift) = QuantizeMultiplier(M); x = SRDHM(acc * 2**max(shift, 0), M0)
+    (round half up to Q31, as "tflite"); then a rounding right shift by -shift that
+    rounds half UP: (x + 2**(r - 1)) >> r, where "tflite"'s RoundingDivideByPOT rounds
+    half away from zero; + zero point, clamp.
+    # NOTE: not one of MODES: the model of a measured deviation (tests/test_backend_tflite.py).
+    """
+    acc = np.asarray(acc, np.int64)
+    m = _along(np.asarray(multiplier, np.float64), acc.ndim, axis, acc.shape, "multiplier")
+    m0, shift = quantize_multiplier(m)
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    x = saturating_rounding_doubling_high_mul(_wrap_int32(acc << left), m0)
+    y = (x + ((np.int64(1) << right) >> 1)) >> right
+    return np.clip(y + int(zero_point), qmin, qmax)
+
+
+def requant_tflite_single_away(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
+    """Requantize as TFLite's reference int8 FULLY_CONNECTED (BUILTIN_REF) on x86-64, measured.
+
+    Formula: (M0, shift) = QuantizeMultiplier(M); y = round_half_away(acc * M0 / 2**(31 - shift)),
+    exact in int64; + zero point, clamp. One rounding like "tflite-single", but ties go
+    away from zero: acc = -18, M = 0.25 gives -5 (tflite-single -4; tflite -5; onnxruntime -4).
+    # NOTE: not one of MODES; it matched every drawn case (tests/test_backend_tflite.py).
+    """
+    acc = np.asarray(acc, np.int64)
+    m = _along(np.asarray(multiplier, np.float64), acc.ndim, axis, acc.shape, "multiplier")
+    m0, shift = quantize_multiplier(m)
+    total = 31 - shift.astype(np.int64)
+    p = acc * m0.astype(np.int64)  # |acc| < 2**31, M0 < 2**31: exact in int64
+    y = np.sign(p) * ((np.abs(p) + (np.int64(1) << (total - 1))) >> total)
+    return np.clip(y + int(zero_point), qmin, qmax)
+
+
 _REQUANT = {
     "onnxruntime": requant_onnxruntime,
     "onnx-reference": requant_onnx_reference,
@@ -377,7 +415,7 @@ def requantize(acc, *, multiplier, zero_point, qmin, qmax, mode="onnxruntime", a
     Shapes: acc any shape (int32 accumulator, bias included); multiplier scalar
     or per channel along ``axis``. Dtypes: int64 in [qmin, qmax] out.
     ``mode`` is one of MODES; see the ``requant_*`` function of each for its
-    formula. The default, "onnxruntime", is sqref's (docs/METHOD.md section 5).
+    formula. The default, "onnxruntime", is sqref's (docs/method.md section 5).
     """
     if mode not in _REQUANT:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -455,7 +493,7 @@ def quantize_linear(x, scale, zero_point, *, qmin, qmax, mode, axis=1):
             r = _float_to_int32_x86(round_half_away(xf / s))
             return np.clip(_wrap_int32(r + zp), qmin, qmax)
         # pytorch
-        # NOTE: BACKENDS.md has nearbyint(x * float32(1/scale)) + zp; torch 2.13 on AVX2+FMA
+        # NOTE: docs/backends.md has nearbyint(x * float32(1/scale)) + zp; torch 2.13 on AVX2+FMA
         # computes VFMADD(x, 1/scale, zp), one rounding, then rounds to integer (measured).
         v = fma_float32(xf, np.float32(1.0) / s, zp.astype(np.float32))
         v = np.where(np.isnan(v), np.float32(2**31 - 128), np.minimum(v, np.float32(2**31 - 128)))

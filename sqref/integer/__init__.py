@@ -1,0 +1,30 @@
+"""The bit-exact integer path (docs/integer.md).
+
+    calibration  8-bit activation ranges of a float or weight-quantized model
+    model        the IntegerModel: int8 weights, int32 biases, uint8 activation parameters
+    kernels      accumulators, pools on codes, a layer's requantization
+    run          integer-only inference of an IntegerModel
+    requant      requantization and (de)quantization as each backend computes them (modes)
+    oracle       loop-nest oracles of the kernels: the source of truth in tests
+    golden       golden files: the integer outputs of every layer, in HDF5
+    verify       a golden file recomputed by a backend and compared bit for bit
+
+The names below are the integer path's everyday API; golden files and
+verification are imported from their modules (sqref.integer.golden,
+sqref.integer.verify), which need the backends.
+"""
+from sqref.integer.calibration import (ACT_QMAX, ACT_QMIN, CALIBRATION_RULES, ActParams, Calibration, act_params,
+                                       activation_range, calibrate)
+from sqref.integer.kernels import (F32_EXACT_K, avg_pool2d_codes, conv2d_accumulate, exact_matmul,
+                                   int16_pairs_accumulate, linear_accumulate, max_pool2d_codes, requantize_layer)
+from sqref.integer.model import (ACCUMULATE, BIAS_LIMIT, QUANTIZE_MODE, IntAvgPool2d, IntConv2d, IntegerModel,
+                                 IntFlatten, IntLinear, IntMaxPool2d, IntReLU, build_integer_model, check_accumulate,
+                                 check_mode, output_shapes, quantize_bias)
+from sqref.integer.run import BATCH, apply_layer, quantize_input, run_integer, run_model_integer
+
+__all__ = ["ACT_QMAX", "ACT_QMIN", "CALIBRATION_RULES", "ActParams", "Calibration", "act_params", "activation_range",
+           "calibrate", "F32_EXACT_K", "avg_pool2d_codes", "conv2d_accumulate", "exact_matmul",
+           "int16_pairs_accumulate", "linear_accumulate", "max_pool2d_codes", "requantize_layer", "ACCUMULATE",
+           "BIAS_LIMIT", "QUANTIZE_MODE", "IntAvgPool2d", "IntConv2d", "IntegerModel", "IntFlatten", "IntLinear",
+           "IntMaxPool2d", "IntReLU", "build_integer_model", "check_accumulate", "check_mode", "output_shapes",
+           "quantize_bias", "BATCH", "apply_layer", "quantize_input", "run_integer", "run_model_integer"]

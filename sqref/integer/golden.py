@@ -1,0 +1,242 @@
+"""Golden files: the integer outputs of every layer, with everything needed to recompute them.
+
+A golden file (HDF5, ``format = "sqref-golden"``, ``format_version = 1``;
+docs/integer.md has the field table) holds the uint8 input codes of some
+images, every layer's uint8 outputs and the dequantized logits under one
+requantization mode and accumulation, and the whole IntegerModel: int8
+weight codes, float32 weight scales, int32 (and the float) biases, every
+activation scale and zero point. ``verify`` recomputes it with a backend
+(sqref, onnxruntime, PyTorch, TFLite) and reports, per tensor, an exact
+match or the mismatch count, the histogram of differences and the worst
+and first indices.
+
+Written with sqref.fileformat (atomic, a sha256 per dataset) and without
+timestamps (h5py's default track_times=False), so regenerating a golden
+file from the same model, data and options is byte-identical
+(tests/test_golden.py hashes two runs).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sqref import __version__, integer
+from sqref.backends.probe import resolve_accumulate
+from sqref.fileformat import FileFormatError, atomic_h5, int_attr, open_h5, read_array, str_attr, write_array
+from sqref.integer import requant
+from sqref.integer.calibration import ActParams
+
+FORMAT_NAME = "sqref-golden"
+FORMAT_VERSION = 1
+BACKENDS = ("sqref", "onnxruntime", "torch", "tflite")
+
+
+@dataclass(frozen=True, eq=False)
+class Golden:
+    """The content of a golden file.
+
+    imodel      the IntegerModel (its mode is ``mode``)
+    inputs      uint8 input codes (N, *input_shape)
+    outputs     one uint8 array per layer (imodel.names order)
+    logits      float32 (N, classes): the last layer's codes dequantized
+    mode, accumulate   how the outputs were computed (run_integer's arguments)
+    labels      uint8 (N,) or None
+    meta        JSON-able provenance: model name and sha256, weight quantization,
+                calibration, data, and the command that regenerates the file
+    """
+
+    imodel: integer.IntegerModel
+    inputs: np.ndarray
+    outputs: tuple
+    logits: np.ndarray
+    mode: str
+    accumulate: str
+    labels: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def make_golden(imodel, x, *, mode=None, accumulate="auto", labels=None, meta=None) -> Golden:
+    """Run the integer model on x (float images or uint8 codes) and keep everything.
+
+    accumulate  "exact", "int16-pairs", or "auto": what the mode's backend does on this
+                machine, probed (sqref.backends.probe.resolve_accumulate); the probe's
+                report is kept in ``meta["accumulate_probe"]``.
+    """
+    mode = integer.check_mode(imodel.mode if mode is None else mode)
+    meta = dict(meta or {})
+    if accumulate == "auto":
+        accumulate, meta["accumulate_probe"] = resolve_accumulate(mode)
+    inputs = integer.quantize_input(imodel, x, mode=mode)
+    logits, outputs = integer.run_integer(imodel, inputs, mode=mode, accumulate=accumulate, return_intermediates=True)
+    imodel = integer.IntegerModel(imodel.layers, imodel.names, imodel.input_shape, imodel.input, mode, imodel.meta)
+    return Golden(imodel, inputs, tuple(outputs), logits, mode, accumulate,
+                  None if labels is None else np.asarray(labels, np.uint8), meta)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _write_act(g, prefix, p: ActParams):
+    write_array(g, f"{prefix}_scale", np.float32(p.scale))
+    write_array(g, f"{prefix}_zero_point", np.uint8(p.zero_point))
+    write_array(g, f"{prefix}_range", np.array([p.lo, p.hi], np.float64))
+
+
+def write_golden(golden: Golden, path, *, overwrite=False) -> None:
+    """Write a golden file (atomically; refuses an existing path unless overwrite)."""
+    im = golden.imodel
+    with atomic_h5(path, overwrite=overwrite) as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["sqref_version"] = __version__
+        f.attrs["mode"] = golden.mode
+        f.attrs["accumulate"] = golden.accumulate
+        f.attrs["count"] = int(len(golden.inputs))
+        f.attrs["input_shape"] = np.asarray(im.input_shape, np.int64)
+        f.attrs["meta"] = json.dumps(golden.meta, sort_keys=True)
+        g = f.create_group("input")
+        write_array(g, "codes", golden.inputs)
+        _write_act(g, "x", im.input)
+        write_array(f, "logits", golden.logits)
+        if golden.labels is not None:
+            write_array(f, "labels", golden.labels)
+        layers = f.create_group("layers")
+        layers.attrs["count"] = len(im.layers)
+        for index, (name, layer, out) in enumerate(zip(im.names, im.layers, golden.outputs)):
+            lg = layers.create_group(f"{index:04d}")
+            lg.attrs["type"] = layer.kind
+            lg.attrs["name"] = name
+            write_array(lg, "output", out)
+            _write_act(lg, "x", layer.x)
+            if isinstance(layer, (integer.IntConv2d, integer.IntLinear)):
+                _write_act(lg, "y", layer.y)
+                lg.attrs["relu"] = int(layer.relu)
+                write_array(lg, "weight", layer.weight)
+                write_array(lg, "w_scale", np.asarray(layer.w_scale, np.float32))
+                write_array(lg, "bias", layer.bias)
+                write_array(lg, "bias_float", layer.bias_float)
+                m = requant.effective_multiplier(layer.x.scale, layer.w_scale, layer.y.scale, mode=golden.mode)
+                write_array(lg, "multiplier", np.asarray(m, np.float64))  # a record: M as this mode computes it
+                if isinstance(layer, integer.IntConv2d):
+                    for key in ("stride", "padding", "dilation"):
+                        lg.attrs[key] = np.asarray(getattr(layer, key), np.int64)
+                    lg.attrs["groups"] = int(layer.groups)
+            elif isinstance(layer, (integer.IntMaxPool2d, integer.IntAvgPool2d)):
+                for key in ("kernel_size", "stride", "padding"):
+                    lg.attrs[key] = np.asarray(getattr(layer, key), np.int64)
+            elif isinstance(layer, integer.IntReLU):
+                lg.attrs["fused"] = int(layer.fused)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _ints(obj, key, where, n):
+    v = np.asarray(obj.attrs.get(key))
+    if v.dtype.kind not in "iu" or v.shape != (n,) or np.any(v < 0) or np.any(v > 2**20):
+        raise FileFormatError(f"{where}: attribute {key!r} must be {n} integers in [0, 2**20], got {v!r}")
+    return tuple(int(a) for a in v)
+
+
+def _read_act(g, prefix, where) -> ActParams:
+    scale = read_array(g, f"{prefix}_scale", where, dtypes={"float32"})
+    zp = read_array(g, f"{prefix}_zero_point", where, dtypes={"uint8"})
+    rng = read_array(g, f"{prefix}_range", where, dtypes={"float64"})
+    if scale.shape != () or zp.shape != () or rng.shape != (2,):
+        raise FileFormatError(f"{where}: {prefix} parameters must be scalars and a (2,) range")
+    try:
+        return ActParams(float(scale), int(zp), float(rng[0]), float(rng[1]))
+    except ValueError as exc:
+        raise FileFormatError(f"{where}: {exc}") from None
+
+
+def read_golden(path) -> Golden:
+    """Read and validate a golden file: checksums, dtypes, and every stored output's
+    shape against the shapes the stored model produces."""
+    with open_h5(path, FORMAT_NAME) as f:
+        where = os.fspath(path)
+        mode, accumulate = str_attr(f, "mode", where), str_attr(f, "accumulate", where)
+        try:
+            integer.check_mode(mode)
+            integer.check_accumulate(accumulate, mode)
+        except ValueError as exc:
+            raise FileFormatError(f"{where}: {exc}") from None
+        try:
+            meta = json.loads(str_attr(f, "meta", where))
+        except ValueError:
+            raise FileFormatError(f"{where}: attribute 'meta' is not valid JSON") from None
+        shape = np.asarray(f.attrs.get("input_shape"))
+        if shape.dtype.kind not in "iu" or shape.ndim != 1 or not 1 <= shape.size <= 3 or np.any(shape < 1):
+            raise FileFormatError(f"{where}: bad input_shape {shape!r}")
+        if "input" not in f or "layers" not in f:
+            raise FileFormatError(f"{where}: missing group 'input' or 'layers'")
+        inputs = read_array(f["input"], "codes", f"{where}: input", dtypes={"uint8"})
+        p_in = _read_act(f["input"], "x", f"{where}: input")
+        logits = read_array(f, "logits", where, dtypes={"float32"})
+        labels = read_array(f, "labels", where, dtypes={"uint8"}) if "labels" in f else None
+        groups = f["layers"]
+        count = groups.attrs.get("count")
+        if not isinstance(count, (int, np.integer)) or not 0 < count <= 10_000 \
+                or set(groups) != {f"{i:04d}" for i in range(count)}:
+            raise FileFormatError(f"{where}: layer groups do not match count {count!r}")
+        layers, names, outputs = [], [], []
+        for index in range(int(count)):
+            g = groups[f"{index:04d}"]
+            lw = f"{where}: layer {index}"
+            layers.append(_read_layer(g, lw))
+            names.append(str_attr(g, "name", lw))
+            outputs.append(read_array(g, "output", lw, dtypes={"uint8"}))
+    imodel = integer.IntegerModel(tuple(layers), tuple(names), tuple(int(v) for v in shape), p_in, mode)
+    try:
+        shapes = integer.output_shapes(imodel)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise FileFormatError(f"{where}: the stored layers do not fit together: {exc}") from None
+    n = inputs.shape[0] if inputs.ndim else -1
+    if inputs.shape != (n, *imodel.input_shape):
+        raise FileFormatError(f"{where}: input codes have shape {inputs.shape}, expected (N, {imodel.input_shape})")
+    for name, out, s in zip(names, outputs, shapes):
+        if out.shape != (n, *s):
+            raise FileFormatError(f"{where}: layer {name!r} output has shape {out.shape}, expected {(n, *s)}")
+    if logits.shape != (n, *shapes[-1]) or (labels is not None and labels.shape != (n,)):
+        raise FileFormatError(f"{where}: logits {logits.shape} or labels do not match {n} images")
+    return Golden(imodel, inputs, tuple(outputs), logits, mode, accumulate, labels, meta)
+
+
+def _read_layer(g, where):
+    kind = str_attr(g, "type", where)
+    x = _read_act(g, "x", where)
+    if kind in ("conv2d", "linear"):
+        y = _read_act(g, "y", where)
+        w = read_array(g, "weight", where, dtypes={"int8"})
+        w_scale = read_array(g, "w_scale", where, dtypes={"float32"})
+        bias = read_array(g, "bias", where, dtypes={"int32"})
+        bias_float = read_array(g, "bias_float", where, dtypes={"float32"})
+        k = w.shape[0] if w.ndim else 0
+        if w.ndim != (4 if kind == "conv2d" else 2) or w_scale.shape not in ((), (k,)) or bias.shape != (k,) \
+                or bias_float.shape != (k,):
+            raise FileFormatError(f"{where}: weight {w.shape}, w_scale {w_scale.shape}, bias {bias.shape} do not fit")
+        if not (np.all(np.isfinite(w_scale)) and np.all(w_scale > 0)):
+            raise FileFormatError(f"{where}: weight scales must be finite and > 0")
+        common = dict(weight=w, w_scale=w_scale, bias=bias, bias_float=bias_float, x=x, y=y,
+                      relu=bool(int_attr(g, "relu", where)))
+        if kind == "linear":
+            return integer.IntLinear(**common)
+        groups = int_attr(g, "groups", where)
+        if groups < 1:
+            raise FileFormatError(f"{where}: groups must be >= 1, got {groups}")
+        return integer.IntConv2d(**common, stride=_ints(g, "stride", where, 2), padding=_ints(g, "padding", where, 2),
+                                 dilation=_ints(g, "dilation", where, 2), groups=groups)
+    if kind in ("max_pool2d", "avg_pool2d"):
+        cls = integer.IntMaxPool2d if kind == "max_pool2d" else integer.IntAvgPool2d
+        ks, st = _ints(g, "kernel_size", where, 2), _ints(g, "stride", where, 2)
+        if min(ks) < 1 or min(st) < 1:
+            raise FileFormatError(f"{where}: kernel_size {ks} and stride {st} must be >= 1")
+        return cls(ks, st, _ints(g, "padding", where, 2), x)
+    if kind == "flatten":
+        return integer.IntFlatten(x)
+    if kind == "relu":
+        return integer.IntReLU(x, bool(int_attr(g, "fused", where)))
+    raise FileFormatError(f"{where}: unknown layer type {kind!r}")

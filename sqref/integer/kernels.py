@@ -1,0 +1,270 @@
+"""Integer kernels: accumulators, pools on codes, and a layer's requantization.
+
+Every conv and linear accumulates with `exact_matmul`: float32 GEMMs over
+integer-valued operands |x - z_x| <= 255, |w| <= 128, split along K into
+blocks of at most F32_EXACT_K = 514 terms, so that every partial sum is an
+integer of magnitude <= 514 * 255 * 128 < 2**24 and float32 holds it
+exactly; the blocks are summed in int64. The result is the exact integer
+sum whatever the BLAS, its blocking, FMA use or thread count.
+
+``accumulate="int16-pairs"`` reproduces the u8 x s8 kernels of onnxruntime
+and FBGEMM on x86 CPUs without VNNI, which sum adjacent products along K in
+saturating int16 (docs/backends.md). The loop nests these kernels are
+tested against are in sqref.integer.oracle.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sqref.integer import requant
+from sqref.integer.calibration import ACT_QMAX, ACT_QMIN, ActParams
+from sqref.integer.model import ACCUMULATE, check_mode
+from sqref.ops import IM2COL_MAX_BYTES, conv_gemm, im2col, output_size, pair
+
+# float32 holds every integer of magnitude <= 2**24; a K-term sum of products
+# |x - z_x| * |w| <= 255 * 128 stays within it while K <= 2**24 // (255 * 128).
+F32_EXACT_K = 2**24 // (255 * 128)  # 514
+
+
+def _check_codes(name, a, dtype, ndim, layout):
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must be {np.dtype(dtype).name} codes, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D ({layout}), got shape {a.shape}")
+    return a
+
+
+def _check_zero_point(z):
+    z = int(z)
+    if not 0 <= z <= ACT_QMAX:
+        raise ValueError(f"activation zero point must be a uint8 code in [0, {ACT_QMAX}], got {z}")
+    return z
+
+
+def exact_matmul(a, b):
+    """a @ b as exact int64, for integer-valued float32 operands with |a| <= 255, |b| <= 128.
+
+    Shapes: as np.matmul, contracting a's last axis with b's second to last (K).
+    Method: one float32 GEMM per block of at most F32_EXACT_K = 514 K positions.
+    Inside a block every product and every partial sum, in whatever order and
+    blocking the BLAS adds them (fused multiply-adds included), is an integer of
+    magnitude <= 514 * 255 * 128 = 16,776,960 < 2**24, which float32 represents
+    exactly: no rounding happens. The block results are summed in int64.
+    Oracle: sqref.integer.oracle (tests/test_integer.py).
+    """
+    k = a.shape[-1]
+    acc = np.matmul(a[..., :F32_EXACT_K], b[..., :F32_EXACT_K, :]).astype(np.int64)
+    for k0 in range(F32_EXACT_K, k, F32_EXACT_K):
+        acc += np.matmul(a[..., k0:k0 + F32_EXACT_K], b[..., k0:k0 + F32_EXACT_K, :]).astype(np.int64)
+    return acc
+
+
+def int16_pairs_accumulate(a_raw, b, *, a_zero_point):
+    """``requant.accumulate_u8s8_int16_pairs(a_raw, b, a_zero_point=z)`` (b's zero point 0), fast.
+
+    Shapes: a_raw (M, K) raw uint8 codes, b (K, N) int8 codes -> (M, N) int64.
+    The saturated sum equals the exact one plus, for every pair p of adjacent
+    K positions, ``sat16(s_p) - s_p`` with ``s_p = a[2p] b[2p] + a[2p+1] b[2p+1]``
+    (raw codes). Since a <= 255 and |b| <= 128, s_p can leave int16 only if
+    a[2p] + a[2p+1] >= 256 AND |b[2p]| + |b[2p+1]| >= 129, so the correction is
+    evaluated on those rows and columns only: the exact part is
+    `exact_matmul`, the correction is usually tiny. Odd K: the last element
+    pairs with 0.
+    Oracle: requant.accumulate_u8s8_int16_pairs (tests/test_integer.py).
+    """
+    a = np.asarray(a_raw)
+    b = np.asarray(b).astype(np.int64)
+    k = a.shape[1]
+    za = int(a_zero_point)
+    out = exact_matmul(a.astype(np.float32) - np.float32(za), b.astype(np.float32))
+    a_t = np.zeros((k + k % 2, a.shape[0]), np.int32)  # (K, M), odd K padded with a zero row
+    a_t[:k] = a.T  # contiguous rows: the per-pair tests below read contiguous memory
+    b = np.pad(b, ((0, k % 2), (0, 0)))
+    b_abs = np.abs(b)
+    for p in range(0, a_t.shape[0], 2):
+        cols = np.flatnonzero(b_abs[p] + b_abs[p + 1] >= 129)
+        if cols.size == 0:
+            continue
+        rows = np.flatnonzero(a_t[p] + a_t[p + 1] >= 256)
+        if rows.size == 0:
+            continue
+        s = a_t[p, rows, None] * b[None, p, cols] + a_t[p + 1, rows, None] * b[None, p + 1, cols]
+        fix = np.clip(s, -(2**15), 2**15 - 1) - s
+        hit = np.flatnonzero(fix.any(axis=1))
+        if hit.size:
+            out[np.ix_(rows[hit], cols)] += fix[hit]
+    return out
+
+
+def conv2d_accumulate(xq, wq, *, x_zero_point, stride=1, padding=0, dilation=1, groups=1, accumulate="exact"):
+    """Integer 2-D cross-correlation accumulator, as QLinearConv / ConvInteger before requantization.
+
+    Shapes: xq (N, C, H, W), wq (K, C/groups, KH, KW) -> (N, K, OH, OW).
+    Dtypes: xq uint8 codes, wq int8 codes (zero point 0); int64 out (bias not included).
+    Formula: acc[n, k, oh, ow] = sum_{c, i, j} (xpad[n, c, oh*SH + i*DH, ow*SW + j*DW] - z_x) * w[k, c, i, j],
+    padding holds z_x (the code of real 0).
+    "exact": sqref.ops.conv_gemm of float32 (x - z_x) with `exact_matmul` (exact
+    integer sums, K = C/groups * KH * KW). "int16-pairs": raw codes in
+    onnxruntime/FBGEMM's NHWC im2col order, K = (KH, KW, C), summed by
+    accumulate_u8s8_int16_pairs (the AVX2 saturation).
+    Oracle: sqref.integer.oracle (tests/test_integer.py).
+    """
+    xq = _check_codes("xq", xq, np.uint8, 4, "N, C, H, W")
+    wq = _check_codes("wq", wq, np.int8, 4, "K, C/groups, KH, KW")
+    if accumulate not in ACCUMULATE:
+        raise ValueError(f"accumulate must be one of {ACCUMULATE}, got {accumulate!r}")
+    (SH, SW), (PH, PW), (DH, DW) = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    N, C, H, W = xq.shape
+    K, CG, KH, KW = wq.shape
+    G = int(groups)
+    if G < 1 or C % G or K % G or CG != C // G:
+        raise ValueError(f"weight {wq.shape} with groups={groups} does not fit input {xq.shape}")
+    OH = output_size(H, KH, stride=SH, padding=PH, dilation=DH)
+    OW = output_size(W, KW, stride=SW, padding=PW, dilation=DW)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"kernel {KH}x{KW} does not fit input {H}x{W} with padding {(PH, PW)}")
+    zx = _check_zero_point(x_zero_point)
+    KG = K // G
+    if accumulate == "exact":
+        # padding with 0 after subtracting z_x = padding the codes with z_x (real 0)
+        return conv_gemm(xq.astype(np.float32) - np.float32(zx), wq.astype(np.float32), stride=(SH, SW),
+                         padding=(PH, PW), dilation=(DH, DW), groups=G, matmul=exact_matmul, out_dtype=np.int64)
+    out = np.empty((N, K, OH, OW), np.int64)
+    chunk = max(1, IM2COL_MAX_BYTES // (C * KH * KW * OH * OW))
+    for n0 in range(0, N, chunk):
+        xs = xq[n0:n0 + chunk]
+        n = xs.shape[0]
+        xp = np.pad(xs, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=zx)  # raw codes, padding = z_x
+        cols = im2col(xp, (KH, KW), stride=(SH, SW), dilation=(DH, DW)).reshape(G, CG, KH, KW, n * OH * OW)
+        for g in range(G):
+            a_raw = cols[g].transpose(3, 1, 2, 0).reshape(n * OH * OW, KH * KW * CG)  # K order (KH, KW, C)
+            b = wq[g * KG:(g + 1) * KG].astype(np.int64).transpose(2, 3, 1, 0).reshape(KH * KW * CG, KG)
+            acc = int16_pairs_accumulate(a_raw, b, a_zero_point=zx)
+            out[n0:n0 + n, g * KG:(g + 1) * KG] = acc.reshape(n, OH, OW, KG).transpose(0, 3, 1, 2)
+    return out
+
+
+def linear_accumulate(xq, wq, *, x_zero_point, accumulate="exact"):
+    """Integer matmul accumulator, as QLinearMatMul / MatMulInteger before requantization.
+
+    Shapes: xq (N, IN), wq (OUT, IN) -> (N, OUT). Dtypes: uint8 and int8 codes; int64 out.
+    Formula: acc[n, o] = sum_i (x[n, i] - z_x) * w[o, i]; "exact" is `exact_matmul`
+    (float32 GEMMs over blocks of K, exact integer sums), "int16-pairs" the AVX2
+    saturation model with K in input-feature order. Oracle: sqref.integer.oracle (tests/test_integer.py).
+    """
+    xq = _check_codes("xq", xq, np.uint8, 2, "N, IN")
+    wq = _check_codes("wq", wq, np.int8, 2, "OUT, IN")
+    if xq.shape[1] != wq.shape[1]:
+        raise ValueError(f"xq shape {xq.shape} and wq shape {wq.shape}: IN must match")
+    if accumulate not in ACCUMULATE:
+        raise ValueError(f"accumulate must be one of {ACCUMULATE}, got {accumulate!r}")
+    zx = _check_zero_point(x_zero_point)
+    if accumulate == "int16-pairs":
+        return int16_pairs_accumulate(xq, wq.astype(np.int64).T, a_zero_point=zx)
+    return exact_matmul(xq.astype(np.float32) - np.float32(zx), wq.astype(np.float32).T)
+
+
+def _windows(q, kernel_size, stride, padding, fill):
+    """The KH*KW strided views of the padded codes whose elementwise reduction is the pool."""
+    (KH, KW), (SH, SW), (PH, PW) = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(padding, "padding")
+    N, C, H, W = q.shape
+    OH, OW = output_size(H, KH, stride=SH, padding=PH), output_size(W, KW, stride=SW, padding=PW)
+    if OH < 1 or OW < 1 or min(KH, KW, SH, SW) < 1 or PH > KH // 2 or PW > KW // 2:
+        raise ValueError(f"pool kernel {(KH, KW)}, stride {(SH, SW)}, padding {(PH, PW)} do not fit input {q.shape}")
+    if PH or PW:
+        q = np.pad(q, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=fill)
+    return [q[:, :, i:i + SH * (OH - 1) + 1:SH, j:j + SW * (OW - 1) + 1:SW] for i in range(KH) for j in range(KW)]
+
+
+def max_pool2d_codes(q, *, kernel_size, stride, padding=0):
+    """Max pooling on uint8 codes, as onnx MaxPool on uint8 / TFLite MAX_POOL_2D int8.
+
+    Shapes: (N, C, H, W) -> (N, C, OH, OW). Equal to quantizing the float max
+    pool, because quantization is monotone. Padding holds code 0, which never
+    wins over the at least one real code in each window.
+    """
+    q = _check_codes("q", q, np.uint8, 4, "N, C, H, W")
+    views = _windows(q, kernel_size, stride, padding, ACT_QMIN)
+    y = views[0].copy()
+    for v in views[1:]:
+        np.maximum(y, v, out=y)
+    return y
+
+
+def avg_pool2d_codes(q, *, kernel_size, stride, padding, x: ActParams, y: ActParams, mode):
+    """Average pooling on uint8 codes (count_include_pad: padded zeros count), rounded as ``mode``'s backend.
+
+    Shapes: (N, C, H, W) -> (N, C, OH, OW). S = sum over the window of (q - z_x)
+    (padding contributes 0), n = KH * KW.
+      onnxruntime     com.microsoft QLinearAveragePool (qlinear_pool.cc): dequantize
+                      v = float32(s_x * (q - z_x)), sum the window in float32 in (i, j) order,
+                      divide by float32(n), t = float32(v / s_y) + z_y in float32,
+                      round half even, clamp. A window covering the whole unpadded
+                      input takes ORT's QLinearGlobalAveragePool path instead:
+                      MlasRequantizeOutput(S, M = float32(s_x / float32(s_y * n)), z_y).
+      onnx-reference  # NOTE: ONNX has no quantized average pool; sqref's reference is
+                      round_half_even(S * s_x / (n * s_y)) + z_y in float64, clamped.
+      tflite(-single) TFLite AVERAGE_POOL_2D int8 (reference_integer_ops/pooling.h):
+                      in TFLite's int8 codes r = q - 128, A = sum r,
+                      round half away from zero of A / n, + 128. Requires x == y
+                      parameters and no padding (TFLite excludes padding from n).
+      fbgemm          PyTorch quantized avg_pool2d (AveragePool2d.cpp, NCHW): m =
+                      float32(float64(s_x) / float64(s_y) / n); round_half_even(float32(float32(S) * m) + z_y).
+    Oracle: a naive loop (tests/test_integer.py) and onnxruntime's QLinearAveragePool.
+    """
+    q = _check_codes("q", q, np.uint8, 4, "N, C, H, W")
+    check_mode(mode)
+    (KH, KW), (PH, PW) = pair(kernel_size, "kernel_size"), pair(padding, "padding")
+    n = KH * KW
+    zx, zy = x.zero_point, y.zero_point
+    centred = q.astype(np.int64) - zx
+    if mode.startswith("tflite"):
+        if (PH, PW) != (0, 0) or x != y:
+            raise ValueError("TFLite's int8 AVERAGE_POOL_2D needs equal input/output parameters and no padding "
+                             f"(it excludes padding from the divisor); got padding {(PH, PW)}")
+        raw = q.astype(np.int64) - 128
+        total = sum(_windows(raw, kernel_size, stride, 0, 0))
+        avg = np.where(total > 0, (total + n // 2) // n, -((-total + n // 2) // n))  # C '/' truncates
+        return np.clip(avg + 128, ACT_QMIN, ACT_QMAX).astype(np.uint8)
+    total = sum(_windows(centred, kernel_size, stride, padding, 0))
+    if mode == "onnxruntime":
+        N, C, H, W = q.shape
+        if (KH, KW) == (H, W) and (PH, PW) == (0, 0):  # ORT falls back to its global average pool
+            m = np.float32(x.scale) / (np.float32(y.scale) * np.float32(n))
+            return requant.requant_onnxruntime(total, multiplier=m, zero_point=zy, qmin=0, qmax=255).astype(np.uint8)
+        v = centred.astype(np.float32) * np.float32(x.scale)  # one float32 rounding per element
+        acc = np.zeros(total.shape, np.float32)
+        for view in _windows(v, kernel_size, stride, padding, np.float32(0)):
+            acc = acc + view  # float32, in ORT's (i, j) order; padding adds +0.0
+        t = (acc / np.float32(n)) / np.float32(y.scale) + np.float32(zy)
+        return np.clip(np.rint(t), ACT_QMIN, ACT_QMAX).astype(np.uint8)
+    if mode == "onnx-reference":
+        r = np.rint(total.astype(np.float64) * x.scale / (n * y.scale)) + zy
+        return np.clip(r, ACT_QMIN, ACT_QMAX).astype(np.uint8)
+    # fbgemm: PyTorch's quantized CPU kernel
+    m = np.float32(np.float64(x.scale) / np.float64(y.scale) / n)
+    t = (total.astype(np.float32) * m).astype(np.float32) + np.float32(zy)
+    return np.clip(np.rint(t), ACT_QMIN, ACT_QMAX).astype(np.uint8)
+
+
+def requantize_layer(acc, layer, *, mode):
+    """y = clamp(requant(acc + bias) + z_y, relu ? z_y : 0, 255) for an IntConv2d/IntLinear.
+
+    Shapes: acc (N, K, OH, OW) or (N, OUT) without the bias; channels on axis 1.
+    M = requant.effective_multiplier(s_x, s_w, s_y, mode=mode) (the backend's precision).
+    fbgemm adds the FLOAT bias as PyTorch does (requant.requant_fbgemm); the other modes
+    the int32 bias. Dtypes: uint8 out.
+    """
+    zy = layer.y.zero_point
+    qmin = zy if layer.relu else ACT_QMIN
+    m = requant.effective_multiplier(layer.x.scale, layer.w_scale, layer.y.scale, mode=mode)
+    shape = (1, -1) + (1,) * (acc.ndim - 2)
+    if mode == "fbgemm":
+        ts = np.float32(layer.x.scale) * np.asarray(layer.w_scale, np.float32)
+        y = requant.requant_fbgemm(acc, multiplier=m, zero_point=zy, qmin=qmin, qmax=ACT_QMAX, axis=1,
+                                   bias=layer.bias_float, act_times_w_scale=ts)
+    else:
+        total = acc + layer.bias.astype(np.int64).reshape(shape)
+        y = requant.requantize(total, multiplier=m, zero_point=zy, qmin=qmin, qmax=ACT_QMAX, mode=mode, axis=1)
+    return y.astype(np.uint8)
