@@ -149,7 +149,7 @@ def search_rank(model: Model, val_xy, *, max_drop: float, quantize_kwargs: dict,
 
 
 def finetune(model: Model, train_xy, val_xy, *, epochs: int, quantize_kwargs: dict, lr: float = 0.002,
-             progress: bool = True, seed: int = 0, teacher: Model | None = None, temperature: float = 1.0,
+             progress: bool = False, seed: int = 0, teacher: Model | None = None, temperature: float = 1.0,
              alpha: float = 0.0, keep: str = FINETUNE_KEEP, on_epoch=None):
     """Quantization-aware fine-tuning with the straight-through estimator.
 

@@ -63,7 +63,7 @@ def _pool_backward(x, grad_y, kernel_size, stride, padding, route):
     return grad_xp[:, :, PH : PH + H, PW : PW + W]
 
 
-def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
+def max_pool2d_backward(x, grad_y, *, kernel_size, stride=None, padding=0):
     """The gradient goes to the first maximum of each window (row-major tap
     order), as torch's max_pool2d picks one index per window."""
     KH, KW = pair(kernel_size, "kernel_size")
@@ -71,7 +71,7 @@ def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     PH, PW = pair(padding, "padding")
     OH, OW = grad_y.shape[2:]
     xp = np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=-np.inf) if PH or PW else x
-    y = ops.max_pool2d(x, kernel_size, stride, padding)
+    y = ops.max_pool2d(x, kernel_size=kernel_size, stride=stride, padding=padding)
     taken = np.zeros(y.shape, dtype=bool)
     shares = []
     for i in range(KH):
@@ -83,7 +83,7 @@ def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     return _pool_backward(x, grad_y, kernel_size, stride, padding, lambda tap: shares[tap])
 
 
-def avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
+def avg_pool2d_backward(x, grad_y, *, kernel_size, stride=None, padding=0):
     """Each tap receives grad_y / (KH*KW) (count_include_pad=True)."""
     KH, KW = pair(kernel_size, "kernel_size")
     share = grad_y / grad_y.dtype.type(KH * KW)
@@ -157,9 +157,9 @@ def layer_backward(layer, x, grad_y):
     if isinstance(layer, ReLU):
         return relu_backward(x, grad_y), {}
     if isinstance(layer, MaxPool2d):
-        return max_pool2d_backward(x, grad_y, layer.kernel_size, layer.stride, layer.padding), {}
+        return max_pool2d_backward(x, grad_y, kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding), {}
     if isinstance(layer, AvgPool2d):
-        return avg_pool2d_backward(x, grad_y, layer.kernel_size, layer.stride, layer.padding), {}
+        return avg_pool2d_backward(x, grad_y, kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding), {}
     if isinstance(layer, Flatten):
         return grad_y.reshape(x.shape), {}
     raise TypeError(f"no backward pass for layer type {type(layer).__name__}")

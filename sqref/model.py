@@ -70,7 +70,7 @@ class MaxPool2d:
     kind = "max_pool2d"
 
     def __call__(self, x):
-        return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return ops.max_pool2d(x, kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
 
     def hyper(self) -> dict:
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
@@ -84,7 +84,7 @@ class AvgPool2d:
     kind = "avg_pool2d"
 
     def __call__(self, x):
-        return ops.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return ops.avg_pool2d(x, kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
 
     def hyper(self) -> dict:
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}

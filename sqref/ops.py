@@ -285,7 +285,7 @@ def _pool(x, kernel, stride, padding, fill, combine):
     return y
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
+def max_pool2d(x, *, kernel_size, stride=None, padding=0):
     """2-D max pooling, as torch.nn.functional.max_pool2d (floor mode).
 
     Shapes: x (N, C, H, W) -> (N, C, OH, OW); stride defaults to kernel_size;
@@ -298,7 +298,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     return _pool(x, kernel_size, stride, padding, -np.inf, np.maximum)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0):
+def avg_pool2d(x, *, kernel_size, stride=None, padding=0):
     """2-D average pooling, as torch.nn.functional.avg_pool2d (floor mode,
     count_include_pad=True: padded zeros count in the divisor KH*KW).
 

@@ -82,11 +82,11 @@ def _pool(x, kernel_size, stride, padding, reduce):
     return y
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
+def max_pool2d(x, *, kernel_size, stride=None, padding=0):
     """y[n, c, oh, ow] = max over the window of the real (unpadded) inputs."""
     return _pool(x, kernel_size, stride, padding, lambda win: max(v for v in win if v is not None))
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0):
+def avg_pool2d(x, *, kernel_size, stride=None, padding=0):
     """y[n, c, oh, ow] = sum over the window (padding counts as 0) / (KH*KW)."""
     return _pool(x, kernel_size, stride, padding, lambda win: sum(v or 0.0 for v in win) / len(win))

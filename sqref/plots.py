@@ -225,14 +225,14 @@ def mse_vs_alpha(w, bits_list, *, rules=("max", "percentile", "sigma", "aciq-gau
     fig, (ax,) = _figure(height=5.0)
     for i, k in enumerate(bits_list):
         color = f"C{i % 10}"
-        mse = [quant.quant_mse(w, g * amax, k, rounding=rounding) for g in grid]
+        mse = [quant.quant_mse(w, alpha=g * amax, bits=k, rounding=rounding) for g in grid]
         ax.plot(grid, mse, color=color, linewidth=1.4, label=f"{k} bits")
         a_star = clipping.boundary_dynamic(w, k, rounding=rounding)
-        ax.plot([a_star / amax], [quant.quant_mse(w, a_star, k, rounding=rounding)], "o", color=color,
+        ax.plot([a_star / amax], [quant.quant_mse(w, alpha=a_star, bits=k, rounding=rounding)], "o", color=color,
                 markersize=8, markeredgecolor="black", zorder=5)
         for rule in rules:
             a = clipping.boundary(w, k, rule=rule)
-            ax.plot([a / amax], [quant.quant_mse(w, a, k, rounding=rounding)], RULE_MARKERS[rule],
+            ax.plot([a / amax], [quant.quant_mse(w, alpha=a, bits=k, rounding=rounding)], RULE_MARKERS[rule],
                     color=color, markersize=6, markeredgecolor="black", markeredgewidth=0.5, alpha=0.85, zorder=4)
     ax.set_yscale("log")
     ax.set_xlim(0, 1.02)

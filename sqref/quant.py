@@ -340,7 +340,7 @@ def sum_sq_error(x, scales, qmax, rounding="half_even"):
     return total
 
 
-def quant_mse(w, alpha, bits, *, axis=None, rounding="half_even", name=None):
+def quant_mse(w, *, alpha, bits, axis=None, rounding="half_even", name=None):
     """Exact mean squared error of fake_quant(w, bits=bits, alpha=alpha) on the symmetric grid.
 
     Shapes: alpha a scalar (per tensor) or, with `axis`, a scalar or (C,) vector;

@@ -56,7 +56,7 @@ def accuracy(model: Model, x, y) -> float:
 
 def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05, momentum: float = 0.9,
           weight_decay: float = 5e-4, batch_size: int = 64, seed: int = 0, max_shift: int = 2,
-          patience: int | None = None, progress: bool = True, grad_transform=None, keep: str = "best",
+          patience: int | None = None, progress: bool = False, grad_transform=None, keep: str = "best",
           teacher: Model | None = None, temperature: float = 1.0, alpha: float = 0.0, on_epoch=None):
     """Train with SGD and return (model, history): history has one dict per
     epoch (epoch, loss, val_accuracy, kept), the model is that of the kept

@@ -43,14 +43,14 @@ def test_pooling_forward_backward_match_torch(case, kind):
     tx = t(x)
     if kind == "max":
         ty = torch.nn.functional.max_pool2d(tx, k, s, p)
-        y, bwd = ops.max_pool2d(x, k, s, p), grad.max_pool2d_backward
+        y, bwd = ops.max_pool2d(x, kernel_size=k, stride=s, padding=p), grad.max_pool2d_backward
     else:
         ty = torch.nn.functional.avg_pool2d(tx, k, s, p, count_include_pad=True)
-        y, bwd = ops.avg_pool2d(x, k, s, p), grad.avg_pool2d_backward
+        y, bwd = ops.avg_pool2d(x, kernel_size=k, stride=s, padding=p), grad.avg_pool2d_backward
     np.testing.assert_allclose(y, ty.detach().numpy(), **TOL)
     r = np.random.default_rng(1).standard_normal(ty.shape)
     ty.backward(torch.tensor(r))
-    np.testing.assert_allclose(bwd(x, r, k, s, p), tx.grad.numpy(), **TOL)
+    np.testing.assert_allclose(bwd(x, r, kernel_size=k, stride=s, padding=p), tx.grad.numpy(), **TOL)
 
 
 @given(st.integers(1, 5), st.integers(1, 7), st.integers(2, 6), st.integers(0, 2**32 - 1))

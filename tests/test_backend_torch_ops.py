@@ -1,6 +1,6 @@
 """PyTorch (fbgemm engine) against sqref.integer.requant, bit for bit.
 
-quantize_per_tensor is checked against mode "pytorch" (one float32 fused
+quantize_per_tensor is checked against mode "fbgemm" (one float32 fused
 multiply-add of the reciprocal scale and the zero point), quantized
 linear/conv2d against mode "fbgemm" (float bias added in float32, per-tensor
 reciprocal vs per-channel division), all with EXACT equality; the
@@ -102,7 +102,7 @@ def test_quantize_per_tensor(case):
     x, scale, zp, qmin, qmax = case
     dtype = torch.quint8 if qmin == 0 else torch.qint8
     got = torch.quantize_per_tensor(torch.from_numpy(x), scale, zp, dtype).int_repr().numpy()
-    want = requant.quantize_linear(x, scale, zp, qmin=qmin, qmax=qmax, mode="pytorch").astype(got.dtype)
+    want = requant.quantize_linear(x, scale, zp, qmin=qmin, qmax=qmax, mode="fbgemm").astype(got.dtype)
     assert_bit_exact(got, want, err_msg=f"x={x.tolist()} scale={scale} zp={zp}")
 
 
@@ -120,7 +120,7 @@ def test_quantize_per_tensor_literal(x, scale, zp, want, n):
     # rne(fma(x, float32(1/scale), zp)), FBGEMM's QuantizeAvx2<LEGACY=true>
     got = torch.quantize_per_tensor(torch.full((n,), x, dtype=torch.float32), scale, zp, torch.quint8)
     assert got.int_repr().tolist() == [want] * n
-    assert requant.quantize_linear(np.float32([x]), scale, zp, qmin=0, qmax=255, mode="pytorch").tolist() == [want]
+    assert requant.quantize_linear(np.float32([x]), scale, zp, qmin=0, qmax=255, mode="fbgemm").tolist() == [want]
 
 
 @BACKEND

@@ -116,11 +116,11 @@ def test_dynamic_literal():
     w = np.array([1.0] * 8 + [3.0])
     alpha = boundary(w, 2)
     assert alpha == pytest.approx(11 / 9, rel=1e-4)  # the search's last grid step is ~3e-5 relative
-    assert quant_mse(w, alpha, 2) == pytest.approx(32 / 81, rel=1e-7)  # flat at the minimum: 9 eps^2
+    assert quant_mse(w, alpha=alpha, bits=2) == pytest.approx(32 / 81, rel=1e-7)  # flat at the minimum: 9 eps^2
     # values on the grid s = 0.25 (3 bits, alpha = 0.75) are reproduced exactly
     w = np.array([-0.75, -0.25, 0, 0.25, 0.5, 0.75])
     alpha = boundary(w, 3)
-    assert quant_mse(w, alpha, 3) == 0.0 and quant.grid_params(bits=3, alpha=alpha)[0] == 0.25
+    assert quant_mse(w, alpha=alpha, bits=3) == 0.0 and quant.grid_params(bits=3, alpha=alpha)[0] == 0.25
 
 
 def test_per_channel_literal():
@@ -196,9 +196,9 @@ def test_every_rule_stays_in_zero_to_max(w, bits, axis):
 
 @given(weight_tensors(), bits_st, roundings, st.sampled_from([None, 0]))
 def test_dynamic_is_never_worse_than_any_other_rule(w, bits, rounding, axis):
-    dynamic = quant_mse(w, boundary(w, bits, axis=axis, rounding=rounding), bits, axis=axis, rounding=rounding)
+    dynamic = quant_mse(w, alpha=boundary(w, bits, axis=axis, rounding=rounding), bits=bits, axis=axis, rounding=rounding)
     for rule in OTHER_RULES:
-        other = quant_mse(w, boundary(w, bits, rule=rule, axis=axis), bits, axis=axis, rounding=rounding)
+        other = quant_mse(w, alpha=boundary(w, bits, rule=rule, axis=axis), bits=bits, axis=axis, rounding=rounding)
         # exact: the other rule's boundary is one of the dynamic rule's exactly evaluated candidates
         assert (np.asarray(dynamic) <= other).all(), (rule, dynamic, other)
 
@@ -209,9 +209,9 @@ def test_the_guarantee_does_not_rest_on_the_search(w, bits, axis):
     # rule: their boundaries are its candidates.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(clipping, "_search", lambda a, bits: [float(a[-1]) / 2])
-        dynamic = quant_mse(w, boundary(w, bits, axis=axis), bits, axis=axis)
+        dynamic = quant_mse(w, alpha=boundary(w, bits, axis=axis), bits=bits, axis=axis)
     for rule in OTHER_RULES:
-        assert (np.asarray(dynamic) <= quant_mse(w, boundary(w, bits, rule=rule, axis=axis), bits, axis=axis)).all()
+        assert (np.asarray(dynamic) <= quant_mse(w, alpha=boundary(w, bits, rule=rule, axis=axis), bits=bits, axis=axis)).all()
 
 
 @given(weight_tensors(), bits_st, st.sampled_from([None, 0]))
@@ -238,12 +238,12 @@ def test_every_rule_is_an_exactly_evaluated_candidate(w, bits, axis):
 
 @given(weight_tensors(min_ndim=2), bits_st, roundings)
 def test_per_channel_dynamic_is_never_worse_than_per_tensor(w, bits, rounding):
-    per_channel = quant_mse(w, boundary(w, bits, axis=0, rounding=rounding), bits, axis=0, rounding=rounding)
-    per_tensor = quant_mse(w, boundary(w, bits, rounding=rounding), bits, axis=0, rounding=rounding)
+    per_channel = quant_mse(w, alpha=boundary(w, bits, axis=0, rounding=rounding), bits=bits, axis=0, rounding=rounding)
+    per_tensor = quant_mse(w, alpha=boundary(w, bits, rounding=rounding), bits=bits, axis=0, rounding=rounding)
     # exact, channel by channel: the per-tensor boundary is a candidate of every channel
     assert (per_channel <= per_tensor).all()
     # and so for the whole tensor (channels have equal sizes); the two means sum in different orders
-    assert per_channel.mean() <= quant_mse(w, boundary(w, bits, rounding=rounding), bits) * (1 + 1e-12)
+    assert per_channel.mean() <= quant_mse(w, alpha=boundary(w, bits, rounding=rounding), bits=bits) * (1 + 1e-12)
 
 
 @given(weight_tensors(kinds=("normal", "laplace", "student_t", "skewed")), bits_st, st.floats(0.01, 1.0))
@@ -270,7 +270,7 @@ def test_dynamic_finds_the_minimum_of_a_smooth_curve(bits):
     # The search ends with steps of ~1e-7 relative, far finer than the scan's 1/2000 of max|w|, so it
     # must do at least as well; 1e-7 relative is the float rounding of the search's prefix-sum SSE
     # model (~1e-9 here), which may steer it between points whose MSEs differ by less than that.
-    assert quant_mse(x, boundary(x, bits), bits) <= scan * (1 + 1e-7)
+    assert quant_mse(x, alpha=boundary(x, bits), bits=bits) <= scan * (1 + 1e-7)
 
 
 def test_dynamic_boundary_tightens_as_bits_fall():

@@ -47,10 +47,10 @@ def test_pool_backward_matches_finite_differences(case, kind):
     x, k, s, p = case
     fwd = ops.max_pool2d if kind == "max" else ops.avg_pool2d
     bwd = grad.max_pool2d_backward if kind == "max" else grad.avg_pool2d_backward
-    r = np.random.default_rng(0).standard_normal(fwd(x, k, s, p).shape)
-    loss = lambda: float(np.sum(fwd(x, k, s, p) * r))  # noqa: E731
+    r = np.random.default_rng(0).standard_normal(fwd(x, kernel_size=k, stride=s, padding=p).shape)
+    loss = lambda: float(np.sum(fwd(x, kernel_size=k, stride=s, padding=p) * r))  # noqa: E731
     # Standard-normal draws have no ties within a window, so max is differentiable there.
-    np.testing.assert_allclose(bwd(x, r, k, s, p), numeric_grad(loss, x), atol=FD_TOL)
+    np.testing.assert_allclose(bwd(x, r, kernel_size=k, stride=s, padding=p), numeric_grad(loss, x), atol=FD_TOL)
 
 
 def test_linear_relu_cross_entropy_backward_matches_finite_differences():

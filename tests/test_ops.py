@@ -54,10 +54,10 @@ def test_linear_literal():
 
 def test_pool_literal():
     x = np.array([[1, 2, 5, 6], [3, 4, 7, 8], [0, -1, 2, 2], [-2, -3, 2, 2]], np.float32)[None, None]
-    np.testing.assert_array_equal(ops.max_pool2d(x, 2)[0, 0], [[4, 8], [0, 2]])
-    np.testing.assert_array_equal(ops.avg_pool2d(x, 2)[0, 0], [[2.5, 6.5], [-1.5, 2]])
+    np.testing.assert_array_equal(ops.max_pool2d(x, kernel_size=2)[0, 0], [[4, 8], [0, 2]])
+    np.testing.assert_array_equal(ops.avg_pool2d(x, kernel_size=2)[0, 0], [[2.5, 6.5], [-1.5, 2]])
     # padding 1 on a 2x2 max pool with stride 2: windows see one real value at the corners
-    np.testing.assert_array_equal(ops.max_pool2d(x, 2, 2, 1)[0, 0], [[1, 5, 6], [3, 7, 8], [-2, 2, 2]])
+    np.testing.assert_array_equal(ops.max_pool2d(x, kernel_size=2, stride=2, padding=1)[0, 0], [[1, 5, 6], [3, 7, 8], [-2, 2, 2]])
 
 
 def test_relu_flatten_softmax_literal():
@@ -184,13 +184,13 @@ def pool_cases(draw):
 @given(pool_cases())
 def test_max_pool_matches_oracle(case):
     x, k, s, p = case
-    np.testing.assert_array_equal(ops.max_pool2d(x, k, s, p), oracle.max_pool2d(x, k, s, p))  # max is exact
+    np.testing.assert_array_equal(ops.max_pool2d(x, kernel_size=k, stride=s, padding=p), oracle.max_pool2d(x, kernel_size=k, stride=s, padding=p))  # max is exact
 
 
 @given(pool_cases())
 def test_avg_pool_matches_oracle(case):
     x, k, s, p = case
-    np.testing.assert_allclose(ops.avg_pool2d(x, k, s, p), oracle.avg_pool2d(x, k, s, p), rtol=RTOL64, atol=ATOL64)
+    np.testing.assert_allclose(ops.avg_pool2d(x, kernel_size=k, stride=s, padding=p), oracle.avg_pool2d(x, kernel_size=k, stride=s, padding=p), rtol=RTOL64, atol=ATOL64)
 
 
 @given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 5), st.integers(0, 2**32 - 1))
@@ -222,7 +222,7 @@ def test_fold_batchnorm_equals_conv_then_bn():
     (lambda: ops.conv2d(np.zeros((1, 4, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32), groups=2), "groups=2 must divide"),
     (lambda: ops.conv2d(np.zeros((1, 3, 5, 5), np.float32), np.zeros((2, 3, 3, 3), np.float32), stride=0), "stride must be >= 1"),
     (lambda: ops.linear(np.zeros((2, 3)), np.zeros((4, 5))), r"x shape \(2, 3\) and w shape \(4, 5\)"),
-    (lambda: ops.max_pool2d(np.zeros((1, 1, 1, 1)), 2), "does not fit input 1x1"),
+    (lambda: ops.max_pool2d(np.zeros((1, 1, 1, 1)), kernel_size=2), "does not fit input 1x1"),
 ])
 def test_bad_shapes_raise_value_error_naming_them(call, match):
     with pytest.raises(ValueError, match=match):

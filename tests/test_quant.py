@@ -325,7 +325,7 @@ def test_quant_mse_is_the_mse_of_fake_quant(w, bits, rounding, fraction, axis):
     w_hat = dequantize(*quantize(w, bits=bits, alpha=alpha, axis=axis, rounding=rounding), axis=axis)
     others = None if axis is None else tuple(range(1, w.ndim))
     want = np.mean((x - w_hat) ** 2, axis=others)
-    got = quant_mse(w, alpha, bits, axis=axis, rounding=rounding)
+    got = quant_mse(w, alpha=alpha, bits=bits, axis=axis, rounding=rounding)
     # same squared errors, summed in a different order: float64 rounding of a sum of <= 2000 terms
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
@@ -338,7 +338,7 @@ W = np.array([[0.5, -1.0, 0.25], [1.0, 0.0, -0.3]])
                                          ("8", TypeError), (True, TypeError), (None, TypeError)])
 def test_bad_bits(bits, error):
     for call in (lambda: quantize(W, bits=bits, alpha=1.0), lambda: fake_quant(W, bits=bits, alpha=1.0),
-                 lambda: grid_params(bits=bits, alpha=1.0), lambda: quant_mse(W, 1.0, bits)):
+                 lambda: grid_params(bits=bits, alpha=1.0), lambda: quant_mse(W, alpha=1.0, bits=bits)):
         with pytest.raises(error, match=repr(bits) if error is TypeError else str(bits)):
             call()
 
@@ -349,7 +349,7 @@ def test_non_finite_weights_name_the_layer(bad, kind):
     w[1, 2] = bad
     for call in (lambda: quantize(w, bits=4, alpha=1.0, name="fc1"),
                  lambda: fake_quant(w, bits=4, alpha=1.0, name="fc1"),
-                 lambda: quant_mse(w, 1.0, 4, name="fc1")):
+                 lambda: quant_mse(w, alpha=1.0, bits=4, name="fc1")):
         with pytest.raises(ValueError, match=rf"layer 'fc1' weight contains {kind}.*index \(1, 2\)"):
             call()
 
@@ -360,7 +360,7 @@ def test_other_bad_input():
     with pytest.raises(ValueError, match="axis 2 is out of range for the 2-D"):
         quantize(W, bits=4, alpha=1.0, axis=2)
     with pytest.raises(ValueError, match="axis -3"):
-        quant_mse(W, 1.0, 4, axis=-3)
+        quant_mse(W, alpha=1.0, bits=4, axis=-3)
     with pytest.raises(ValueError, match=r"shape \(2,\).*got shape \(3,\)"):
         quantize(W, bits=4, alpha=[1.0, 1.0, 1.0], axis=0)
     with pytest.raises(ValueError, match="scalar for a per-tensor grid"):

@@ -137,7 +137,7 @@ bad_arrays = st.one_of(
 @given(bad_arrays, st.sampled_from([0, 1, 2, -1, 9, 2.5, "8", True, None]))
 def test_public_functions_raise_only_documented_errors(x, bits):
     w = np.ones((1, 1, 2, 2), np.float32)
-    for call in (lambda: ops.conv2d(x, w), lambda: ops.max_pool2d(x, 2), lambda: ops.relu(x),
+    for call in (lambda: ops.conv2d(x, w), lambda: ops.max_pool2d(x, kernel_size=2), lambda: ops.relu(x),
                  lambda: quant.quantize(x, bits=bits, alpha=1.0), lambda: clipping.boundary(x, bits)):
         try:
             with np.errstate(all="ignore"):

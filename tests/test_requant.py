@@ -114,7 +114,7 @@ def test_negative_tie_double_vs_single_rounding(mode, want):
     assert rq([-2], 0.25, 0, mode, I8) == [want]
 
 
-@pytest.mark.parametrize("mode, want", [("tflite", -3), ("onnxruntime", -2), ("onnx-reference", -2), ("pytorch", -2)])
+@pytest.mark.parametrize("mode, want", [("tflite", -3), ("onnxruntime", -2), ("onnx-reference", -2), ("fbgemm", -2)])
 def test_quantize_negative_tie(mode, want):
     assert requant.quantize_linear(np.float32([-2.5]), 1.0, 0, mode=mode, **I8).tolist() == [want]
     # a 0-d input (a scalar) gives a 0-d result with the same value
@@ -136,7 +136,7 @@ def test_accumulator_past_2_24(mode, want):
 
 
 @pytest.mark.parametrize(
-    "mode, want", [("pytorch", 128), ("onnxruntime", 127), ("onnx-reference", 127), ("tflite", 127)]
+    "mode, want", [("fbgemm", 128), ("onnxruntime", 127), ("onnx-reference", 127), ("tflite", 127)]
 )
 def test_quantize_reciprocal_versus_division(mode, want):
     x, s = np.float32(0.273939937), np.float32(0.00214854861)
@@ -154,7 +154,7 @@ def test_quantize_reciprocal_versus_division(mode, want):
 )
 def test_pytorch_quantize_is_one_fused_multiply_add(x, s, zp, want_pytorch, want_ort):
     x32 = np.float32([x])
-    assert requant.quantize_linear(x32, s, zp, mode="pytorch", **U8).tolist() == [want_pytorch]
+    assert requant.quantize_linear(x32, s, zp, mode="fbgemm", **U8).tolist() == [want_pytorch]
     assert requant.quantize_linear(x32, s, zp, mode="onnxruntime", **U8).tolist() == [want_ort]
     unfused = np.float32(x32 * (np.float32(1) / np.float32(s))) + np.float32(zp)
     assert np.rint(unfused).tolist() == [want_pytorch + (1 if x < 0 else 0)]  # two roundings would differ
@@ -326,7 +326,7 @@ def test_quantize_special_values():
     x = np.float32([np.nan, np.inf, -np.inf, 3e9, -3e9])
     want = {
         "onnxruntime": [-128, 127, -128, 127, -128],
-        "pytorch": [127, 127, -128, 127, -128],
+        "fbgemm": [127, 127, -128, 127, -128],
         # int32 cast gives INT32_MIN, then + zp (-128) wraps to 2**31 - 128: clipped to qmax
         "onnx-reference": [127, 127, 127, 127, 127],
         "tflite": [127, 127, 127, 127, 127],
@@ -499,12 +499,12 @@ def test_exact_ties_round_as_each_backend_documents(case):
 
 def py_quantize(x, s, zp, qmin, qmax, mode):
     if math.isnan(x):
-        return {"onnxruntime": qmin, "pytorch": qmax}.get(mode, clamp(wrap32(INT32_MIN + zp), qmin, qmax))
+        return {"onnxruntime": qmin, "fbgemm": qmax}.get(mode, clamp(wrap32(INT32_MIN + zp), qmin, qmax))
     if math.isinf(x):
-        if mode in ("onnxruntime", "pytorch"):
+        if mode in ("onnxruntime", "fbgemm"):
             return qmax if x > 0 else qmin
         return clamp(wrap32(INT32_MIN + zp), qmin, qmax)  # x86 float->int32 of inf is INT32_MIN
-    if mode == "pytorch":  # one fused multiply-add, zero point inside, then round half even
+    if mode == "fbgemm":  # one fused multiply-add, zero point inside, then round half even
         return clamp(rne(r32(Fraction(x) * r32(1 / Fraction(s)) + zp)), qmin, qmax)
     v = r32(Fraction(x) / Fraction(s))
     return clamp((rha(v) if mode == "tflite" else rne(v)) + zp, qmin, qmax)
@@ -548,7 +548,7 @@ def _disagree(mode_a, mode_b, kinds, fn="requant"):
         ("tflite", "tflite-single", ("overflow",), "requant"),
         ("onnxruntime", "tflite", ("tiny",), "requant"),
         ("onnxruntime", "tflite", ("tie",), "quantize"),
-        ("onnxruntime", "pytorch", ("reciprocal",), "quantize"),
+        ("onnxruntime", "fbgemm", ("reciprocal",), "quantize"),
     ],
 )
 def test_strategies_draw_disagreements(a, b, kinds, fn):

@@ -24,7 +24,7 @@ BIAS_LIMIT = 2**31 - 1  # int32 biases are saturated to [-BIAS_LIMIT, BIAS_LIMIT
 
 # The QUANTIZE op (float input -> codes) of each mode's backend (sqref.integer.requant.quantize_linear).
 QUANTIZE_MODE = {"onnxruntime": "onnxruntime", "onnx-reference": "onnx-reference", "tflite": "tflite",
-                 "tflite-single": "tflite", "fbgemm": "pytorch"}
+                 "tflite-single": "tflite", "fbgemm": "fbgemm"}
 
 
 def check_mode(mode):

@@ -33,8 +33,10 @@ import math
 
 import numpy as np
 
+from sqref.quant import round_half_away
+
 MODES = ("onnxruntime", "onnx-reference", "tflite", "tflite-single", "fbgemm")
-QUANTIZE_MODES = ("onnxruntime", "onnx-reference", "tflite", "pytorch")
+QUANTIZE_MODES = ("onnxruntime", "onnx-reference", "tflite", "fbgemm")
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
@@ -92,17 +94,6 @@ def _check_multiplier(multiplier):
     if not np.all(np.isfinite(m)) or np.any(m < 0):
         raise ValueError(f"multiplier must be finite and >= 0, got {m.ravel()[:5].tolist()}")
     return m
-
-
-def round_half_away(x):
-    """Round half away from zero (C ``std::round``, TfLiteRound), exact for any float.
-
-    ``trunc(x) + sign(x) * (|x - trunc(x)| >= 0.5)``; the subtraction is exact,
-    unlike ``floor(x + 0.5)`` which can round the sum.
-    """
-    x = np.asarray(x)
-    t = np.trunc(x)
-    return t + np.sign(x) * (np.abs(x - t) >= 0.5)
 
 
 def fma_float32(a, b, c):
@@ -457,7 +448,8 @@ def quantize_linear(x, scale, zero_point, *, qmin, qmax, mode, axis=1):
     tflite          ``round_half_away(float32(x / scale)) + zp``, clamp: -2.5 -> -3.
                     # NOTE: casting NaN/huge floats and the int32 ``+ zp`` overflow
                     # are UB in C++; modelled as x86 does them (INT32_MIN, wrap).
-    pytorch         ``rne(fma(x, float32(1 / scale), zp))``, clamp: a reciprocal
+    fbgemm          PyTorch's quantize_per_tensor (the torch backend's QUANTIZE):
+                    ``rne(fma(x, float32(1 / scale), zp))``, clamp: a reciprocal
                     multiply, not a division (x = 0.273939937, s = 0.00214854861
                     gives 128, division 127), and the zero point is added BEFORE
                     rounding inside one fused multiply-add (FBGEMM's
@@ -492,9 +484,8 @@ def quantize_linear(x, scale, zero_point, *, qmin, qmax, mode, axis=1):
         if mode == "tflite":
             r = _float_to_int32_x86(round_half_away(xf / s))
             return np.clip(_wrap_int32(r + zp), qmin, qmax)
-        # pytorch
-        # NOTE: docs/backends.md has nearbyint(x * float32(1/scale)) + zp; torch 2.13 on AVX2+FMA
-        # computes VFMADD(x, 1/scale, zp), one rounding, then rounds to integer (measured).
+        # fbgemm: torch 2.13 on x86 with FMA computes VFMADD(x, 1/scale, zp), one rounding,
+        # then rounds to integer (measured; docs/backends.md)
         v = fma_float32(xf, np.float32(1.0) / s, zp.astype(np.float32))
         v = np.where(np.isnan(v), np.float32(2**31 - 128), np.minimum(v, np.float32(2**31 - 128)))
         r = np.where(v < INT32_MIN, INT32_MIN, np.rint(np.maximum(v, INT32_MIN)).astype(np.int64))
