@@ -36,6 +36,8 @@ import os
 import numpy as np
 
 from sqref import integer
+from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU, infer_shapes
+from sqref.ops import fold_batchnorm
 
 OPSET = 21
 IR_VERSION = 10
@@ -262,8 +264,6 @@ def import_onnx(source):
 
     from onnx import numpy_helper
 
-    from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU, infer_shapes
-    from sqref.ops import fold_batchnorm
 
     onnx = _onnx()
     model = source if isinstance(source, onnx.ModelProto) else onnx.load(os.fspath(source))
