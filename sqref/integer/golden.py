@@ -58,19 +58,21 @@ class Golden:
     meta: dict = field(default_factory=dict)
 
 
-def make_golden(imodel, x, *, mode=None, accumulate="auto", labels=None, meta=None) -> Golden:
+def make_golden(imodel, x, *, mode=None, accumulate="auto", labels=None, meta=None, progress=None) -> Golden:
     """Run the integer model on x (float images or uint8 codes) and keep everything.
 
     accumulate  "exact", "int16-pairs", or "auto": what the mode's backend does on this
                 machine, probed (sqref.backends.probe.resolve_accumulate); the probe's
                 report is kept in ``meta["accumulate_probe"]``.
+    progress    None, or a callable given the number of images done (run_integer's).
     """
     mode = integer.check_mode(imodel.mode if mode is None else mode)
     meta = dict(meta or {})
     if accumulate == "auto":
         accumulate, meta["accumulate_probe"] = resolve_accumulate(mode)
     inputs = integer.quantize_input(imodel, x, mode=mode)
-    logits, outputs = integer.run_integer(imodel, inputs, mode=mode, accumulate=accumulate, return_intermediates=True)
+    logits, outputs = integer.run_integer(imodel, inputs, mode=mode, accumulate=accumulate, return_intermediates=True,
+                                          progress=progress)
     imodel = integer.IntegerModel(imodel.layers, imodel.names, imodel.input_shape, imodel.input, mode, imodel.meta)
     return Golden(imodel, inputs, tuple(outputs), logits, mode, accumulate,
                   None if labels is None else np.asarray(labels, np.uint8), meta)

@@ -73,7 +73,8 @@ def quantize_input(imodel: IntegerModel, x, *, mode=None):
     return q.astype(np.uint8)
 
 
-def run_integer(imodel: IntegerModel, x, *, mode=None, return_intermediates=False, accumulate="exact"):
+def run_integer(imodel: IntegerModel, x, *, mode=None, return_intermediates=False, accumulate="exact",
+                progress=None):
     """Integer-only inference, as onnxruntime / TFLite / PyTorch run a quantized model (by ``mode``).
 
     Shapes: x (N, *input_shape), float images or uint8 input codes -> logits (N, classes).
@@ -81,7 +82,8 @@ def run_integer(imodel: IntegerModel, x, *, mode=None, return_intermediates=Fals
     ``return_intermediates`` also a list of every layer's uint8 codes (model.names order).
     ``mode``: None = imodel.mode; ``accumulate``: "exact" or "int16-pairs" (onnxruntime and
     fbgemm modes only; see the module docstring). Images are processed BATCH at a time;
-    the result does not depend on it, on the BLAS or on its threads.
+    the result does not depend on it, on the BLAS or on its threads. ``progress``: None, or
+    a callable given the number of images done after each batch.
     """
     mode = check_mode(imodel.mode if mode is None else mode)
     check_accumulate(accumulate, mode)
@@ -95,6 +97,8 @@ def run_integer(imodel: IntegerModel, x, *, mode=None, return_intermediates=Fals
             except ValueError as exc:
                 raise ValueError(f"layer {name!r} ({layer.kind}): {exc}") from None
             per_layer[index].append(q)
+        if progress is not None:
+            progress(min(start + BATCH, len(q_in)))
     outputs = [np.concatenate(parts) if parts else np.zeros((0,), np.uint8) for parts in per_layer]
     last = imodel.layers[-1].y
     logits = requant.dequantize_linear(outputs[-1], last.scale, last.zero_point)

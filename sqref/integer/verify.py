@@ -74,17 +74,24 @@ def run_backend(golden: Golden, backend):
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def verify(golden: Golden, backend="sqref") -> dict:
+def verify(golden: Golden, backend="sqref", *, progress=None) -> dict:
     """Recompute ``golden`` with ``backend`` and compare every tensor exactly.
 
     Returns {"backend", "mode", "accumulate", "match": bool, "tensors": [compare(...) rows],
     "notes": [...]}: notes say where a mismatch is an expected, documented deviation.
+    ``progress``: None, or a callable given (steps done, what was done): the backend run,
+    then each tensor compared (1 + number of tensors steps).
     """
     got = run_backend(golden, backend)
+    if progress is not None:
+        progress(1, f"{backend} ran")
     desired = {"input": golden.inputs, **dict(zip(golden.imodel.names, golden.outputs)), "logits": golden.logits}
-    rows = [compare(name, got.get(name), want) if name in got else
-            {"name": name, "match": None, "skipped": True, "shape": list(want.shape), "total": int(want.size)}
-            for name, want in desired.items()]
+    rows = []
+    for name, want in desired.items():
+        rows.append(compare(name, got.get(name), want) if name in got else
+                    {"name": name, "match": None, "skipped": True, "shape": list(want.shape), "total": int(want.size)})
+        if progress is not None:
+            progress(1 + len(rows), name)
     match = all(r["match"] is not False for r in rows)
     return {"backend": backend, "mode": golden.mode, "accumulate": golden.accumulate,
             "match": match, "tensors": rows, "notes": _notes(golden, backend, match)}
