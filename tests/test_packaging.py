@@ -111,7 +111,10 @@ def test_data_dir_files_exist_and_load():
 
 def test_python_m_sqref_data_prints_paths(tmp_path):
     run = [sys.executable, "-m", "sqref.data"]
-    out = subprocess.run(run + ["lenet5"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    # the child imports the sqref under test (not whichever one an install points at)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(sqref.__file__).parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(run + ["lenet5"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and Path(out.stdout.strip()) == data.DATA_DIR / "lenet5.h5"
-    bad = subprocess.run(run + ["nope"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(run + ["nope"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1

@@ -1,20 +1,47 @@
 """`sqref study NAME`: regenerate a results table of docs/results.md."""
 from __future__ import annotations
 
-from sqref.cli.args import UsageError, check_output_path, progress_enabled
+import argparse
+
 from sqref import plots
+from sqref.cli.args import UsageError, check_output_path, progress_enabled
 from sqref.cli.compress import save_figure
 from sqref.fileformat import atomic_text
 from sqref.studies import STUDIES
+from sqref.studies import results
+
+HELP = """Run a study, then print its markdown, write it to a new file, or update its section of a page.
+
+  sqref study NAME                    print the markdown on stdout ('all': every study, after a page header)
+  sqref study NAME --update FILE      replace only the lines between NAME's markers in FILE,
+                                        <!-- sqref study NAME: begin -->
+                                        <!-- sqref study NAME: end -->
+                                      ('all': every study's section); every byte outside the markers is
+                                      kept, and FILE is replaced atomically
+  sqref study NAME -o FILE            write a new file: the section between its markers ('all': a page
+                                      header, then every section), ready for --update
+
+--update fails in one line (exit 2, FILE untouched) if a section's markers are missing or unbalanced; it
+checks them before the study runs and reads FILE again when it writes. -o --force replaces a file, but
+never one with study markers (use --update), so a regenerated table never deletes text written by hand.
+Progress with an ETA goes to stderr (which study of how many, then the study's cells) unless -q."""
 
 
 def register(sub, add):
     """Add the study subcommand to the main parser."""
-    p = add("study", "regenerate a results table of docs/results.md (markdown on stdout or into a file)")
+    p = add("study", "regenerate a results table of docs/results.md (markdown on stdout, into a new file, or "
+                     "into its marked section of an existing file)")
+    p.description = HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("name", choices=[*STUDIES, "all"])
-    p.add_argument("-o", "--output", help="write the markdown to this file")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", metavar="FILE", help="write a new page (markdown between markers) to FILE")
+    where.add_argument("--update", metavar="FILE",
+                       help="replace only the study's section between its markers in FILE, keeping all other text")
+    p.add_argument("--label", help="with --update: the section marked 'sqref study NAME LABEL' (a second copy of "
+                                   "a study, e.g. finetune OPENBLAS_NUM_THREADS=2 in docs/results.md)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the tradeoff study's accuracy curves (needs matplotlib)")
-    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--force", action="store_true", help="replace an existing output file (-o, --plot)")
     p.set_defaults(func=cmd_study)
 
 
@@ -22,31 +49,28 @@ def cmd_study(args) -> dict:
     names = list(STUDIES) if args.name == "all" else [args.name]
     if args.plot and "tradeoff" not in names:
         raise UsageError("--plot draws the accuracy curves of the tradeoff study: use it with 'tradeoff' or 'all'")
+    if args.label is not None and (args.update is None or args.name == "all"):
+        raise UsageError("--label selects a labelled section to --update: use it with one study and --update FILE")
+    keys = {name: results.section_key(name, args.label) for name in names}
     plot = check_output_path(args.plot, force=args.force) if args.plot else None
     out = check_output_path(args.output, force=args.force) if args.output else None
+    if out and args.force and results.has_markers(out):
+        raise UsageError(f"output {out} has sqref study markers: use --update {out} to replace only the generated "
+                         "sections (text outside the markers would be lost)")
+    if args.update:
+        results.check_page(args.update, keys.values())  # fail now, not after an hour of fine-tuning
     curves = []
-    sections = [STUDIES[n](progress=progress_enabled(args), **({"collect": curves} if n == "tradeoff" else {}))
-                for n in names]
-    text = RESULTS_HEADER + "\n".join(sections) if args.name == "all" else "\n".join(sections)
+    sections = results.run_studies({name: STUDIES[name] for name in names}, progress=progress_enabled(args),
+                                   collect=curves)
+    text = (results.RESULTS_HEADER if args.name == "all" else "") + "\n".join(sections.values())
     if plot:
         save_figure(plots.accuracy_curves(curves, title="LeNet-5: test accuracy vs payload ratio"), plot)
-    if out:
-        atomic_text(out, text, overwrite=args.force)
+    if args.update:
+        results.update_page(args.update, {keys[name]: markdown for name, markdown in sections.items()})
+    elif out:
+        page = results.new_page({keys[name]: markdown for name, markdown in sections.items()},
+                                header=results.RESULTS_HEADER if args.name == "all" else "")
+        atomic_text(out, page, overwrite=args.force)
     elif not args.json:
         print(text)
-    return {"study": args.name, "markdown": text, "output": args.output}
-
-
-RESULTS_HEADER = """# sqref results
-
-Every table on this page is produced by `sqref study all -o docs/results.md --force` (each section names
-its own `sqref study NAME` command) on the shipped models and data. Accuracy is on the 1,000-image test
-split (one image = 0.1 point; standard error near 98% about 0.45 points) and always comes with the
-prediction agreement between the compressed and the float model. Ratios: original bytes (32 bits x every
-parameter of the float model) over payload bytes (packed codes, scales, zero points, biases, SVD ranks),
-over the .h5 file's bytes, and over a Huffman-coded payload (an extra column for comparison with Deep
-Compression; not the file format). See docs/method.md section 4 and sqref/accounting.py.
-
-"""
-
-
+    return {"study": args.name, "markdown": text, "output": args.output, "updated": args.update}
