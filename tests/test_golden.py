@@ -194,3 +194,13 @@ def test_golden_rejects_bad_options(tmp_path, capsys):
     assert not (tmp_path / "x.h5").exists()
     with pytest.raises(ValueError, match="mode"):
         integer.check_mode("gpu")
+
+
+def test_verify_with_a_backend_that_is_not_installed(lenet300_golden, capsys, monkeypatch):
+    from sqref import backends
+
+    _, path = lenet300_golden
+    monkeypatch.setitem(backends.PACKAGES, "onnxruntime", ("no_such_package_sqref_test",))
+    code, _, err = run_cli(["verify", str(path), "--backend", "onnxruntime"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "needs the package(s) no_such_package_sqref_test, not installed here" in err

@@ -9,3 +9,18 @@
 Each backend's package (onnx, onnxruntime, ai_edge_litert, torch) is an optional
 dependency (the `backends` extra), imported inside these modules only.
 """
+from __future__ import annotations
+
+import importlib.util
+
+# the packages each backend needs (the `backends` extra installs them all)
+PACKAGES = {"onnxruntime": ("onnx", "onnxruntime"), "onnx-reference": ("onnx",), "torch": ("torch",),
+            "tflite": ("ai_edge_litert", "flatbuffers")}
+
+
+def require(backend: str) -> None:
+    """A one-line ValueError naming what is missing when ``backend``'s packages are not installed."""
+    missing = [name for name in PACKAGES.get(backend, ()) if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"backend {backend!r} needs the package(s) {', '.join(missing)}, not installed here: "
+                         f"pip install \"sqref[backends]\"")

@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 
 from sqref.backends import onnx as onnx_backend
+from sqref.backends import require
 from sqref.backends.probe import PROBED_BACKENDS, accumulation
 from sqref.backends import tflite as tflite_backend
 from sqref.backends import torch as torch_backend
@@ -56,6 +57,7 @@ def compare(name, actual, desired, *, max_listed=5) -> dict:
 
 def run_backend(golden: Golden, backend):
     """Recompute the golden tensors with a backend: {"input": codes, layer name: codes, "logits": float32}."""
+    require(backend)
     im = golden.imodel
     if backend == "sqref":
         logits, outs = run_integer(im, golden.inputs, mode=golden.mode, accumulate=golden.accumulate,
