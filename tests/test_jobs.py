@@ -1,5 +1,6 @@
 """The jobs behind the commands (sqref.jobs), called from Python: they return the same
 figures the CLI prints, write files that say what they hold, and validate before working."""
+import dataclasses
 import json
 import os
 
@@ -79,7 +80,7 @@ def test_evaluate_file_is_what_eval_prints(capsys):
     assert isinstance(r, EvalResult) and r.count == 500
     code, cli = run_json(capsys, "eval", LENET300, "--split", "val")
     assert code == 0 and {k: v for k, v in cli.items() if k != "seconds"} == \
-        {k: v for k, v in r.to_json().items() if k != "seconds"}
+        {k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"}
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -26,6 +26,8 @@ import platform
 
 import numpy as np
 
+from sqref.backends.torch import fbgemm_engine  # imports torch only when entered
+
 PROBED_BACKENDS = ("onnxruntime", "torch")
 KERNELS = ("matmul", "conv", "depthwise")
 # the probe's output code under each accumulation (module docstring)
@@ -92,16 +94,7 @@ def _onnxruntime_code(kernel: str) -> int:
 
 
 def _torch_code(kernel: str) -> int:
-    import warnings
-
-    import torch
-
-    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*", category=UserWarning)
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        raise RuntimeError("this torch build has no fbgemm quantized engine")
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = "fbgemm"
-    try:
+    with fbgemm_engine() as torch:
         x, w = probe_operands(kernel)
         if kernel == "matmul":
             w = w.T  # torch's linear weight is (OUT, IN)
@@ -117,8 +110,6 @@ def _torch_code(kernel: str) -> int:
         packed = torch.ops.quantized.conv2d_prepack(qw, bias, [1, 1], [pad, pad], [1, 1], groups)
         y = torch.ops.quantized.conv2d(qx, packed, PROBE_SCALE, PROBE_ZERO_POINT).int_repr()
         return int(y[0, 0, 1, 1] if kernel == "depthwise" else y.ravel()[0])
-    finally:
-        torch.backends.quantized.engine = previous
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,7 +117,8 @@ def accumulation(backend: str, kernel: str = "matmul") -> str:
     """"exact" or "int16-pairs": how ``backend``'s ``kernel`` accumulates u8 x s8 on this machine.
 
     backend "onnxruntime" or "torch" (fbgemm). ImportError when the backend is not
-    installed; RuntimeError when it computes neither (module docstring).
+    installed; RuntimeError when it computes neither (module docstring); ValueError when
+    the torch build has no fbgemm engine.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")

@@ -6,11 +6,31 @@ int32 accumulator in float, then one float32 multiply and round half even
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import numpy as np
 
 from sqref.integer.model import (IntAvgPool2d, IntConv2d, IntegerModel, IntFlatten, IntLinear, IntMaxPool2d,
                                  IntReLU)
 from sqref.integer.requant import dequantize_linear
+
+
+@contextlib.contextmanager
+def fbgemm_engine():
+    """torch with its quantized engine set to fbgemm for the duration (the previous one restored);
+    a ValueError when the build has none. Yields the torch module."""
+    import torch
+
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*", category=UserWarning)
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        raise ValueError("this torch build has no fbgemm quantized engine")
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"
+    try:
+        yield torch
+    finally:
+        torch.backends.quantized.engine = previous
 
 
 def run_torch_model(imodel: IntegerModel, codes) -> dict:
@@ -20,16 +40,7 @@ def run_torch_model(imodel: IntegerModel, codes) -> dict:
     Returns {"input": codes, layer name: uint8 codes, "logits": float32}, as
     sqref.integer.verify compares them.
     """
-    import warnings
-
-    import torch
-
-    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*", category=UserWarning)
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        raise ValueError("this torch build has no fbgemm quantized engine")
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = "fbgemm"
-    try:
+    with fbgemm_engine() as torch:
         p = imodel.input
         q = torch._make_per_tensor_quantized_tensor(torch.from_numpy(np.ascontiguousarray(codes)), p.scale, p.zero_point)
         out = {"input": codes}
@@ -39,8 +50,6 @@ def run_torch_model(imodel: IntegerModel, codes) -> dict:
         last = imodel.layers[-1].y
         out["logits"] = dequantize_linear(out[imodel.names[-1]], last.scale, last.zero_point)
         return out
-    finally:
-        torch.backends.quantized.engine = previous
 
 
 def _torch_weight(torch, layer):

@@ -62,3 +62,8 @@ def json_default(value):
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def as_json(result) -> dict:
+    """A job's result dataclass as the command's JSON object (its own ``to_json`` if it has one)."""
+    return result.to_json() if hasattr(result, "to_json") else dataclasses.asdict(result)

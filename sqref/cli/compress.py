@@ -8,7 +8,7 @@ import argparse
 
 import numpy as np
 
-from sqref.cli.args import UsageError, nonneg_float, positive_int, progress_enabled, table
+from sqref.cli.args import UsageError, as_json, nonneg_float, positive_int, progress_enabled, table
 from sqref.clipping import RULES
 from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP
 from sqref.data import DEFAULT_DATA
@@ -62,7 +62,7 @@ def cmd_quantize(args) -> dict:
                      ("alpha_over_max", "alpha/max|w|"), ("mse", "MSE"), ("sqnr_db", "SQNR dB"),
                      ("payload_bytes", "bytes")]))
         print_totals(r.total, r.quality)
-    return r.to_json()
+    return as_json(r)
 
 
 def cmd_compress(args) -> dict:
@@ -96,7 +96,7 @@ def cmd_compress(args) -> dict:
                      ("rule", "rule"), ("alpha", "alpha"), ("params_before", "params before"),
                      ("params", "params after"), ("payload_bytes", "bytes")]))
         print_totals(r.total, r.quality)
-    return r.to_json()
+    return as_json(r)
 
 
 def add_quant_options(p, *, default_bits):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from sqref.cli.args import json_default, positive_int, progress_enabled, table
+from sqref.cli.args import as_json, json_default, positive_int, progress_enabled, table
 from sqref.data import DEFAULT_DATA
 from sqref.integer.calibration import CALIBRATION_RULES
 from sqref.integer.model import ACCUMULATE
@@ -36,7 +36,7 @@ def cmd_golden(args) -> dict:
               f"{r.calibration['images']} train images; logits dequantized: accuracy {100 * r.accuracy:.1f}% "
               "on these images")
         print(f"  check it with: sqref verify {r.output} --backend {'|'.join(BACKENDS)}")
-    return r.to_json()
+    return as_json(r)
 
 
 def _probe_text(probe) -> str:
@@ -73,10 +73,10 @@ def cmd_verify(args) -> dict:
             print(f"OK: all {len(tensors)} tensors are bit-exact")
     if n_bad:  # a finding, not bad input: exit 1 (sqref.cli.main maps SystemExit to its code)
         if args.json:
-            print(json.dumps(r.to_json(), default=json_default, sort_keys=True))
+            print(json.dumps(as_json(r), default=json_default, sort_keys=True))
         sys.stdout.flush()
         raise SystemExit(EXIT_MISMATCH)
-    return r.to_json()
+    return as_json(r)
 
 
 def register(sub, add):

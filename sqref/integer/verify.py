@@ -123,7 +123,7 @@ def _notes(golden, backend, match):
     if backend in PROBED_BACKENDS:
         try:
             found = accumulation(backend, "matmul")
-        except (ImportError, RuntimeError) as exc:
+        except (ImportError, RuntimeError, ValueError) as exc:
             found = None
             notes.append(f"the accumulation probe of {backend} failed: {exc}")
         if found and found != golden.accumulate:

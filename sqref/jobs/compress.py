@@ -48,9 +48,6 @@ class QuantizeResult:
     timing: dict
     plots: list | None
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
 class CompressResult:
@@ -69,9 +66,6 @@ class CompressResult:
     timing: dict
     plots: list | None
     notes: list
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def quantize_settings(*, bits, rule, per_channel, scheme, rounding, bias_bits) -> dict:

@@ -71,9 +71,6 @@ class GoldenResult:
     command: str
     seconds: float
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def golden_file(model_path, *, mode, output=None, count=100, accumulate="auto", rule="max", data=DEFAULT_DATA,
                 overwrite=False, progress=False) -> GoldenResult:

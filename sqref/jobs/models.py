@@ -41,9 +41,6 @@ class EvalResult:
     count: int
     seconds: float
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def evaluate_file(model_path, *, data=DEFAULT_DATA, split="test", progress=False) -> EvalResult:
     """Accuracy of a model file on a split of MNIST-5k."""
@@ -64,9 +61,6 @@ class InfoResult:
     layers: list
     total: dict
     meta: dict
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def describe_file(model_path) -> InfoResult:
@@ -99,9 +93,6 @@ class TrainResult:
     test_accuracy: float
     seconds: float
     meta: dict
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 TRAINED = tuple(sorted(a for a in zoo.ARCHITECTURES if a != "small_vgg"))
@@ -146,9 +137,6 @@ class InitResult:
     params: int
     seed: int
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def init_file(arch, *, output, seed=0, overwrite=False) -> InitResult:
     """Write an untrained model with seeded random weights (sqref.zoo)."""
@@ -172,9 +160,6 @@ class DataResult:
     train: int
     val: int
     test: int
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def data_file(source=None, *, output=DEFAULT_DATA, overwrite=False) -> DataResult:
