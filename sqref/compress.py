@@ -87,9 +87,9 @@ def factor_model(model: Model, *, rank=None, energy=None, ratio=None, only=None,
             decomposition = svd.decompose(layer.weight)
         s = decomposition[1]
         if energy is not None:
-            r = svd.rank_for_energy(s, energy)
+            r = svd.rank_for_energy(s, tau=energy)
         elif ratio is not None:
-            r = svd.rank_for_ratio(OUT, IN, ratio)
+            r = svd.rank_for_ratio(OUT, IN, ratio=ratio)
         base = {"name": name, "shape": [OUT, IN], "break_even_rank": limit,
                 "singular_values": s.tolist(), "params_before": int(layer.weight.size)}
         if r > limit or r > min(OUT, IN):

@@ -31,7 +31,7 @@ def break_even_rank(out_features: int, in_features: int) -> int:
     return (in_features * out_features - 1) // (in_features + out_features)
 
 
-def rank_for_energy(s, tau: float) -> int:
+def rank_for_energy(s, *, tau: float) -> int:
     """Smallest r with sum_{i<=r} s_i^2 >= tau * sum_i s_i^2, tau in (0, 1]."""
     if not (isinstance(tau, (int, float)) and 0 < tau <= 1):
         raise ValueError(f"energy must be in (0, 1], got {tau!r}")
@@ -43,7 +43,7 @@ def rank_for_energy(s, tau: float) -> int:
     return int(np.searchsorted(energy, tau * energy[-1] * (1 - 1e-12)) + 1)
 
 
-def rank_for_ratio(out_features: int, in_features: int, ratio: float) -> int:
+def rank_for_ratio(out_features: int, in_features: int, *, ratio: float) -> int:
     """Largest r whose factors hold at most `ratio` x the layer's weights:
     r * (IN + OUT) <= ratio * IN * OUT, ratio in (0, 1)."""
     if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):

@@ -25,7 +25,7 @@ def with_params(model: Model, params: list[dict]) -> Model:
     return dataclasses.replace(model, layers=layers)
 
 
-def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+def random_shift(x: np.ndarray, *, max_shift: int, rng: np.random.Generator) -> np.ndarray:
     """Shift each image by a random integer (dy, dx) in [-max_shift, max_shift],
     filling with zeros (the MNIST background)."""
     if max_shift == 0:
@@ -106,7 +106,7 @@ def train(model: Model, train_xy, val_xy, *, epochs: int = 30, lr: float = 0.05,
         losses = []
         for b in range(steps_per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            xb = random_shift(x_train[idx], max_shift, rng)
+            xb = random_shift(x_train[idx], max_shift=max_shift, rng=rng)
             current = with_params(model, params)
             forward_model = current if grad_transform is None else grad_transform(current)
             loss_fn = softmax_cross_entropy

@@ -46,12 +46,12 @@ def test_balanced_split_gives_both_factors_the_same_singular_values():
 
 def test_energy_and_ratio_pick_the_documented_rank():
     s = np.array([4.0, 2.0, 1.0, 1.0])  # s^2 = 16, 4, 1, 1; total 22
-    assert svd.rank_for_energy(s, 16 / 22) == 1
-    assert svd.rank_for_energy(s, 16.5 / 22) == 2
-    assert svd.rank_for_energy(s, 21 / 22) == 4 - 1
-    assert svd.rank_for_energy(s, 1.0) == 4
+    assert svd.rank_for_energy(s, tau=16 / 22) == 1
+    assert svd.rank_for_energy(s, tau=16.5 / 22) == 2
+    assert svd.rank_for_energy(s, tau=21 / 22) == 4 - 1
+    assert svd.rank_for_energy(s, tau=1.0) == 4
     # 500x800: r * 1300 <= 0.1 * 400000 -> r = 30
-    assert svd.rank_for_ratio(500, 800, 0.1) == 30
+    assert svd.rank_for_ratio(500, 800, ratio=0.1) == 30
     assert svd.break_even_rank(500, 800) == 307  # 307 * 1300 = 399100 < 400000 <= 308 * 1300
 
 
@@ -67,7 +67,7 @@ def test_bad_ranks_are_refused(rank, message):
 @pytest.mark.parametrize("tau", [0, -0.5, 1.5, float("nan")])
 def test_energy_outside_unit_interval_is_refused(tau):
     with pytest.raises(ValueError, match="energy must be in"):
-        svd.rank_for_energy(np.ones(3), tau)
+        svd.rank_for_energy(np.ones(3), tau=tau)
 
 
 def test_randomized_solver_is_near_the_eckart_young_optimum():
