@@ -11,7 +11,7 @@ import numpy as np
 
 from sqref import ops
 from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
-from sqref.ops import col2im, im2col, pair
+from sqref.ops import col2im, im2col
 
 
 def conv2d_backward(x, w, grad_y, *, stride=1, padding=0, dilation=1, groups=1):
@@ -47,47 +47,47 @@ def relu_backward(x, grad_y):
     return grad_y * (x > 0)
 
 
-def _pool_backward(x, grad_y, kernel_size, stride, padding, route):
-    """Scatter grad_y back through each of the KH*KW window taps; `route(i, view)`
-    gives the share of grad_y that tap i receives."""
-    KH, KW = pair(kernel_size, "kernel_size")
-    SH, SW = pair(kernel_size if stride is None else stride, "stride")
-    PH, PW = pair(padding, "padding")
+def _pool_backward(x, grad_y, geometry, route):
+    """Scatter grad_y back through each of the KH*KW window taps; ``route(tap)`` gives the
+    share of grad_y that tap (row-major index i*KW + j) receives. Shares landing on
+    padding are dropped."""
+    (KH, KW), (SH, SW), (top, left, _, _), (DH, DW), (OH, OW) = geometry
     N, C, H, W = x.shape
-    OH, OW = grad_y.shape[2:]
-    grad_xp = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=grad_y.dtype)
+    HP, WP = (OH - 1) * SH + DH * (KH - 1) + 1, (OW - 1) * SW + DW * (KW - 1) + 1
+    grad_xp = np.zeros((N, C, max(HP, top + H), max(WP, left + W)), dtype=grad_y.dtype)
     for i in range(KH):
         for j in range(KW):
-            window = (slice(None), slice(None), slice(i, i + SH * (OH - 1) + 1, SH), slice(j, j + SW * (OW - 1) + 1, SW))
+            window = (slice(None), slice(None), slice(i * DH, i * DH + SH * (OH - 1) + 1, SH),
+                      slice(j * DW, j * DW + SW * (OW - 1) + 1, SW))
             grad_xp[window] += route(i * KW + j)
-    return grad_xp[:, :, PH : PH + H, PW : PW + W]
+    return grad_xp[:, :, top : top + H, left : left + W]
 
 
-def max_pool2d_backward(x, grad_y, *, kernel_size, stride=None, padding=0):
-    """The gradient goes to the first maximum of each window (row-major tap
-    order), as torch's max_pool2d picks one index per window."""
-    KH, KW = pair(kernel_size, "kernel_size")
-    SH, SW = pair(kernel_size if stride is None else stride, "stride")
-    PH, PW = pair(padding, "padding")
-    OH, OW = grad_y.shape[2:]
-    xp = np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=-np.inf) if PH or PW else x
-    y = ops.max_pool2d(x, kernel_size=kernel_size, stride=stride, padding=padding)
+def max_pool2d_backward(x, grad_y, *, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """The gradient goes to the first maximum of each window (row-major tap order), as
+    torch's max_pool2d picks one index per window. Arguments as sqref.ops.max_pool2d."""
+    geometry = ops.pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    (KH, KW), (SH, SW), _, (DH, DW), (OH, OW) = geometry
+    xp = ops.pool_pad(x, geometry, -np.inf)
+    y = ops.pool_windows(xp, geometry, np.maximum)
     taken = np.zeros(y.shape, dtype=bool)
     shares = []
     for i in range(KH):
         for j in range(KW):
-            view = xp[:, :, i : i + SH * (OH - 1) + 1 : SH, j : j + SW * (OW - 1) + 1 : SW]
+            view = xp[:, :, i * DH : i * DH + SH * (OH - 1) + 1 : SH, j * DW : j * DW + SW * (OW - 1) + 1 : SW]
             first = (view == y) & ~taken
             taken |= first
             shares.append(np.where(first, grad_y, 0))
-    return _pool_backward(x, grad_y, kernel_size, stride, padding, lambda tap: shares[tap])
+    return _pool_backward(x, grad_y, geometry, lambda tap: shares[tap])
 
 
-def avg_pool2d_backward(x, grad_y, *, kernel_size, stride=None, padding=0):
-    """Each tap receives grad_y / (KH*KW) (count_include_pad=True)."""
-    KH, KW = pair(kernel_size, "kernel_size")
-    share = grad_y / grad_y.dtype.type(KH * KW)
-    return _pool_backward(x, grad_y, kernel_size, stride, padding, lambda tap: share)
+def avg_pool2d_backward(x, grad_y, *, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                        count_include_pad=True):
+    """Each tap of a window receives grad_y / count (sqref.ops.pool_counts: KH*KW in floor
+    mode with padding counted). Arguments as sqref.ops.avg_pool2d."""
+    geometry = ops.pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    share = grad_y / ops.pool_counts(x.shape, geometry, count_include_pad=count_include_pad).astype(grad_y.dtype)
+    return _pool_backward(x, grad_y, geometry, lambda tap: share)
 
 
 def softmax_cross_entropy(logits, labels):

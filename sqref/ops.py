@@ -228,6 +228,32 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
     return y
 
 
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, trans_a=False, trans_b=False):
+    """General matrix multiply, as ONNX Gemm: y = alpha * A' @ B' + beta * C.
+
+    Shapes: A' = a.T if trans_a else a (M, K); B' = b.T if trans_b else b (K, N);
+    c broadcasts to (M, N) (a scalar, (N,), (1, N), (M, 1) or (M, N)) or is None.
+    Dtypes: float32 or float64; the result has a's dtype. alpha and beta are applied in
+    that dtype (ONNX's float attributes are float32). linear(x, w, b) is gemm(x, w, b,
+    trans_b=True). Oracle: numpy's matmul in float64 (tests/test_onnx_nodes.py runs ONNX's
+    own Gemm cases).
+    """
+    a, b = _check_float("a", a), _check_float("b", b)
+    _check_ndim("a", a, 2, "M, K or K, M")
+    _check_ndim("b", b, 2, "K, N or N, K")
+    a, b = (a.T if trans_a else a), (b.T if trans_b else b)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"A' {a.shape} and B' {b.shape}: K must match (trans_a={trans_a}, trans_b={trans_b})")
+    y = (a @ b.astype(a.dtype, copy=False)) * a.dtype.type(alpha)
+    if c is not None:
+        c = _check_float("c", c)
+        try:
+            y = y + c.astype(a.dtype, copy=False) * a.dtype.type(beta)
+        except ValueError:
+            raise ValueError(f"c shape {c.shape} does not broadcast to {y.shape}") from None
+    return y
+
+
 def linear(x, w, b=None):
     """Affine map, as torch.nn.functional.linear.
 
@@ -253,64 +279,144 @@ def linear(x, w, b=None):
 # --------------------------------------------------------------------------
 # pooling
 # --------------------------------------------------------------------------
-def _pool(x, kernel, stride, padding, fill, combine):
-    """Reduce every pooling window with the pairwise op `combine` (np.maximum or np.add).
-
-    Separable: first across the KH rows of each window (whole rows at a time),
-    then across the KW columns of the row results. For max this is exactly
-    the max over the window (max is associative and commutative). It reads
-    whole rows and then KW strided views, instead of KH*KW strided views of
-    the input (benchmarks/bench_forward.py times the models that use it).
-    """
-    KH, KW = pair(kernel, "kernel_size")
-    SH, SW = pair(kernel if stride is None else stride, "stride")
+def pool_pads(padding) -> tuple[int, int, int, int]:
+    """Pool padding as (top, left, bottom, right): an int, an (H, W) pair (symmetric, as
+    torch), or four ints (ONNX's pads [begin..., end...] for two spatial axes)."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in padding):
+            return tuple(int(v) for v in padding)
+        raise TypeError(f"padding must be ints, got {padding!r}")
     PH, PW = pair(padding, "padding")
-    N, C, H, W = x.shape
-    if min(KH, KW, SH, SW) < 1 or min(PH, PW) < 0:
-        raise ValueError(f"kernel_size {kernel!r} and stride {stride!r} must be >= 1, padding {padding!r} >= 0")
-    if PH > KH // 2 or PW > KW // 2:
-        raise ValueError(f"padding {padding!r} must be at most half of kernel_size {kernel!r}")
-    OH = output_size(H, KH, stride=SH, padding=PH)
-    OW = output_size(W, KW, stride=SW, padding=PW)
+    return PH, PW, PH, PW
+
+
+def pool_output_size(size: int, kernel: int, *, stride: int, pad_begin: int, pad_end: int, dilation: int = 1,
+                     ceil_mode: bool = False) -> int:
+    """Output length of a pool along one axis, as torch and ONNX compute it.
+
+    floor/ceil((size + pad_begin + pad_end - dilation*(kernel-1) - 1) / stride) + 1; in ceil
+    mode a last window that would start past the input and its begin padding is dropped
+    (torch's pooling_output_shape; ONNX: "sliding windows that start in the right padded
+    region are ignored").
+    """
+    span = dilation * (kernel - 1) + 1
+    total = size + pad_begin + pad_end - span
+    if total < 0:
+        return 0
+    out = (total + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad_begin:
+        out -= 1
+    return out
+
+
+def pool_geometry(shape, kernel_size, stride, padding, dilation=1, ceil_mode=False):
+    """Checked pool arguments for an input of ``shape`` (..., H, W):
+    ((KH, KW), (SH, SW), (top, left, bottom, right), (DH, DW), (OH, OW)); one-line ValueError
+    or TypeError naming the argument otherwise."""
+    KH, KW = pair(kernel_size, "kernel_size")
+    SH, SW = pair(kernel_size if stride is None else stride, "stride")
+    DH, DW = pair(dilation, "dilation")
+    pads = pool_pads(padding)
+    H, W = shape[-2:]
+    if min(KH, KW, SH, SW, DH, DW) < 1 or min(pads) < 0:
+        raise ValueError(f"kernel_size {kernel_size!r}, stride {stride!r} and dilation {dilation!r} must be >= 1, "
+                         f"padding {padding!r} >= 0")
+    span = (DH * (KH - 1) + 1, DW * (KW - 1) + 1)
+    if max(pads[0], pads[2]) >= span[0] or max(pads[1], pads[3]) >= span[1]:
+        raise ValueError(f"padding {padding!r} must be smaller than the window {span[0]}x{span[1]} "
+                         f"(kernel_size {kernel_size!r}, dilation {dilation!r}): a window would cover padding only")
+    OH = pool_output_size(H, KH, stride=SH, pad_begin=pads[0], pad_end=pads[2], dilation=DH, ceil_mode=ceil_mode)
+    OW = pool_output_size(W, KW, stride=SW, pad_begin=pads[1], pad_end=pads[3], dilation=DW, ceil_mode=ceil_mode)
     if OH < 1 or OW < 1:
-        raise ValueError(f"kernel_size {kernel!r} does not fit input {H}x{W} with padding {padding!r}")
-    if PH or PW:
-        x = np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=fill)
-    rows = x[:, :, 0 : SH * (OH - 1) + 1 : SH].copy()
+        raise ValueError(f"kernel_size {kernel_size!r} does not fit input {H}x{W} with padding {padding!r}")
+    return (KH, KW), (SH, SW), pads, (DH, DW), (OH, OW)
+
+
+def pool_pad(x, geometry, fill):
+    """x padded at (top, left) and at the end as far as the last window reaches (the declared
+    end padding, or in ceil mode past it), with ``fill``. Shapes: (..., H, W) -> (..., HP, WP)."""
+    (KH, KW), (SH, SW), (top, left, _, _), (DH, DW), (OH, OW) = geometry
+    H, W = x.shape[-2:]
+    HP, WP = (OH - 1) * SH + DH * (KH - 1) + 1, (OW - 1) * SW + DW * (KW - 1) + 1
+    x = x[..., : max(HP - top, 0), : max(WP - left, 0)]  # rows no window reaches
+    widths = [(0, 0)] * (x.ndim - 2) + [(top, HP - top - x.shape[-2]), (left, WP - left - x.shape[-1])]
+    return np.pad(x, widths, constant_values=fill) if any(a or b for a, b in widths) else x
+
+
+def pool_windows(xp, geometry, combine):
+    """Reduce every window of the padded input ``xp`` with the pairwise op ``combine``
+    (np.maximum or np.add).
+
+    Separable: first across the KH (dilated) rows of each window, whole rows at a time,
+    then across the KW columns of the row results: the max, or the sum added row by
+    row, of every window. It reads whole rows and then KW strided views instead of
+    KH*KW strided views of the input (benchmarks/bench_forward.py times it).
+    """
+    (KH, KW), (SH, SW), _, (DH, DW), (OH, OW) = geometry
+    rows = xp[..., 0 : SH * (OH - 1) + 1 : SH, :].copy()
     for i in range(1, KH):
-        combine(rows, x[:, :, i : i + SH * (OH - 1) + 1 : SH], out=rows)
-    y = rows[:, :, :, 0 : SW * (OW - 1) + 1 : SW].copy()
+        combine(rows, xp[..., i * DH : i * DH + SH * (OH - 1) + 1 : SH, :], out=rows)
+    y = rows[..., 0 : SW * (OW - 1) + 1 : SW].copy()
     for j in range(1, KW):
-        combine(y, rows[:, :, :, j : j + SW * (OW - 1) + 1 : SW], out=y)
+        combine(y, rows[..., j * DW : j * DW + SW * (OW - 1) + 1 : SW], out=y)
     return y
 
 
-def max_pool2d(x, *, kernel_size, stride=None, padding=0):
-    """2-D max pooling, as torch.nn.functional.max_pool2d (floor mode).
+def pool_counts(shape, geometry, *, count_include_pad):
+    """How many taps of every window count in an average: those on the input, and with
+    ``count_include_pad`` also those on the declared padding (never the ceil-mode overhang
+    past it, as torch and ONNX). Shapes: (..., H, W) -> (OH, OW) float64."""
+    H, W = shape[-2:]
+    top, left, bottom, right = geometry[2]
+    mask = pool_pad(np.ones((H, W)), geometry, 1.0 if count_include_pad else 0.0)
+    mask[top + H + bottom :, :] = 0.0  # the ceil-mode overhang
+    mask[:, left + W + right :] = 0.0
+    return pool_windows(mask, geometry, np.add)
 
-    Shapes: x (N, C, H, W) -> (N, C, OH, OW); stride defaults to kernel_size;
-    padding pads with -inf (it never wins).
-    Formula: y[n, c, oh, ow] = max_{i, j} xpad[n, c, oh*SH + i, ow*SW + j].
+
+def max_pool2d(x, *, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """2-D max pooling, as torch.nn.functional.max_pool2d and ONNX MaxPool.
+
+    Shapes: x (N, C, H, W) -> (N, C, OH, OW); stride defaults to kernel_size (torch's
+    default; ONNX's is 1: its importer passes it); padding an int, (PH, PW), or
+    (top, left, bottom, right) (pool_pads), filled with -inf (it never wins); OH and OW
+    as pool_output_size (floor, or ceil_mode).
+    Formula: y[n, c, oh, ow] = max_{i, j} xpad[n, c, oh*SH + i*DH, ow*SW + j*DW].
     Oracle: sqref.oracle.max_pool2d.
     """
     x = _check_float("x", x)
     _check_ndim("x", x, 4, "N, C, H, W")
-    return _pool(x, kernel_size, stride, padding, -np.inf, np.maximum)
+    geometry = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    if geometry[3] != (1, 1) and pool_counts(x.shape, geometry, count_include_pad=False).min() == 0:
+        raise ValueError(f"with dilation {dilation!r} and padding {padding!r} some window of kernel_size "
+                         f"{kernel_size!r} touches no input element of {x.shape[-2]}x{x.shape[-1]}")
+    return pool_windows(pool_pad(x, geometry, -np.inf), geometry, np.maximum)
 
 
-def avg_pool2d(x, *, kernel_size, stride=None, padding=0):
-    """2-D average pooling, as torch.nn.functional.avg_pool2d (floor mode,
-    count_include_pad=True: padded zeros count in the divisor KH*KW).
+def avg_pool2d(x, *, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, count_include_pad=True):
+    """2-D average pooling, as torch.nn.functional.avg_pool2d and ONNX AveragePool.
 
-    Shapes: x (N, C, H, W) -> (N, C, OH, OW).
-    Formula: y[n, c, oh, ow] = sum_{i, j} xpad[n, c, oh*SH + i, ow*SW + j] / (KH*KW),
-    summed row by row then across the row sums (see `_pool`).
+    Shapes: x (N, C, H, W) -> (N, C, OH, OW); stride, padding, dilation (ONNX has it,
+    torch does not) and ceil_mode as max_pool2d.
+    count_include_pad=True (torch's default; ONNX's default is 0: its importer passes it):
+    taps on the declared padding count in the divisor; taps past it (ceil mode) never do.
+    Formula: y[n, c, oh, ow] = sum_{i, j} xpad[n, c, oh*SH + i*DH, ow*SW + j*DW] / count[oh, ow],
+    summed row by row then across the row sums (pool_windows), count from pool_counts
+    (KH*KW everywhere in floor mode with padding counted).
     Oracle: sqref.oracle.avg_pool2d.
     """
     x = _check_float("x", x)
     _check_ndim("x", x, 4, "N, C, H, W")
-    KH, KW = pair(kernel_size, "kernel_size")
-    return _pool(x, kernel_size, stride, padding, 0.0, np.add) / x.dtype.type(KH * KW)
+    geometry = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    total = pool_windows(pool_pad(x, geometry, 0.0), geometry, np.add)
+    counts = pool_counts(x.shape, geometry, count_include_pad=count_include_pad)
+    if counts.min() == 0:
+        raise ValueError(f"with dilation {dilation!r} and padding {padding!r} some window of kernel_size "
+                         f"{kernel_size!r} counts no element of {x.shape[-2]}x{x.shape[-1]}")
+    (KH, KW) = geometry[0]
+    if np.all(counts == KH * KW):
+        return total / x.dtype.type(KH * KW)
+    return total / counts.astype(x.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -322,12 +428,16 @@ def relu(x):
     return np.maximum(x, x.dtype.type(0))
 
 
-def flatten(x):
-    """(N, ...) -> (N, prod(...)), as torch.flatten(x, 1) on a C-ordered array."""
+def flatten(x, *, axis=1):
+    """A 2-D view, as ONNX Flatten: (d0, ..., dr-1) -> (d0 * ... * d(axis-1), d(axis) * ... * dr-1),
+    on a C-ordered array. axis in [-r, r]; the default 1 is torch.flatten(x, 1): (N, prod(...))."""
     x = np.asarray(x)
     if x.ndim < 1:
         raise ValueError(f"flatten needs a batch axis, got shape {x.shape}")
-    return x.reshape(x.shape[0], -1)
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -x.ndim <= axis <= x.ndim:
+        raise ValueError(f"flatten axis must be an int in [{-x.ndim}, {x.ndim}] for shape {x.shape}, got {axis!r}")
+    axis = int(axis) + x.ndim if axis < 0 else int(axis)
+    return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), int(np.prod(x.shape[axis:], dtype=np.int64)))
 
 
 def log_softmax(x, axis=-1):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sqref.ops import output_size, pair
+from sqref.ops import output_size, pair, pool_output_size, pool_pads
 
 
 def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
@@ -59,34 +59,48 @@ def linear(x, w, b=None):
     return y
 
 
-def _pool(x, kernel_size, stride, padding, reduce):
+def _pool(x, kernel_size, stride, padding, dilation, ceil_mode, reduce):
+    """reduce(taps) for every window; a tap is ("input", value), ("pad", None) on the declared
+    padding, or ("past", None) past it (ceil mode)."""
     x = np.asarray(x, np.float64)
     N, C, H, W = x.shape
     KH, KW = pair(kernel_size, "kernel_size")
     SH, SW = pair(kernel_size if stride is None else stride, "stride")
-    PH, PW = pair(padding, "padding")
-    OH = output_size(H, KH, stride=SH, padding=PH)
-    OW = output_size(W, KW, stride=SW, padding=PW)
+    DH, DW = pair(dilation, "dilation")
+    top, left, bottom, right = pool_pads(padding)
+    OH = pool_output_size(H, KH, stride=SH, pad_begin=top, pad_end=bottom, dilation=DH, ceil_mode=ceil_mode)
+    OW = pool_output_size(W, KW, stride=SW, pad_begin=left, pad_end=right, dilation=DW, ceil_mode=ceil_mode)
     y = np.zeros((N, C, OH, OW))
     for n in range(N):
         for c in range(C):
             for oh in range(OH):
                 for ow in range(OW):
-                    window = []
+                    taps = []
                     for i in range(KH):
                         for j in range(KW):
-                            h = oh * SH - PH + i
-                            v = ow * SW - PW + j
-                            window.append(x[n, c, h, v] if 0 <= h < H and 0 <= v < W else None)
-                    y[n, c, oh, ow] = reduce(window)
+                            h = oh * SH - top + i * DH
+                            v = ow * SW - left + j * DW
+                            if 0 <= h < H and 0 <= v < W:
+                                taps.append(("input", x[n, c, h, v]))
+                            elif -top <= h < H + bottom and -left <= v < W + right:
+                                taps.append(("pad", None))
+                            else:
+                                taps.append(("past", None))
+                    y[n, c, oh, ow] = reduce(taps)
     return y
 
 
-def max_pool2d(x, *, kernel_size, stride=None, padding=0):
-    """y[n, c, oh, ow] = max over the window of the real (unpadded) inputs."""
-    return _pool(x, kernel_size, stride, padding, lambda win: max(v for v in win if v is not None))
+def max_pool2d(x, *, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """y[n, c, oh, ow] = max over the window of the input elements (padding never wins)."""
+    return _pool(x, kernel_size, stride, padding, dilation, ceil_mode,
+                 lambda taps: max(v for kind, v in taps if kind == "input"))
 
 
-def avg_pool2d(x, *, kernel_size, stride=None, padding=0):
-    """y[n, c, oh, ow] = sum over the window (padding counts as 0) / (KH*KW)."""
-    return _pool(x, kernel_size, stride, padding, lambda win: sum(v or 0.0 for v in win) / len(win))
+def avg_pool2d(x, *, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, count_include_pad=True):
+    """y[n, c, oh, ow] = sum of the window's input elements / the number of taps that count:
+    input taps, and with count_include_pad the declared padding's (as 0) too; never the
+    ceil-mode overhang."""
+    counted = ("input", "pad") if count_include_pad else ("input",)
+    return _pool(x, kernel_size, stride, padding, dilation, ceil_mode,
+                 lambda taps: sum(v for kind, v in taps if kind == "input")
+                 / sum(1 for kind, _ in taps if kind in counted))

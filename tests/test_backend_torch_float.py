@@ -37,20 +37,21 @@ def test_conv2d_forward_backward_match_torch(case):
 
 
 @settings(max_examples=40)
-@given(pool_cases(), st.sampled_from(["max", "avg"]))
-def test_pooling_forward_backward_match_torch(case, kind):
-    x, k, s, p = case
+@given(st.sampled_from(["max", "avg"]).flatmap(lambda kind: st.tuples(st.just(kind),
+                                                                      pool_cases(kind, torch_compatible=True))))
+def test_pooling_forward_backward_match_torch(kind_case):
+    kind, (x, kw) = kind_case
     tx = t(x)
     if kind == "max":
-        ty = torch.nn.functional.max_pool2d(tx, k, s, p)
-        y, bwd = ops.max_pool2d(x, kernel_size=k, stride=s, padding=p), grad.max_pool2d_backward
+        ty = torch.nn.functional.max_pool2d(tx, **kw)
+        y, bwd = ops.max_pool2d(x, **kw), grad.max_pool2d_backward
     else:
-        ty = torch.nn.functional.avg_pool2d(tx, k, s, p, count_include_pad=True)
-        y, bwd = ops.avg_pool2d(x, kernel_size=k, stride=s, padding=p), grad.avg_pool2d_backward
+        ty = torch.nn.functional.avg_pool2d(tx, **kw)
+        y, bwd = ops.avg_pool2d(x, **kw), grad.avg_pool2d_backward
     np.testing.assert_allclose(y, ty.detach().numpy(), **TOL)
     r = np.random.default_rng(1).standard_normal(ty.shape)
     ty.backward(torch.tensor(r))
-    np.testing.assert_allclose(bwd(x, r, kernel_size=k, stride=s, padding=p), tx.grad.numpy(), **TOL)
+    np.testing.assert_allclose(bwd(x, r, **kw), tx.grad.numpy(), **TOL)
 
 
 @given(st.integers(1, 5), st.integers(1, 7), st.integers(2, 6), st.integers(0, 2**32 - 1))

@@ -2,7 +2,7 @@
 the loop-nest oracles (sqref.oracle, the source of truth)."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sqref import ops, oracle
@@ -170,27 +170,71 @@ def test_conv2d_batch_chunking_is_invisible(monkeypatch):
 
 
 @st.composite
-def pool_cases(draw):
+def pool_cases(draw, kind, *, torch_compatible=False):
+    """(x, keyword arguments) of a max or avg pool: kernel 1..3, stride 1..3, ceil_mode, and
+    dilation 1..2 (max) or count_include_pad (avg). Padding: symmetric and at most half the
+    window (torch's limit) when torch_compatible; otherwise (top, left, bottom, right), each
+    smaller than the window (ONNX's pads). Inputs are large enough for one window."""
     KH, KW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    padding = (draw(st.integers(0, KH // 2)), draw(st.integers(0, KW // 2)))
-    H = draw(st.integers(max(1, KH - 2 * padding[0]), 8))
-    W = draw(st.integers(max(1, KW - 2 * padding[1]), 8))
+    kw = {"kernel_size": (KH, KW), "stride": (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+          "ceil_mode": draw(st.booleans())}
+    if kind == "avg":
+        kw["count_include_pad"] = draw(st.booleans())
+    if kind == "max" or not torch_compatible:  # torch's avg_pool2d has no dilation
+        kw["dilation"] = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    DH, DW = kw.get("dilation", (1, 1))
+    span = (DH * (KH - 1) + 1, DW * (KW - 1) + 1)
+    if torch_compatible:
+        PH, PW = draw(st.integers(0, KH // 2)), draw(st.integers(0, KW // 2))  # torch: at most half the kernel
+        pads = (PH, PW, PH, PW)
+        kw["padding"] = (PH, PW)
+    else:
+        pads = tuple(draw(st.integers(0, span[a % 2] - 1)) for a in range(4))
+        kw["padding"] = pads
+    H = draw(st.integers(max(1, span[0] - pads[0] - pads[2]), 8))
+    W = draw(st.integers(max(1, span[1] - pads[1] - pads[3]), 8))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     x = rng.standard_normal((draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W))
-    return x, (KH, KW), stride, padding
+    # a dilated window may skip every input element: sqref refuses it (tested below)
+    geometry = ops.pool_geometry(x.shape, kw["kernel_size"], kw["stride"], kw["padding"], kw.get("dilation", 1),
+                                 kw["ceil_mode"])
+    assume(ops.pool_counts(x.shape, geometry, count_include_pad=False).min() > 0)
+    return x, kw
 
 
-@given(pool_cases())
+@given(pool_cases("max"))
 def test_max_pool_matches_oracle(case):
-    x, k, s, p = case
-    np.testing.assert_array_equal(ops.max_pool2d(x, kernel_size=k, stride=s, padding=p), oracle.max_pool2d(x, kernel_size=k, stride=s, padding=p))  # max is exact
+    x, kw = case
+    np.testing.assert_array_equal(ops.max_pool2d(x, **kw), oracle.max_pool2d(x, **kw))  # max is exact
 
 
-@given(pool_cases())
+@given(pool_cases("avg"))
 def test_avg_pool_matches_oracle(case):
-    x, k, s, p = case
-    np.testing.assert_allclose(ops.avg_pool2d(x, kernel_size=k, stride=s, padding=p), oracle.avg_pool2d(x, kernel_size=k, stride=s, padding=p), rtol=RTOL64, atol=ATOL64)
+    x, kw = case
+    np.testing.assert_allclose(ops.avg_pool2d(x, **kw), oracle.avg_pool2d(x, **kw), rtol=RTOL64, atol=ATOL64)
+
+
+def test_pool_literal_ceil_mode_and_counts():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    # 3x3 windows, stride 2, ceil mode: rows/cols {0,1,2} and {2,3,(past)}; the last window has 2x2 inputs
+    np.testing.assert_array_equal(ops.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)[0, 0], [[10, 11], [14, 15]])
+    want = [[(0 + 1 + 2 + 4 + 5 + 6 + 8 + 9 + 10) / 9, (2 + 3 + 6 + 7 + 10 + 11) / 6],
+            [(8 + 9 + 10 + 12 + 13 + 14) / 6, (10 + 11 + 14 + 15) / 4]]  # the overhang never counts
+    np.testing.assert_allclose(ops.avg_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)[0, 0], want, rtol=1e-15)
+    # padding 1 not counted: the corner window holds 0, 1, 4, 5
+    got = ops.avg_pool2d(x, kernel_size=3, stride=3, padding=1, count_include_pad=False)[0, 0, 0, 0]
+    assert got == (0 + 1 + 4 + 5) / 4
+    # dilation 2: taps 0 and 2 of each row pair
+    np.testing.assert_array_equal(ops.max_pool2d(x, kernel_size=2, stride=1, dilation=2)[0, 0], [[10, 11], [14, 15]])
+    # asymmetric ONNX pads (top, left, bottom, right) = (0, 0, 1, 1) on a 2x2 window, stride 2
+    np.testing.assert_array_equal(ops.max_pool2d(x[:, :, :3, :3], kernel_size=2, stride=2, padding=(0, 0, 1, 1))[0, 0],
+                                  [[5, 6], [9, 10]])
+
+
+def test_pool_window_that_touches_no_input_is_refused():
+    x = np.zeros((1, 1, 2, 2))
+    with pytest.raises(ValueError, match="touches no input element"):
+        ops.max_pool2d(x, kernel_size=2, stride=3, padding=(1, 1, 1, 1), dilation=3)
 
 
 @given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 5), st.integers(0, 2**32 - 1))
