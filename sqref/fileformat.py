@@ -1,194 +1,40 @@
-"""sqref model files: HDF5, format version 1 (specified in docs/format.md).
+"""The sqref model file (HDF5; specified in docs/format.md): save, load, and what a model must mean.
 
-Self-describing (layer types, hyperparameters, shapes, dtypes), versioned,
-every array stored with its SHA-256 and checked on load, no pickle (only
-numeric datasets and string/int attributes), written atomically.
+Self-describing (layer types, hyperparameters, shapes, dtypes), versioned, no
+pickle (only numeric datasets and string/int/float attributes), read and written
+through sqref.hdf5 (structure checks, manifest, per-array checksums, atomic
+writes). Loading checks the model the declared shapes imply (``check_model``:
+shapes, padding, working memory per sample) before reading its arrays, then the
+values (no NaN/Inf, valid quantization records); saving runs the same checks
+first, so sqref never writes a model it would refuse to read.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
+import math
 import os
-import tempfile
 
 import h5py
 import numpy as np
 
 from sqref import __version__, clipping, quant
+from sqref.hdf5 import (MAX_ARRAY_ELEMENTS, MAX_ATTR_BYTES, FileFormatError, atomic_h5, attr_text, dataset_shape,
+                        int_attr, open_h5, read_array, str_attr, verify_file_manifest, write_array)
 from sqref.model import (AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU,
                          infer_shapes, layer_arrays)
 from sqref.packing import pack_codes, packed_nbytes, unpack_codes
-from sqref.qmodel import BIAS_BITS, LayerQuant
+from sqref.qmodel import BIAS_BITS, LayerQuant, check_layer_quant
 
 FORMAT_NAME = "sqref-model"
-FORMAT_VERSION = 1
-# Largest array a file may declare (elements). Checked from the dataset's
-# metadata before any read, so a hostile shape cannot trigger a huge allocation.
-MAX_ARRAY_ELEMENTS = 2**31
-ALLOWED_DTYPES = {"float32", "float64", "float16", "int8", "uint8", "int16", "int32", "int64"}
+# Version 2 = version 1 + the required root attribute `manifest_sha256`.
+# Readers accept both; a version-1 file has per-dataset checksums only.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 
-
-class FileFormatError(ValueError):
-    """A file is not a valid sqref file: the message names the file and the problem."""
-
-
-# --------------------------------------------------------------------------
-# arrays with checksums
-# --------------------------------------------------------------------------
-def array_sha256(a: np.ndarray) -> str:
-    """SHA-256 of the array's bytes in C order, little-endian."""
-    a = np.asarray(a, order="C")
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return hashlib.sha256(a.tobytes()).hexdigest()
-
-
-def file_sha256(path) -> str:
-    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_array(group: h5py.Group, name: str, a: np.ndarray) -> None:
-    a = np.asarray(a, order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
-    ds = group.create_dataset(name, data=a)
-    ds.attrs["sha256"] = array_sha256(a)
-
-
-def read_array(group: h5py.Group, name: str, where: str, *, dtypes=None) -> np.ndarray:
-    """Read dataset `name`, validating kind, dtype and size before reading,
-    then its checksum after."""
-    if name not in group:
-        raise FileFormatError(f"{where}: missing dataset {name!r}")
-    ds = group[name]
-    if not isinstance(ds, h5py.Dataset):
-        raise FileFormatError(f"{where}: {name!r} is not a dataset")
-    dtype = str(ds.dtype)
-    if dtype not in (dtypes or ALLOWED_DTYPES):
-        raise FileFormatError(f"{where}: dataset {name!r} has dtype {dtype}, expected one of {sorted(dtypes or ALLOWED_DTYPES)}")
-    size = 1
-    for d in ds.shape or ():
-        size *= int(d)
-    if ds.shape is None or size > MAX_ARRAY_ELEMENTS:
-        raise FileFormatError(f"{where}: dataset {name!r} declares shape {ds.shape}, larger than {MAX_ARRAY_ELEMENTS} elements")
-    expected = ds.attrs.get("sha256")
-    if not isinstance(expected, str):
-        raise FileFormatError(f"{where}: dataset {name!r} has no sha256 attribute")
-    a = ds[()]
-    if array_sha256(a) != expected:
-        raise FileFormatError(f"{where}: checksum mismatch in dataset {name!r} (the file is corrupted or was modified)")
-    return a
-
-
-# --------------------------------------------------------------------------
-# atomic writes
-# --------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_path(path, *, overwrite: bool = False):
-    """Yield a temporary path beside `path`; when the body succeeds, fsync the
-    temporary file and rename it onto `path`; on any error delete it. The
-    destination is therefore either untouched or complete, never partial."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise FileFormatError(f"{path}: is a directory, expected a file path to write")
-    if not os.path.isdir(directory):
-        raise FileFormatError(f"{path}: directory {directory} does not exist")
-    if os.path.exists(path) and not overwrite:
-        raise FileFormatError(f"{path}: already exists (use --force / overwrite=True to replace it)")
-    if not os.access(directory, os.W_OK):
-        raise FileFormatError(f"{path}: directory {directory} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_h5(path, *, overwrite: bool = False):
-    """Yield an open h5py.File that lands on `path` atomically (see atomic_path)."""
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            yield f
-
-
-def atomic_text(path, text: str, *, overwrite: bool = False) -> None:
-    """Write a text file atomically (see atomic_path)."""
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-
-
-@contextlib.contextmanager
-def open_h5(path, expected_format: str):
-    """Open an existing sqref HDF5 file for reading, with clear errors for a
-    missing file, a directory, a non-HDF5 or truncated file, and a file of
-    another format or version."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise FileFormatError(f"{path}: is a directory, expected a {expected_format} file")
-    if not os.path.exists(path):
-        raise FileFormatError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise FileFormatError(f"{path}: not a readable HDF5 file (empty, truncated or another format): {str(exc).splitlines()[0]}") from None
-    with f:
-        try:
-            fmt = f.attrs.get("format")
-            if isinstance(fmt, bytes):
-                fmt = fmt.decode(errors="replace")
-            if not isinstance(fmt, str) or fmt != expected_format:
-                raise FileFormatError(f"{path}: not a {expected_format} file (format attribute {fmt!r})")
-            version = f.attrs.get("format_version")
-            if isinstance(version, np.generic):
-                version = version.item()
-            if not isinstance(version, int) or version != FORMAT_VERSION:
-                raise FileFormatError(f"{path}: format_version {version!r} is not supported "
-                                      f"(this sqref reads version {FORMAT_VERSION})")
-            yield f
-        except (OSError, KeyError, RuntimeError) as exc:
-            # h5py's errors for damaged metadata or data blocks met while reading
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise FileFormatError(f"{path}: damaged HDF5 structure: {first}") from None
-
-
-def int_attr(obj, key: str, where: str, *, allowed=None, lo=None, hi=None) -> int:
-    """A scalar integer attribute (not a bool), checked against `allowed` or [lo, hi] when given."""
-    value = obj.attrs.get(key)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if not isinstance(value, int) or isinstance(value, bool) or (allowed is not None and value not in allowed) \
-            or (lo is not None and value < lo) or (hi is not None and value > hi):
-        expected = (f"one of {sorted(allowed)}" if allowed is not None
-                    else f"an integer in [{lo}, {hi}]" if lo is not None or hi is not None else "an integer")
-        raise FileFormatError(f"{where}: attribute {key!r} = {value!r}, expected {expected}")
-    return value
-
-
-def str_attr(obj, key: str, where: str) -> str:
-    """A string attribute (bytes are decoded)."""
-    value = obj.attrs.get(key)
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if not isinstance(value, str):
-        raise FileFormatError(f"{where}: missing or non-string attribute {key!r}")
-    return value
-
+# Working memory of one sample through the float engine (activations, padded
+# inputs and im2col buffers of every layer, float32): 512 MiB admits VGG-16 at
+# 224x224 (about 250 MiB); refuses e.g. a 1x1 conv padded by 2000 on a wide input.
+MAX_SAMPLE_BYTES = 2**29
 
 def _int_tuple_attr(obj, key: str, where: str, length: int) -> tuple[int, ...]:
     value = obj.attrs.get(key)
@@ -201,22 +47,109 @@ def _int_tuple_attr(obj, key: str, where: str, length: int) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------
-# models
+# what a model must mean (checked at save and at load)
 # --------------------------------------------------------------------------
 LAYER_CLASSES = {cls.kind: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten)}
 
 
+def sample_bytes(model: Model, shapes=None) -> int:
+    """Float32 working memory of one sample through sqref.run: every layer's
+    output (return_intermediates keeps them all) plus, for the largest conv or
+    pool, its padded input and its im2col columns (C/groups*KH*KW, OH*OW)."""
+    shapes = infer_shapes(model) if shapes is None else shapes
+    total = math.prod(model.input_shape) + sum(math.prod(s) for s in shapes)
+    work, shape = 0, tuple(model.input_shape)
+    for layer, out in zip(model.layers, shapes):
+        if isinstance(layer, (Conv2d, MaxPool2d, AvgPool2d)) and len(shape) == 3:
+            C, H, W = shape
+            ph, pw = layer.padding
+            kh, kw = layer.weight.shape[2:] if isinstance(layer, Conv2d) else layer.kernel_size
+            cols = (C // layer.groups if isinstance(layer, Conv2d) else 1) * kh * kw * out[1] * out[2]
+            work = max(work, C * (H + 2 * ph) * (W + 2 * pw) + cols)
+        shape = out
+    return 4 * (total + work)
+
+
+def check_model(model: Model, where: str, *, values: bool = True) -> list:
+    """Everything sqref requires of a model, at save and at load (so sqref never
+    writes a file it cannot read): unique names, shapes that fit (infer_shapes),
+    conv padding at most dilation*(KH-1) (beyond that, rows of pure bias),
+    pooling kernel and stride >= 1 and padding at most kernel//2 (PyTorch's
+    rule), at most MAX_SAMPLE_BYTES of working memory per sample, and with
+    `values`: finite weights and biases and a valid quantization record.
+    Returns the output shapes; raises FileFormatError naming the layer."""
+    try:
+        if len(model.layers) != len(model.names) or len(set(model.names)) != len(model.names) \
+                or not all(isinstance(n, str) and n for n in model.names):
+            raise ValueError(f"layer names must be unique non-empty strings, got {list(model.names)[:10]}")
+        if len(model.layers) > 10_000 or not model.layers:
+            raise ValueError(f"a model has 1 to 10000 layers, got {len(model.layers)}")
+        shape_in = tuple(model.input_shape)
+        if not 1 <= len(shape_in) <= 3 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer))
+                                              or not 1 <= d <= 2**16 for d in shape_in):
+            raise ValueError(f"input_shape {shape_in} must be 1 to 3 integers in [1, 2**16]")
+        for name, layer in zip(model.names, model.layers):
+            lw = f"layer {name!r} ({layer.kind})"
+            for key, value in layer.hyper().items():  # what the file stores: int64 arrays, length 1 or 2
+                a = np.asarray(value)
+                length = 1 if key == "groups" else 2
+                if a.dtype.kind not in "iu" or a.size != length or np.any(a < 0) or np.any(a > 2**20):
+                    raise ValueError(f"{lw}: {key} {value!r} must be {length} integer(s) in [0, 2**20]")
+        shapes = infer_shapes(model)
+        for name, layer in zip(model.names, model.layers):
+            lw = f"layer {name!r} ({layer.kind})"
+            if isinstance(layer, Conv2d):
+                kh, kw = layer.weight.shape[2:]
+                for axis, k in ((0, kh), (1, kw)):
+                    if layer.padding[axis] > layer.dilation[axis] * (k - 1):
+                        raise ValueError(f"{lw}: padding {layer.padding} exceeds dilation*(kernel-1) for kernel "
+                                         f"{kh}x{kw}, dilation {layer.dilation}: the extra rows would hold only the bias")
+            if isinstance(layer, (MaxPool2d, AvgPool2d)):
+                if min(layer.kernel_size) < 1 or min(layer.stride) < 1 \
+                        or any(p > k // 2 for p, k in zip(layer.padding, layer.kernel_size)):
+                    raise ValueError(f"{lw}: kernel_size {layer.kernel_size} and stride {layer.stride} must be >= 1 "
+                                     f"and padding {layer.padding} at most half the kernel")
+            if values and isinstance(layer, (Conv2d, Linear)):
+                for key in ("weight", "bias"):
+                    a = getattr(layer, key)
+                    if a is not None and (a.dtype.kind != "f" or not np.all(np.isfinite(a))):
+                        raise ValueError(f"{lw}: {key} has {a.dtype} values that are not all finite (NaN or Inf)"
+                                         if a.dtype.kind == "f" else f"{lw}: {key} has dtype {a.dtype}, expected float")
+                if layer.quant is not None:
+                    check_layer_quant(layer.quant, lw)
+                    if tuple(np.shape(layer.quant.codes)) != tuple(layer.weight.shape):
+                        raise ValueError(f"{lw}: codes {np.shape(layer.quant.codes)} do not match weight {layer.weight.shape}")
+        need = sample_bytes(model, shapes)
+        if need > MAX_SAMPLE_BYTES:
+            raise ValueError(f"running one sample needs {need} bytes of activations, more than {MAX_SAMPLE_BYTES}")
+    except FileFormatError:
+        raise
+    except (ValueError, TypeError, IndexError) as exc:
+        raise FileFormatError(f"{where}: {exc}") from None
+    return shapes
+
+
+# --------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------
 def save(model: Model, path, *, overwrite: bool = False) -> None:
-    """Write `model` to `path` (format v1), atomically; quantized layers are
-    stored as packed codes. Refuses an existing `path` unless `overwrite`.
+    """Write `model` to `path` (format v2), atomically; quantized layers are
+    stored as packed codes. Refuses an existing `path` unless `overwrite`, and
+    any model `load` would refuse (check_model): never a file sqref cannot read.
     """
-    infer_shapes(model)  # never write a model that cannot run
+    check_model(model, f"{os.fspath(path)}: refusing to save")
+    try:
+        meta = json.dumps(model.meta, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(f"{os.fspath(path)}: refusing to save: meta is not plain JSON: {exc}") from None
+    if len(meta.encode()) > MAX_ATTR_BYTES:
+        raise FileFormatError(f"{os.fspath(path)}: refusing to save: meta is larger than {MAX_ATTR_BYTES} bytes")
     with atomic_h5(path, overwrite=overwrite) as f:
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["sqref_version"] = __version__
         f.attrs["input_shape"] = np.asarray(model.input_shape, dtype=np.int64)
-        f.attrs["meta"] = json.dumps(model.meta, sort_keys=True)
+        f.attrs["meta"] = meta
         layers = f.create_group("layers")
         layers.attrs["count"] = len(model.layers)
         for index, (name, layer) in enumerate(zip(model.names, model.layers)):
@@ -237,65 +170,78 @@ def save(model: Model, path, *, overwrite: bool = False) -> None:
                     write_array(g, "bias", layer.bias.astype(np.float16 if q.bias_bits == 16 else np.float32))
 
 
-def load(path) -> Model:
-    """Read a model file (format v1). Every array's checksum is verified and
-    every shape checked before the model is returned; quantized layers come
+def load(path, *, sha256: str | None = None) -> Model:
+    """Read a model file (format v1 or v2), in three passes: the structure and
+    every declared shape, with the model they imply checked (check_model without
+    values) before any array is read; then the manifest (v2); then the arrays,
+    each with its checksum, and check_model with values. Quantized layers come
     back with their codes (`layer.quant`) and the dequantized float weight.
+
+    sha256  the expected SHA-256 of the file's bytes (what `sha256sum` prints);
+            the bytes are read once, hashed, and parsed from memory.
     """
-    with open_h5(path, FORMAT_NAME) as f:
-        where = os.fspath(path)
+    where = os.fspath(path)
+    with open_h5(path, FORMAT_NAME, sha256=sha256, verify_manifest=False) as f:
         shape = np.asarray(f.attrs.get("input_shape"))
         if shape.dtype.kind not in "iu" or shape.ndim != 1 or not 1 <= shape.size <= 3 or np.any(shape < 1) or np.any(shape > 2**16):
             raise FileFormatError(f"{where}: input_shape attribute {shape.tolist()!r} must be 1 to 3 positive integers")
-        meta_text = f.attrs.get("meta", "{}")
+        shape = tuple(int(v) for v in shape)
+        meta_text = attr_text(f.attrs.get("meta", "{}"))
         try:
             meta = json.loads(meta_text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise FileFormatError(f"{where}: attribute 'meta' is not valid JSON") from None
         if not isinstance(meta, dict):
             raise FileFormatError(f"{where}: attribute 'meta' must be a JSON object")
-        if "layers" not in f or not isinstance(f["layers"], h5py.Group):
+        if not isinstance(f.get("layers"), h5py.Group):
             raise FileFormatError(f"{where}: missing group 'layers'")
         groups = f["layers"]
         count = int_attr(groups, "count", where, lo=1, hi=10_000)
         if set(groups) != {f"{i:04d}" for i in range(count)}:
             raise FileFormatError(f"{where}: layer groups {sorted(groups)[:5]} do not match count {count!r}")
-        layers, names = [], []
-        for index in range(int(count)):
-            g = groups[f"{index:04d}"]
-            layer_where = f"{where}: layer {index}"
-            layers.append(_read_layer(g, layer_where))
-            names.append(str_attr(g, "name", layer_where))
-    try:
-        model = Model(tuple(layers), tuple(int(v) for v in shape), tuple(names), meta)
-        infer_shapes(model)
-    except (ValueError, TypeError) as exc:
-        raise FileFormatError(f"{where}: {exc}") from None
+        names = [str_attr(groups[f"{i:04d}"], "name", f"{where}: layer {i}") for i in range(count)]
+        if len(set(names)) != len(names):
+            raise FileFormatError(f"{where}: layer names must be unique, got {names}")
+        # pass 1: declared shapes only (zero-copy stand-ins), before any array is read
+        skeleton = [_read_layer(groups[f"{i:04d}"], f"{where}: layer {i}", phantom=True) for i in range(count)]
+        check_model(Model(tuple(skeleton), shape, tuple(names), meta), where, values=False)
+        verify_file_manifest(f, where)
+        layers = [_read_layer(groups[f"{i:04d}"], f"{where}: layer {i}") for i in range(count)]
+    model = Model(tuple(layers), shape, tuple(names), meta)
+    check_model(model, where)
     return model
 
 
-def _read_layer(g, where):
+def _phantom(g, name, where, *, dtypes):
+    """A read-only zero-copy stand-in with the dataset's declared shape and dtype."""
+    shape = dataset_shape(g, name, where, dtypes=dtypes)
+    return np.broadcast_to(np.zeros((), g[name].dtype), shape)
+
+
+def _read_layer(g, where, *, phantom=False):
+    read = _phantom if phantom else read_array
     kind = str_attr(g, "type", where)
     if kind not in LAYER_CLASSES:
         raise FileFormatError(f"{where}: unknown layer type {kind!r} (known: {', '.join(LAYER_CLASSES)})")
     cls = LAYER_CLASSES[kind]
     if cls in (Conv2d, Linear):
         q = None
-        if "quant" in g:
-            q = _read_quant(g, where)
-            arrays = {"weight": q.dequantize()}
+        if g.get("quant", getlink=True) is not None:
+            q, weight = _read_quant(g, where, phantom=phantom)
         else:
-            arrays = {"weight": read_array(g, "weight", where, dtypes={"float32", "float64"})}
+            weight = read(g, "weight", where, dtypes={"float32", "float64"})
         has_bias = int_attr(g, "has_bias", where, allowed={0, 1})
-        if has_bias != ("bias" in g):
+        if has_bias != (g.get("bias", getlink=True) is not None):
             raise FileFormatError(f"{where}: has_bias is {has_bias} but the bias dataset is {'missing' if has_bias else 'present'}")
+        bias = None
         if has_bias:
-            arrays["bias"] = read_array(g, "bias", where, dtypes={"float32", "float64", "float16"}).astype(np.float32)
-            if q is None and g["bias"].dtype == np.float16:
+            bias_dtype = g["bias"].dtype if isinstance(g["bias"], h5py.Dataset) else None
+            bias = read(g, "bias", where, dtypes={"float32", "float64", "float16"})
+            if q is None and not phantom and bias_dtype == np.float16 and g.get("quant", getlink=True) is None:
                 raise FileFormatError(f"{where}: a float16 bias is only valid on a quantized layer")
-            if q is not None and (g["bias"].dtype == np.float16) != (q.bias_bits == 16):
-                raise FileFormatError(f"{where}: bias dtype {g['bias'].dtype} does not match bias_bits {q.bias_bits}")
-        weight, bias = arrays["weight"], arrays.get("bias")
+            if q is not None and (bias_dtype == np.float16) != (q.bias_bits == 16):
+                raise FileFormatError(f"{where}: bias dtype {bias_dtype} does not match bias_bits {q.bias_bits}")
+            bias = bias if phantom else bias.astype(np.float32)
         if cls is Linear:
             return Linear(weight, bias, q)
         groups = _int_tuple_attr(g, "groups", where, 1)[0]
@@ -325,7 +271,9 @@ def _write_quant(g, q) -> None:
         qg.attrs[key] = getattr(q, key)
 
 
-def _read_quant(g, where):
+def _read_quant(g, where, *, phantom=False):
+    """(LayerQuant, dequantized float32 weight); with `phantom`, (a stand-in
+    record, a zero-copy float32 stand-in of the weight's shape), nothing read."""
     where = f"{where} quant"
     qg = g["quant"]
     if not isinstance(qg, h5py.Group):
@@ -341,19 +289,28 @@ def _read_quant(g, where):
         raise FileFormatError(f"{where}: shape attribute {shape.tolist()!r} must be 1 to 4 positive sizes")
     shape = tuple(int(v) for v in shape)
     axis = None if int_attr(qg, "axis", where, allowed={-1, 0}) == -1 else 0
-    n = int(np.prod(shape))
-    packed = read_array(qg, "codes", where, dtypes={"uint8"})
-    if packed.shape != (packed_nbytes(n, bits),):
-        raise FileFormatError(f"{where}: {packed.shape} packed bytes, expected ({packed_nbytes(n, bits)},) "
+    n = math.prod(shape)
+    packed_shape = dataset_shape(qg, "codes", where, dtypes={"uint8"})
+    if packed_shape != (packed_nbytes(n, bits),):
+        raise FileFormatError(f"{where}: {packed_shape} packed bytes, expected ({packed_nbytes(n, bits)},) "
                               f"for {n} codes of {bits} bits")
-    codes = unpack_codes(packed, bits, n, signed=scheme == "symmetric").reshape(shape)
     expected = () if axis is None else (shape[0],)
-    arrays = {}
     for key, dtypes in (("scale", {"float32"}), ("zero_point", {"int32"}), ("alpha", {"float64"})):
-        arrays[key] = read_array(qg, key, where, dtypes=dtypes)
-        if arrays[key].shape != expected:
-            raise FileFormatError(f"{where}: {key} has shape {arrays[key].shape}, expected {expected}")
-    if not (np.all(np.isfinite(arrays["scale"])) and np.all(arrays["scale"] > 0)):
-        raise FileFormatError(f"{where}: scales must be finite and positive")
-    return LayerQuant(codes, arrays["scale"], arrays["zero_point"], bits, axis, scheme, rule, arrays["alpha"],
-                      rounding, bias_bits)
+        if dataset_shape(qg, key, where, dtypes=dtypes) != expected:
+            raise FileFormatError(f"{where}: {key} has shape {qg[key].shape}, expected {expected}")
+    if phantom:
+        stand_in = LayerQuant(np.broadcast_to(np.zeros((), np.int8), shape), None, None, bits, axis, scheme, rule,
+                              None, rounding, bias_bits)
+        return stand_in, np.broadcast_to(np.zeros((), np.float32), shape)
+    packed = read_array(qg, "codes", where, dtypes={"uint8"})
+    codes = unpack_codes(packed, bits, n, signed=scheme == "symmetric").reshape(shape)
+    del packed
+    arrays = {key: read_array(qg, key, where, dtypes=dtypes, shape=expected)
+              for key, dtypes in (("scale", {"float32"}), ("zero_point", {"int32"}), ("alpha", {"float64"}))}
+    q = LayerQuant(codes, arrays["scale"], arrays["zero_point"], bits, axis, scheme, rule, arrays["alpha"],
+                   rounding, bias_bits)
+    try:
+        check_layer_quant(q, where)
+    except ValueError as exc:
+        raise FileFormatError(str(exc)) from None
+    return q, q.dequantize()

@@ -53,6 +53,46 @@ class LayerQuant:
         return quant.dequantize(self.codes, self.scale, self.zero_point, axis=self.axis, dtype=np.float32)
 
 
+def check_layer_quant(q: LayerQuant, where: str = "layer") -> None:
+    """Check that a quantization record means something (save and load both call
+    this, so sqref never writes a file it cannot read): bits in [2, 8], a known
+    scheme, rule and rounding, codes on the scheme's grid (symmetric
+    [-(2**(k-1)-1), 2**(k-1)-1], asymmetric [0, 2**k-1]), zero points 0 on the
+    symmetric grid and in [0, 2**k-1] on the asymmetric one, scales finite and
+    > 0, alphas finite, and scale/zero_point/alpha shaped () or (K,) by axis.
+    Raises ValueError naming the layer and the value."""
+    if isinstance(q.bits, bool) or not isinstance(q.bits, (int, np.integer)) or not 2 <= q.bits <= 8:
+        raise ValueError(f"{where}: bits {q.bits!r} must be an integer in [2, 8]")
+    if q.scheme not in quant.SCHEMES or q.rule not in clipping.RULES or q.rounding not in quant.ROUNDINGS:
+        raise ValueError(f"{where}: unknown scheme {q.scheme!r}, rule {q.rule!r} or rounding {q.rounding!r}")
+    if q.bias_bits not in BIAS_BITS or q.axis not in (None, 0):
+        raise ValueError(f"{where}: bias_bits {q.bias_bits!r} must be 32 or 16 and axis {q.axis!r} None or 0")
+    codes = np.asarray(q.codes)
+    if codes.dtype.kind not in "iu" or codes.ndim < 1:
+        raise ValueError(f"{where}: codes must be an integer array, got {codes.dtype} {codes.shape}")
+    k = int(q.bits)
+    lo, hi = (-(2 ** (k - 1) - 1), 2 ** (k - 1) - 1) if q.scheme == "symmetric" else (0, 2**k - 1)
+    if codes.size and (int(codes.min()) < lo or int(codes.max()) > hi):
+        raise ValueError(f"{where}: codes span [{int(codes.min())}, {int(codes.max())}], outside the {q.scheme} "
+                         f"{k}-bit grid [{lo}, {hi}]")
+    expected = () if q.axis is None else (codes.shape[0],)
+    for key in ("scale", "zero_point", "alpha"):
+        a = np.asarray(getattr(q, key))
+        if a.shape != expected:
+            raise ValueError(f"{where}: {key} has shape {a.shape}, expected {expected} for axis {q.axis}")
+    scale, zp, alpha = np.asarray(q.scale), np.asarray(q.zero_point), np.asarray(q.alpha)
+    if scale.dtype.kind != "f" or not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        raise ValueError(f"{where}: scales must be finite and > 0, got {scale.tolist()!r}"[:300])
+    if alpha.dtype.kind != "f" or not np.all(np.isfinite(alpha)):
+        raise ValueError(f"{where}: alpha must be finite, got {alpha.tolist()!r}"[:300])
+    if zp.dtype.kind not in "iu":
+        raise ValueError(f"{where}: zero_point must be integers, got {zp.dtype}")
+    if q.scheme == "symmetric" and np.any(zp != 0):
+        raise ValueError(f"{where}: zero_point {zp.tolist()!r} must be 0 on the symmetric grid"[:300])
+    if q.scheme == "asymmetric" and (np.any(zp < 0) or np.any(zp > 2**k - 1)):
+        raise ValueError(f"{where}: zero_point {zp.tolist()!r} must lie in [0, {2**k - 1}]"[:300])
+
+
 def parse_bits(spec, names: tuple[str, ...], kinds: tuple[str, ...]) -> dict[str, int]:
     """Bits per parameter layer from an int or a spec string.
 

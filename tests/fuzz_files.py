@@ -24,6 +24,26 @@ import numpy as np
 
 MUTATIONS = ("flip", "truncate", "delete", "rename_attr", "retype", "huge_shape", "bits", "version", "garbage",
              "empty", "directory", "attr_value")
+# Hostile kinds (round 2): made by someone who knows HDF5, several resealed (every sha256 and the
+# manifest recomputed) so that they pass the integrity checks and reach the structural ones.
+HOSTILE = ("external_link", "soft_link", "vds", "external_storage", "filter", "chunk_bomb", "unwritten",
+           "attr_edit", "attr_edit_resealed", "nan_resealed")
+
+
+def reseal(f):
+    """Recompute every dataset's sha256 attribute and the manifest (a tamperer's move)."""
+    from sqref import hdf5
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "iuf" and obj.id.get_storage_size():
+            obj.attrs["sha256"] = hdf5.array_sha256(obj[()])
+    f.visititems(visit)
+    if "manifest_sha256" in f.attrs:
+        del f.attrs["manifest_sha256"]
+        try:
+            f.attrs["manifest_sha256"] = hdf5.manifest_sha256(f)
+        except Exception:  # noqa: BLE001 - links or VDS the manifest walk cannot follow
+            f.attrs["manifest_sha256"] = "0" * 64
 
 
 def _all_paths(path):
@@ -102,6 +122,8 @@ def make_variant(src, dst, kind, rng):
             value = rng.choice([0, 2, 99, -1])
             f.attrs["format_version"] = int(value) if rng.random() < 0.8 else "1"
             return f"format_version {f.attrs['format_version']!r}"
+        if kind in HOSTILE:
+            return _hostile(f, dst, kind, datasets, paths, rng)
         if kind == "attr_value":
             groups = [f[n] for n, is_ds in paths if not is_ds and n.startswith("layers/")]
             g = groups[int(rng.integers(0, len(groups)))] if groups else f
@@ -115,6 +137,83 @@ def make_variant(src, dst, kind, rng):
     raise ValueError(kind)
 
 
+def _replace(f, name, **kwargs):
+    attrs = dict(f[name].attrs)
+    del f[name]
+    ds = f.create_dataset(name, **kwargs)
+    for k, v in attrs.items():
+        ds.attrs[k] = v
+    return ds
+
+
+def _hostile(f, dst, kind, datasets, paths, rng):
+    name = datasets[int(rng.integers(0, len(datasets)))]
+    if kind == "external_link":
+        target = rng.choice(["../victim.h5", "/etc/passwd", os.path.basename(dst)])
+        del f[name]
+        f[name] = h5py.ExternalLink(str(target), "/" + name)
+        return f"{name} -> external link {target}"
+    if kind == "soft_link":
+        other = datasets[int(rng.integers(0, len(datasets)))]
+        del f[name]
+        f[name] = h5py.SoftLink("/" + other)
+        return f"{name} -> soft link {other}"
+    shape, dtype = f[name].shape, f[name].dtype
+    if kind == "vds":
+        layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+        layout[...] = h5py.VirtualSource(rng.choice(["missing.h5", dst]), "/" + name, shape=shape)
+        attrs = dict(f[name].attrs)
+        del f[name]
+        ds = f.create_virtual_dataset(name, layout, fillvalue=0)
+        for k, v in attrs.items():
+            ds.attrs[k] = v
+        return f"{name} as a virtual dataset"
+    if kind == "external_storage":
+        _replace(f, name, shape=shape, dtype=dtype, external=[(dst + ".raw", 0, max(1, f[name].nbytes))])
+        return f"{name} in external raw storage"
+    a = f[name][()]
+    if kind == "filter" and a.ndim:
+        _replace(f, name, data=a, chunks=True, compression=rng.choice(["lzf", "szip"]) if False else "lzf")
+        reseal(f)
+        return f"{name} with the lzf filter"
+    if kind == "chunk_bomb" and a.ndim:
+        # one gzip chunk of 8 MiB, twice sqref's 4 MiB cap (sqref.hdf5.MAX_CHUNK_BYTES), cheap to write:
+        # the array fills a small part of it
+        rows = -(-2**23 // (a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))))
+        _replace(f, name, data=a, maxshape=(None,) * a.ndim, chunks=(rows,) + a.shape[1:], compression="gzip")
+        reseal(f)
+        return f"{name} in 8 MiB gzip chunks"
+    if kind == "unwritten":
+        _replace(f, name, shape=(2**int(rng.integers(20, 32)),), dtype="float64")
+        return f"{name} as an unwritten float64 array"
+    if kind in ("attr_edit", "attr_edit_resealed"):
+        editable = lambda o: [k for k in o.attrs if k not in ("sha256", "manifest_sha256")]  # noqa: E731
+        objs = [n for n, _ in paths if editable(f[n])]
+        obj = f[objs[int(rng.integers(0, len(objs)))]] if objs and rng.random() < 0.7 else f
+        keys = editable(obj)
+        key = keys[int(rng.integers(0, len(keys)))]
+        value = obj.attrs[key]
+        if isinstance(value, (str, bytes)):
+            text = value.decode() if isinstance(value, bytes) else value
+            i = int(rng.integers(0, max(1, len(text))))
+            obj.attrs[key] = text[:i] + chr(ord(text[i]) ^ 1 if text else 65) + text[i + 1:] if text else "x"
+        else:
+            a2 = np.array(value, copy=True)
+            a2.reshape(-1)[0] = a2.reshape(-1)[0] + 1 if a2.size else 0
+            obj.attrs[key] = a2
+        if kind == "attr_edit_resealed":
+            reseal(f)
+        return f"attribute {key} of {obj.name} edited{' and resealed' if kind.endswith('resealed') else ''}"
+    if kind == "nan_resealed" and a.dtype.kind == "f" and a.size:
+        a = np.array(a, copy=True)
+        a.reshape(-1)[int(rng.integers(0, a.size))] = rng.choice([np.nan, np.inf, -np.inf])
+        f[name][...] = a
+        reseal(f)
+        return f"{name} with a NaN/Inf, resealed"
+    f.attrs["format_version"] = 0
+    return f"format_version 0 ({kind} not applicable to {name})"
+
+
 def _fingerprint(src):
     from sqref.data import load_split
     from sqref.fileformat import load
@@ -125,10 +224,11 @@ def _fingerprint(src):
             if a is not None]
 
 
-def fuzz(sources, count, *, seed=0, workdir=None, time_limit=10.0):
+def fuzz(sources, count, *, seed=0, workdir=None, time_limit=10.0, hostile=True, by_kind=None):
     """Run `count` variants spread over `sources`; returns counts and the crashes."""
     from sqref.data import load_split
-    from sqref.fileformat import FileFormatError, load
+    from sqref.fileformat import load
+    from sqref.hdf5 import FileFormatError
 
     rng = np.random.default_rng(seed)
     workdir = workdir or tempfile.mkdtemp(prefix="sqref-fuzz-")
@@ -137,7 +237,8 @@ def fuzz(sources, count, *, seed=0, workdir=None, time_limit=10.0):
     crashes = []
     for i in range(count):
         src = sources[i % len(sources)]
-        kind = MUTATIONS[int(rng.integers(0, len(MUTATIONS)))]
+        kinds = MUTATIONS + HOSTILE if hostile else MUTATIONS
+        kind = kinds[int(rng.integers(0, len(kinds)))]
         dst = os.path.join(workdir, f"v{i}.h5")
         what = make_variant(src, dst, kind, rng)
         is_data = os.path.basename(src).startswith("mnist")
@@ -151,11 +252,16 @@ def fuzz(sources, count, *, seed=0, workdir=None, time_limit=10.0):
             if not all(np.array_equal(a, b) for a, b in zip(loaded, originals[src])) or len(loaded) != len(originals[src]):
                 raise AssertionError("loaded, but its arrays differ from the original's")
             counts["loaded"] += 1
+            outcome = "loaded"
         except FileFormatError:
             counts["rejected"] += 1
+            outcome = "rejected"
         except Exception as exc:  # noqa: BLE001 - anything else is the finding
             counts["crashed"] += 1
             crashes.append(f"{os.path.basename(src)} {kind} ({what}): {type(exc).__name__}: {exc}")
+            outcome = "crashed"
+        if by_kind is not None:
+            by_kind.setdefault(kind, {"loaded": 0, "rejected": 0, "crashed": 0})[outcome] += 1
         if time.perf_counter() - start > time_limit:
             counts["crashed"] += 1
             crashes.append(f"{os.path.basename(src)} {kind} ({what}): took {time.perf_counter() - start:.1f}s")
@@ -164,6 +270,8 @@ def fuzz(sources, count, *, seed=0, workdir=None, time_limit=10.0):
             os.rmdir(dst)
         elif os.path.exists(dst):
             os.remove(dst)
+        if os.path.exists(dst + ".raw"):
+            os.remove(dst + ".raw")
     return counts, crashes
 
 
@@ -190,7 +298,12 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         sources = default_sources(tmp)
         start = time.perf_counter()
-        counts, crashes = fuzz(sources, args.count, seed=args.seed, workdir=tmp)
+        by_kind = {}
+        counts, crashes = fuzz(sources, args.count, seed=args.seed, workdir=tmp, by_kind=by_kind)
+    for kind in MUTATIONS + HOSTILE:
+        c = by_kind.get(kind, {"loaded": 0, "rejected": 0, "crashed": 0})
+        print(f"  {kind:20s} runs {sum(c.values()):4d}  loaded {c['loaded']:4d}  rejected {c['rejected']:4d}  "
+              f"crashed {c['crashed']}")
     print(f"variants tried {counts['tried']}, loaded {counts['loaded']}, rejected with FileFormatError "
           f"{counts['rejected']}, crashed {counts['crashed']} ({time.perf_counter() - start:.0f}s, seed {args.seed})")
     for line in crashes[:20]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sqref import data
-from sqref.fileformat import FileFormatError
+from sqref.hdf5 import FileFormatError
 
 
 def test_shipped_split_is_stratified_and_disjoint():

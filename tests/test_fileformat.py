@@ -7,7 +7,7 @@ import pytest
 
 import sqref
 from sqref import zoo
-from sqref.fileformat import FileFormatError
+from sqref.hdf5 import FileFormatError
 
 
 def small_model():
@@ -74,11 +74,11 @@ def test_truncated_empty_and_foreign_files_give_clear_errors(tmp_path):
 def test_wrong_version_and_bad_shapes_are_named(tmp_path):
     path = tmp_path / "m.h5"
     sqref.save(small_model(), path)
-    v2 = tmp_path / "v2.h5"
+    v2 = tmp_path / "v3.h5"
     v2.write_bytes(path.read_bytes())
     with h5py.File(v2, "r+") as f:
-        f.attrs["format_version"] = 2
-    with pytest.raises(FileFormatError, match="format_version 2 is not supported"):
+        f.attrs["format_version"] = 3
+    with pytest.raises(FileFormatError, match="format_version 3 is not supported"):
         sqref.load(v2)
     shape = tmp_path / "shape.h5"
     shape.write_bytes(path.read_bytes())
@@ -107,7 +107,7 @@ def test_save_is_atomic_and_refuses_to_overwrite(tmp_path, monkeypatch):
             raise Boom()
         real_write_array(group, name, a)
 
-    real_write_array = sqref.fileformat.write_array
+    real_write_array = sqref.hdf5.write_array
     monkeypatch.setattr(sqref.fileformat, "write_array", failing_write_array)
     with pytest.raises(Boom):
         sqref.fileformat.save(zoo.lenet300(), tmp_path / "new.h5")
@@ -118,7 +118,8 @@ def test_file_documents_itself(tmp_path):
     path = tmp_path / "m.h5"
     sqref.save(small_model(), path)
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "sqref-model" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "sqref-model" and f.attrs["format_version"] == 2
+        assert len(f.attrs["manifest_sha256"]) == 64
         assert f.attrs["sqref_version"] == sqref.__version__
         conv = f["layers/0000"]
         assert conv.attrs["type"] == "conv2d" and conv.attrs["name"] == "conv1"

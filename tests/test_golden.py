@@ -21,7 +21,7 @@ from sqref.integer.verify import verify
 from sqref.jobs.integer import prepare
 from sqref.integer import golden
 from sqref.data import DATA_DIR
-from sqref.fileformat import FileFormatError
+from sqref.hdf5 import FileFormatError
 
 LENET300 = os.fspath(DATA_DIR / "lenet300.h5")
 LENET5 = os.fspath(DATA_DIR / "lenet5.h5")
@@ -63,7 +63,7 @@ def test_regenerating_a_golden_file_is_byte_identical(tmp_path, capsys):
 def test_format_fields_and_checksums(lenet300_golden):
     g, path = lenet300_golden
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "sqref-golden" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "sqref-golden" and f.attrs["format_version"] == 2 and "manifest_sha256" in f.attrs
         assert f.attrs["mode"] == "onnxruntime" and f.attrs["accumulate"] == g.accumulate  # probed
         assert f.attrs["sqref_version"] and int(f.attrs["count"]) == 50
         meta = json.loads(f.attrs["meta"])

@@ -9,7 +9,7 @@ import pytest
 import sqref
 from sqref.cli import main
 from sqref.data import DATA_DIR
-from sqref.fileformat import file_sha256
+from sqref.hdf5 import file_sha256
 from sqref.jobs.compress import CompressResult, QuantizeResult, compress_file, quantize_file
 from sqref.jobs.models import EvalResult, InfoResult, describe_file, evaluate_file
 

@@ -73,7 +73,7 @@ def test_wheel_ships_every_module(wheel):
     modules = {p.relative_to(src).as_posix() for p in (src / "sqref").rglob("*.py") if "__pycache__" not in p.parts}
     missing = sorted(modules - names)
     assert not missing, f"not in the wheel (add the package to setup.cfg [options] packages): {missing}"
-    assert "sqref = sqref.cli:main" in entry_points
+    assert "sqref = sqref.__main__:entry" in entry_points
 
 
 def test_installed_wheel_finds_its_own_data(wheel, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import sqref
 from sqref import accounting, zoo
 from sqref.compress import factor_model
-from sqref.fileformat import FileFormatError
+from sqref.hdf5 import FileFormatError
 from sqref.model import Conv2d, Flatten, Linear, Model
 from sqref.qmodel import parse_bits, quantize_model
 

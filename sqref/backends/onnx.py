@@ -32,10 +32,12 @@ models output logits) into a sqref Model. Any other op is a ValueError naming it
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 
 from sqref import integer
+from sqref.fileformat import check_model
 from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU, infer_shapes
 from sqref.ops import fold_batchnorm
 
@@ -246,7 +248,78 @@ def _symmetric_pads(node, attrs, where):
     return (int(pads[0]), int(pads[1]))
 
 
+class OnnxImportError(ValueError):
+    """An ONNX model sqref cannot import: one line naming the file and the problem."""
+
+
+MAX_ONNX_BYTES = 2**31  # protobuf's own limit for one message
+
+
 def import_onnx(source):
+    """A float ONNX model (path or ModelProto) as a sqref Model (see _import_chain).
+
+    Every failure is an OnnxImportError (a ValueError) with one line: a file that is
+    not a regular file or not ONNX protobuf, tensors stored in external files (not
+    followed), an invalid graph, unsupported or malformed nodes, and a model that
+    sqref.save would refuse (sqref.fileformat.check_model: the imported model can
+    always be saved and loaded again).
+    """
+    from google.protobuf.message import DecodeError
+
+    onnx = _onnx()
+    name = "ONNX model" if isinstance(source, onnx.ModelProto) else os.fspath(source)
+    try:
+        if not isinstance(source, onnx.ModelProto):
+            st = os.stat(name)
+            if not stat.S_ISREG(st.st_mode):
+                raise OnnxImportError(f"{name}: not a regular file")
+            if st.st_size > MAX_ONNX_BYTES:
+                raise OnnxImportError(f"{name}: {st.st_size} bytes, more than protobuf's {MAX_ONNX_BYTES}")
+            source = onnx.load(name, load_external_data=False)
+            external = [t for t in source.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+            if external:
+                _check_external_data(external, os.path.dirname(os.path.abspath(name)), name)
+                onnx.load_external_data_for_model(source, os.path.dirname(os.path.abspath(name)))
+        elif any(t.data_location == onnx.TensorProto.EXTERNAL for t in source.graph.initializer):
+            raise OnnxImportError("ONNX model: initializers keep data in external files; pass the file's path")
+        model = _import_chain(source)
+        check_model(model, "imported model")
+        return model
+    except OnnxImportError:
+        raise
+    except FileNotFoundError:
+        raise OnnxImportError(f"{name}: no such file") from None
+    except DecodeError as exc:
+        raise OnnxImportError(f"{name}: not an ONNX model (protobuf could not decode it: {exc})") from None
+    except onnx.checker.ValidationError as exc:
+        raise OnnxImportError(f"{name}: invalid ONNX model: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError, OSError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, KeyError):
+            message = f"missing attribute or tensor {message}"
+        raise OnnxImportError(f"{name}: {message}") from None
+
+
+def _check_external_data(tensors, base, name):
+    """External tensor data (torch.onnx writes MODEL.onnx.data) is read only from
+    regular files inside the model's own folder, within each file's size."""
+    for tensor in tensors:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        path = os.path.realpath(os.path.join(base, location))
+        if not location or os.path.isabs(location) or os.path.commonpath([path, os.path.realpath(base)]) != \
+                os.path.realpath(base):
+            raise OnnxImportError(f"{name}: initializer {tensor.name!r} points outside the model's folder "
+                                  f"({location!r}); refused")
+        if not os.path.isfile(path) or not stat.S_ISREG(os.stat(path).st_mode):
+            raise OnnxImportError(f"{name}: external data {location!r} of {tensor.name!r} is not a regular file")
+        offset, length = int(info.get("offset", 0) or 0), int(info.get("length", 0) or 0)
+        if offset < 0 or length < 0 or offset + length > os.path.getsize(path):
+            raise OnnxImportError(f"{name}: external data of {tensor.name!r} ({offset}+{length}) runs past the end "
+                                  f"of {location!r}")
+
+
+def _import_chain(source):
     """A float ONNX model (path or ModelProto) as a sqref Model.
 
     Supported, as one chain from the graph input to its output: Conv, Gemm
@@ -354,6 +427,8 @@ def import_onnx(source):
                 raise ValueError(f"{where}: ceil_mode and dilations are not supported")
             if op == "MaxPool" and (attrs.get("storage_order", 0) or len(node.output) > 1 and node.output[1]):
                 raise ValueError(f"{where}: MaxPool indices output / storage_order are not supported")
+            if "kernel_shape" not in attrs:
+                raise ValueError(f"{where}: {op} needs a kernel_shape attribute")
             kernel = tuple(attrs["kernel_shape"])
             pads = _symmetric_pads(node, attrs, where)
             if op == "AveragePool" and any(pads) and not attrs.get("count_include_pad", 0):

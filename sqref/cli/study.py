@@ -6,7 +6,7 @@ import argparse
 from sqref import plots
 from sqref.cli.args import UsageError, check_output_path, progress_enabled
 from sqref.cli.compress import save_figure
-from sqref.fileformat import atomic_text
+from sqref.hdf5 import atomic_text
 from sqref.studies import STUDIES
 from sqref.studies import results
 

@@ -1,6 +1,6 @@
 """Golden files: the integer outputs of every layer, with everything needed to recompute them.
 
-A golden file (HDF5, ``format = "sqref-golden"``, ``format_version = 1``;
+A golden file (HDF5, ``format = "sqref-golden"``, ``format_version = 2``: 1 plus the manifest;
 docs/integer.md has the field table) holds the uint8 input codes of some
 images, every layer's uint8 outputs and the dequantized logits under one
 requantization mode and accumulation, and the whole IntegerModel: int8
@@ -25,12 +25,12 @@ import numpy as np
 
 from sqref import __version__, integer
 from sqref.backends.probe import resolve_accumulate
-from sqref.fileformat import FileFormatError, atomic_h5, int_attr, open_h5, read_array, str_attr, write_array
+from sqref.hdf5 import FileFormatError, atomic_h5, int_attr, open_h5, read_array, str_attr, write_array
 from sqref.integer import requant
 from sqref.integer.calibration import ActParams
 
 FORMAT_NAME = "sqref-golden"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 = 1 + the required manifest_sha256 (sqref.hdf5); 1 is still read
 BACKENDS = ("sqref", "onnxruntime", "torch", "tflite")
 
 

@@ -100,9 +100,10 @@ def quantize_file(model_path, *, output=None, bits=8, rule="dynamic", per_channe
                             bias_bits=bias_bits)
     _check_split(split)
     model_path = os.fspath(model_path)
-    out = check_output_path(output or default_output(model_path, f"q{bits}".replace(",", "_")), [model_path],
+    inputs = [model_path, data]
+    out = check_output_path(output or default_output(model_path, f"q{bits}".replace(",", "_")), inputs,
                             force=overwrite)
-    figures = plot_paths(plot, inputs=[model_path], force=overwrite)
+    figures = plot_paths(plot, inputs=[*inputs, out], force=overwrite)
     model = sqref.load(model_path)
     start = time.perf_counter()
     qmodel = quantize_model(model, **qkw)
@@ -218,8 +219,9 @@ def compress_file(model_path=None, *, output=None, bits=8, rule="dynamic", per_c
     ft_kw = finetune_settings(epochs=finetune_epochs, lr=finetune_lr, distill=distill, keep=finetune_keep,
                               evaluate=evaluate)
     _check_split(split)
-    out = check_output_path(output or default_output(model_path, "compressed"), [model_path], force=overwrite)
-    figures = plot_paths(plot, inputs=[model_path], force=overwrite)
+    inputs = [model_path, data]
+    out = check_output_path(output or default_output(model_path, "compressed"), inputs, force=overwrite)
+    figures = plot_paths(plot, inputs=[*inputs, out], force=overwrite)
     model = sqref.load(model_path)
     # fail now, not after the work; with SVD a linear layer n may be named by its factors n.v and n.u
     # (the final quantize_model checks again, against the layers SVD actually made)

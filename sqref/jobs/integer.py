@@ -13,7 +13,8 @@ import numpy as np
 
 from sqref.backends.probe import resolve_accumulate
 from sqref.data import DEFAULT_DATA, load_split
-from sqref.fileformat import file_sha256, load
+from sqref.fileformat import load
+from sqref.hdf5 import file_sha256
 from sqref.integer import golden
 from sqref.integer.calibration import CALIBRATION_RULES, calibrate
 from sqref.integer.model import ACCUMULATE, build_integer_model

@@ -14,6 +14,7 @@ import sqref
 from sqref import zoo
 from sqref.accounting import sizes
 from sqref.data import DEFAULT_DATA, build_mnist5k, find_source, load_split
+from sqref.fileformat import sample_bytes
 from sqref.jobs.paths import check_output_path
 from sqref.jobs.report import fraction, quant_fields, rounded_total, seconds
 from sqref.model import infer_shapes, layer_arrays, predict
@@ -23,10 +24,18 @@ from sqref.train import KEEP, accuracy, train
 EVAL_SPLITS = ("train", "val", "test")
 
 
+EVAL_BATCH = 250  # images per forward pass, at most
+EVAL_BUDGET = 2**30  # bytes of working memory per batch: fewer images per pass for a large model
+
+
 def evaluate(model, x, y, *, progress=False, label="eval") -> dict:
-    """Accuracy (unrounded) and predictions of `model` on (x, y), with a progress bar."""
+    """Accuracy (unrounded) and predictions of `model` on (x, y), with a progress bar.
+
+    Batches of EVAL_BATCH images, fewer when one image needs more than EVAL_BUDGET /
+    EVAL_BATCH bytes of working memory (sqref.fileformat.sample_bytes)."""
+    batch = max(1, min(EVAL_BATCH, EVAL_BUDGET // sample_bytes(model)))
     bar = Progress(len(x), label, enabled=progress)
-    preds = predict(model, x, batch_size=250, progress=bar.update)
+    preds = predict(model, x, batch_size=batch, progress=bar.update)
     acc = float(np.mean(preds == y))
     bar.close(f"accuracy {100 * acc:.2f}%")
     return {"accuracy": acc, "correct": int(np.sum(preds == y)), "count": int(len(y)), "predictions": preds}
@@ -107,7 +116,7 @@ def train_file(arch, *, output, data=DEFAULT_DATA, seed=0, fc_init_scale=zoo.FC_
         raise ValueError(f"arch {arch!r}: expected one of {', '.join(TRAINED)}")
     if keep is not None and keep not in KEEP:
         raise ValueError(f"keep {keep!r}: expected one of {', '.join(KEEP)}")
-    out = check_output_path(output, force=overwrite)
+    out = check_output_path(output, [data], force=overwrite)
     recipe = dict(zoo.RECIPES[arch])
     given = {"epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "batch_size": batch_size,
              "max_shift": max_shift, "keep": keep}

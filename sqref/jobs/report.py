@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from sqref.fileformat import file_sha256
+from sqref.hdf5 import file_sha256
 
 RATIO_KEYS = ("payload_ratio", "huffman_ratio", "file_ratio")
 

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 
-from sqref.fileformat import atomic_path
+from sqref.hdf5 import atomic_path
 
 RESULTS_HEADER = """# sqref results
 
@@ -129,7 +129,7 @@ def check_page(path, keys) -> None:
 
 def update_page(path, sections: dict[str, str]) -> None:
     """Replace the marked sections {key: markdown} of the page at `path`,
-    atomically (sqref.fileformat.atomic_path): the file is read again here, so
+    atomically (sqref.hdf5.atomic_path): the file is read again here, so
     hand edits made while a study ran are kept; on any error it is untouched."""
     text = replace_sections(read_page(path), sections, os.fspath(path))
     with atomic_path(path, overwrite=True) as tmp:
