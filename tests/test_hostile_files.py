@@ -30,11 +30,14 @@ MEMORY_LIMIT = 3 * 2**30   # address space of a child: python + numpy + h5py + m
 PEAK_LIMIT = 400 * 2**20   # peak RSS of a child reading a hostile file (the baseline is ~150 MiB)
 TIMEOUT = 60
 
+# The child's own peak RSS is VmHWM of /proc/self/status: getrusage's ru_maxrss would carry
+# the parent's (pytest's, several hundred MiB once torch is loaded) across fork and exec.
 CHILD = textwrap.dedent("""
-    import resource, sys
+    import sys
     from sqref.cli.main import main
     rc = main(sys.argv[1:])
-    print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    hwm = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print("PEAK_RSS_KB", hwm, file=sys.stderr)
     sys.exit(rc)
 """)
 
