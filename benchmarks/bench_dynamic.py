@@ -1,21 +1,32 @@
-"""Time the dynamic clipping search against one fake_quant pass of the same tensor.
+"""Time the dynamic clipping rule per tensor and per channel, against a baseline implementation, in one run.
 
-    python benchmarks/bench_dynamic.py [--bits 4] [--sizes 1e6 1e7 2.5e7] [--repeats 3] [--per-channel 512]
+    python benchmarks/bench_dynamic.py [--bits 4 [8 ...]] [--sizes 1e6 1e7 2.5e7] [--channels 1024]
+                                       [--repeats 3] [--baseline 2693800]
 
-For each size: a float32 N(0, 1) tensor; one warm-up call of each function,
-then the median of `repeats` timed calls, wall and CPU time. The ratio
-columns (dynamic / one fake_quant pass) are the numbers to watch: they say
-how many full passes over the weights the search costs, and they carry over
-between machines much better than the seconds do. --per-channel C also times axis=0 on a (C, N/C)
-tensor (the per-tensor search plus one search per channel).
+For each size and bit width: a float32 N(0, 1) tensor, timed per tensor and per
+channel (axis=0 of a (C, N/C) reshape), with this checkout's sqref.clipping and
+with the baseline's (the file sqref/clipping.py at git revision --baseline,
+loaded beside it; default: the last commit with the grid search; --baseline ''
+skips it). One warm-up call of each, then the median of `repeats` calls, wall
+and CPU time. The ratios are the numbers to watch, since they carry over between
+machines far better than seconds: per-channel / per-tensor for each
+implementation, new / baseline for each layout, and dynamic / one fake_quant
+pass (how many passes over the weights the rule costs).
 """
 import argparse
+import importlib.util
+import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 
 from sqref import clipping, quant
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def median_time(fn, repeats):
@@ -35,33 +46,61 @@ def median_time(fn, repeats):
     return statistics.median(wall), statistics.median(cpu)
 
 
+def load_baseline(revision):
+    """sqref/clipping.py at `revision` as a module (it imports the current sqref.quant), or None."""
+    if not revision:
+        return None
+    try:
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:sqref/clipping.py"],
+                                check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        print(f"baseline {revision!r} not available ({err}); timing this checkout only", file=sys.stderr)
+        return None
+    path = pathlib.Path(tempfile.mkdtemp(prefix="sqref-baseline-")) / f"clipping_{revision}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("sqref_clipping_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--bits", type=int, nargs="+", default=[4])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 2.5e7])
+    parser.add_argument("--channels", type=int, default=1024, metavar="C")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--per-channel", type=int, default=0, metavar="C")
+    parser.add_argument("--baseline", default="2693800", metavar="REV")
     args = parser.parse_args()
 
+    impls = {"new": clipping}
+    baseline = load_baseline(args.baseline)
+    if baseline is not None:
+        impls[f"base {args.baseline}"] = baseline
     rng = np.random.default_rng(0)
-    print(f"bits={args.bits}, float32 N(0,1) weights, median of {args.repeats} after one warm-up")
-    print(f"{'':>18} {'---- wall seconds ----':>30}   {'---- cpu seconds -----':>30}")
-    print(f"{'n':>12} {'axis':>5} {'dynamic':>10} {'fake_quant':>11} {'ratio':>7}   "
-          f"{'dynamic':>10} {'fake_quant':>11} {'ratio':>7}")
+    print(f"float32 N(0,1) weights, median of {args.repeats} after one warm-up; seconds as wall/cpu")
     for size in args.sizes:
         n = int(size)
         w = rng.standard_normal(n).astype(np.float32)
-        layouts = [(w, None)]
-        if args.per_channel:
-            c = args.per_channel
-            layouts.append((w[: n - n % c].reshape(c, -1), 0))
-        for tensor, axis in layouts:
-            alpha = clipping.boundary_dynamic(tensor, args.bits, axis=axis)
-            t_dyn = median_time(lambda: clipping.boundary_dynamic(tensor, args.bits, axis=axis), args.repeats)
-            t_fq = median_time(lambda: quant.fake_quant(tensor, bits=args.bits, alpha=alpha, axis=axis),
-                               args.repeats)
-            print(f"{tensor.size:>12,} {str(axis):>5} {t_dyn[0]:>10.3f} {t_fq[0]:>11.3f} {t_dyn[0] / t_fq[0]:>7.1f}   "
-                  f"{t_dyn[1]:>10.3f} {t_fq[1]:>11.3f} {t_dyn[1] / t_fq[1]:>7.1f}")
+        c = args.channels
+        w_rows = w[: n - n % c].reshape(c, -1)
+        for bits in args.bits:
+            print(f"\n{n:,} weights, {c} channels of {w_rows.shape[1]:,}, {bits} bits")
+            print(f"{'implementation':>16} {'per tensor':>14} {'per channel':>14} {'chan/tensor':>12} "
+                  f"{'tensor / 1 fake_quant':>22}")
+            alpha = clipping.boundary_dynamic(w, bits)
+            t_fq = median_time(lambda: quant.fake_quant(w, bits=bits, alpha=alpha), args.repeats)
+            times = {}
+            for name, impl in impls.items():
+                t_tensor = median_time(lambda: impl.boundary_dynamic(w, bits), args.repeats)
+                t_chan = median_time(lambda: impl.boundary_dynamic(w_rows, bits, axis=0), args.repeats)
+                times[name] = (t_tensor, t_chan)
+                print(f"{name:>16} {t_tensor[0]:>6.2f}/{t_tensor[1]:<6.2f} {t_chan[0]:>6.2f}/{t_chan[1]:<6.2f} "
+                      f"{t_chan[1] / t_tensor[1]:>12.1f} {t_tensor[1] / t_fq[1]:>22.1f}")
+            if len(times) == 2:
+                (new_t, new_c), (old_t, old_c) = times.values()
+                print(f"{'new / baseline':>16} {new_t[1] / old_t[1]:>13.2f}x {new_c[1] / old_c[1]:>13.2f}x"
+                      "   (cpu time)")
 
 
 if __name__ == "__main__":

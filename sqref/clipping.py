@@ -15,8 +15,10 @@ rule=..., **params)` dispatches on the rule's name; RULES lists the names.
 | sigma          | |mean| + n * std (n = 3)                                       |
 | aciq-gauss     | |mean| + c_k * std            (Banner et al. 2019)            |
 | aciq-laplace   | |mean| + c_k * b, b = mean |w - mean|                          |
-| kl             | TensorRT entropy calibration threshold (Migacz 2017)           |
-| dynamic        | argmin over alpha of ||w - Q_alpha,k(w)||^2 (the paper's rule) |
+| kl             | entropy calibration threshold, as NVIDIA's calibrator (spike   |
+|                | of zeros removed: bins[0] = bins[1])                           |
+| kl-slides      | entropy threshold as TensorRT's 2017 slides (Migacz 2017)      |
+| dynamic        | argmin over alpha of ||w - Q_alpha,k(w)||^2 (the paper's rule, exact) |
 
 Every rule returns alpha in (0, max|w|]: it is capped at max|w|, and a rule
 that would give 0 on a tensor that is not all zero (a percentile of a mostly
@@ -31,48 +33,47 @@ import numbers
 import numpy as np
 from scipy import optimize, special
 
-from sqref.quant import (check_axis, check_bits, check_rounding, check_weights, channels, grid_params,
-                         sum_sq_error)
+from sqref.mse_search import grid_scales, search_scales
+from sqref.quant import channel_rows, check_axis, check_bits, check_rounding, check_weights, sum_sq_error_rows
 
-RULES = ("max", "percentile", "sigma", "aciq-gauss", "aciq-laplace", "kl", "dynamic")
+RULES = ("max", "percentile", "sigma", "aciq-gauss", "aciq-laplace", "kl", "kl-slides", "dynamic")
 KL_BINS = 2048  # TensorRT's histogram size
+KL_START_BIN = 128  # the fewest bins NVIDIA's calibrator keeps (its start_bin)
 PERCENTILE_P = 99.99  # default p of the percentile rule
 SIGMA_N = 3.0  # default n of the sigma rule
 
 
 # ----------------------------------------------------------------------------- statistics and formulas
-# Each rule is a formula over a few statistics of one channel. The statistics
-# are computed by the helpers below and nowhere else, so boundary_dynamic,
+# Each rule is a formula over a few statistics of each channel. Every function
+# below takes the channels as the rows of one (C, m) array (sqref.quant.channel_rows;
+# (1, n) per tensor) and returns one value per row. The statistics are computed
+# by these helpers and nowhere else, on the same array, so boundary_dynamic,
 # which computes them once and feeds every formula, gets bitwise the same
 # boundaries as the public rule functions.
 
-def _absmax(x):
-    return float(np.max(np.abs(x)))
-
-
 def _mean_std(x):
-    return float(np.mean(x, dtype=np.float64)), float(np.std(x, dtype=np.float64))
+    return np.mean(x, axis=1, dtype=np.float64), np.std(x, axis=1, dtype=np.float64)
 
 
 def _mean_abs_dev(x, mean):
     d = x.astype(np.float64)  # always a copy, so the in-place steps below are safe
-    d -= mean
+    d -= mean[:, None]
     np.abs(d, out=d)
-    return float(np.mean(d))
+    return np.mean(d, axis=1)
 
 
 def _cap(alpha, amax):
-    """Put a rule's boundary in (0, amax]; 0 only for an all-zero channel (amax == 0)."""
-    if amax == 0:
-        return 0.0
-    if not alpha > 0:
-        return amax  # the rule clips everything: fall back to no clipping
-    return min(float(alpha), amax)
+    """Put each row's boundary in (0, amax]; 0 only for an all-zero channel (amax == 0).
+
+    A rule that clips everything (alpha <= 0 or NaN) falls back to amax: no clipping.
+    """
+    alpha = np.asarray(alpha, dtype=np.float64)
+    return np.where(amax == 0, 0.0, np.where(alpha > 0, np.minimum(alpha, amax), amax))
 
 
 def _sigma_alpha(amax, mean, spread, n):
     """|mean| + n * spread, in (0, amax]: the sigma rule (spread = std) and both ACIQ rules (n = c_k)."""
-    return _cap(abs(mean) + n * spread, amax)
+    return _cap(np.abs(mean) + n * spread, amax)
 
 
 def _xlogx(v):
@@ -81,24 +82,124 @@ def _xlogx(v):
 
 
 def _percentile_alpha(a, amax, p, *, is_sorted=False):
-    """p-th percentile of a = |x| with linear interpolation (numpy's default method).
+    """p-th percentile of each row of a = |x| with linear interpolation (numpy's default method).
 
-    Formula: pos = (n - 1) * p / 100; alpha = a_(lo) + (pos - lo) * (a_(lo+1) - a_(lo)), lo = floor(pos),
+    Formula: pos = (m - 1) * p / 100; alpha = a_(lo) + (pos - lo) * (a_(lo+1) - a_(lo)), lo = floor(pos),
     a_(i) the i-th smallest. np.partition finds the two order statistics without a full sort.
     """
-    pos = (a.size - 1) * (p / 100.0)
+    m = a.shape[1]
+    pos = (m - 1) * (p / 100.0)
     lo = math.floor(pos)
-    hi = min(lo + 1, a.size - 1)
-    part = a if is_sorted else np.partition(a, [lo, hi])
-    v_lo, v_hi = float(part[lo]), float(part[hi])
+    hi = min(lo + 1, m - 1)
+    part = a if is_sorted else np.partition(a, [lo, hi], axis=1)
+    v_lo, v_hi = part[:, lo].astype(np.float64), part[:, hi].astype(np.float64)
     return _cap(v_lo + (pos - lo) * (v_hi - v_lo), amax)
 
 
-def _kl_alpha(a, amax, bits):
-    """TensorRT entropy calibration (Migacz 2017, "8-bit inference with TensorRT"), on a = |x|.
+def _abs_histograms(a, amax):
+    """Histogram of each row of a = |x| into KL_BINS bins over [0, amax]: bin floor(|x| / amax * KL_BINS), capped.
 
-    Histogram |x| into KL_BINS bins over [0, max|x|]. For each candidate i
-    (bins kept) from L = 2**(k-1) (128 for 8 bits) to KL_BINS:
+    Shapes: a (C, m), amax (C,) -> (C, KL_BINS) float64 counts (all-zero rows: all in bin 0).
+    Computed in blocks of about 2**20 values (one bincount per block over
+    every row's bins), so the temporaries stay small.
+    """
+    rows, m = a.shape
+    scale = np.where(amax > 0, amax, 1.0)[:, None]
+    offset = (np.arange(rows) * KL_BINS)[:, None]
+    hist = np.zeros(rows * KL_BINS)
+    block = 1 << 20
+    for r0, r1 in _row_blocks(rows, m, block):
+        for c0 in range(0, m, block):
+            t = a[r0:r1, c0:c0 + block] / scale[r0:r1]  # float64
+            t *= KL_BINS
+            idx = t.astype(np.int64)
+            np.minimum(idx, KL_BINS - 1, out=idx)
+            idx += offset[r0:r1]
+            hist += np.bincount(idx.ravel(), minlength=rows * KL_BINS)
+    return hist.reshape(rows, KL_BINS)
+
+
+def _row_blocks(rows, per_row, block=1 << 22):
+    """Row ranges (r0, r1) whose temporaries hold about `block` values, for per_row values per row."""
+    step = max(1, block // max(per_row, 1))
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+
+def kl_bins_kept(hist, bits):
+    """The number of bins i* that NVIDIA's entropy calibrator keeps, for a histogram of |x| (the `kl` rule).
+
+    Matches `_compute_amax_entropy` of NVIDIA's pytorch-quantization toolkit
+    (TensorRT repository, tools/pytorch-quantization, calib/histogram.py; read,
+    not copied), the Python entropy calibrator TensorRT users run, with its
+    defaults (start_bin 128, stride 1, signed: L = 2**(k-1) levels for |x|):
+      1. bins[0] = bins[1]: the spike of exact zeros (half of a ReLU output)
+         is replaced by its neighbour's count before the search;
+      2. for i = 128 .. B (B = len(hist)): P = bins[:i] with the outliers
+         sum(bins[i:]) added to its last bin; bin b < i is in group
+         floor(b * L / i) (np.digitize over linspace(0, i, L + 1)); Q spreads
+         each group's mass evenly over the group's non-empty bins (Q = 0 on
+         empty bins);
+      3. KL(P || Q) after normalising both (scipy.stats.entropy): infinite
+         where P > 0 and Q = 0 (last kept bin empty, outliers present);
+      4. i* = the LAST i of least KL (a tie keeps the wider range).
+    The threshold is the right edge of bin i* - 1: alpha = i* * bin width.
+    Shapes: hist (B,) or (C, B) counts, B >= 2. Returns an int in
+    [min(128, B), B], or a (C,) int array.
+    Prefix-sum form: with H_g the mass and Z_g the non-empty bins of group g,
+    P_g = H_g (+ the outliers in the last group) and N = sum P,
+        KL = sum_b P_b log P_b / N - log N - sum_g (P_g / N) log(H_g / Z_g) + log(sum_g H_g).
+    Tests: a literal transcription of the toolkit's loop on hand-made
+    histograms (tests/test_calibration.py).
+    """
+    one = np.ndim(hist) == 1
+    hist = np.array(hist, dtype=np.float64, ndmin=2)  # a copy: bin 0 is overwritten
+    levels = 2 ** (bits - 1)
+    hist[:, 0] = hist[:, 1]  # NVIDIA: the zero spike takes its neighbour's count
+    rows, n_bins = hist.shape
+    zero = np.zeros((rows, 1))
+    total = hist.sum(axis=1, keepdims=True)
+    cum_mass = np.concatenate([zero, np.cumsum(hist, axis=1)], axis=1)
+    cum_nonempty = np.concatenate([zero, np.cumsum(hist > 0, axis=1)], axis=1)
+    cum_xlogx = np.concatenate([zero, np.cumsum(_xlogx(hist), axis=1)], axis=1)
+    i = np.arange(min(KL_START_BIN, n_bins), n_bins + 1)  # candidates: number of bins kept
+    outliers = total - cum_mass[:, i]  # (C, I)
+    # P > 0 where Q = 0 (last kept bin empty, outliers beyond it): KL infinite. Only the other
+    # candidates are scored, which on a sparse histogram (a small channel) is a few of them.
+    rows_of, cols_of = np.nonzero((hist[:, i - 1] > 0) | (outliers == 0))
+    kept, beyond = i[cols_of], outliers[rows_of, cols_of]  # (P,) scored (row, candidate) pairs
+    sum_p_log_p = cum_xlogx[rows_of, kept - 1] + _xlogx(hist[rows_of, kept - 1] + beyond)  # last bin + outliers
+    g = np.arange(levels + 1)
+    log_int = np.log(np.maximum(np.arange(n_bins + 1), 1))  # log Z for the group sizes Z
+    cum_nonempty = cum_nonempty.astype(np.int64)
+    sum_p_log_q = np.empty(kept.size)
+    for p0, p1 in _row_blocks(kept.size, levels + 1):
+        starts = (g * kept[p0:p1, None] + levels - 1) // levels  # group g starts at bin ceil(g i / L)
+        row = rows_of[p0:p1, None]
+        h_g = np.diff(cum_mass[row, starts], axis=1)  # (P, L)
+        z_g = np.diff(cum_nonempty[row, starts], axis=1)
+        log_q = np.log(np.maximum(h_g, 1.0))  # log(H_g / Z_g); counts: H_g = 0 (then P_g = 0) or >= 1
+        log_q -= log_int[z_g]
+        h_g[:, -1] += beyond[p0:p1]  # now P_g: bin i - 1 is in group floor((i - 1) L / i) = L - 1
+        h_g *= log_q
+        sum_p_log_q[p0:p1] = h_g.sum(axis=1)
+    kl = np.full(outliers.shape, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero row (total 0) gives NaN; _cap maps it to 0
+        kl[rows_of, cols_of] = ((sum_p_log_p - sum_p_log_q) / total[rows_of, 0] - np.log(total[rows_of, 0])
+                                + np.log(cum_mass[rows_of, kept]))
+    last = kl.shape[1] - 1 - np.argmin(kl[:, ::-1], axis=1)  # the last argmin
+    return int(i[last[0]]) if one else i[last]
+
+
+def _kl_alpha(hist, amax, bits):
+    """The `kl` rule from the rows' histograms (_abs_histograms): alpha = kl_bins_kept * bin width."""
+    return _cap(kl_bins_kept(hist, bits) * (amax / KL_BINS), amax)
+
+
+def _kl_slides_alpha(hist, amax, bits):
+    """The `kl-slides` rule: TensorRT entropy calibration as the 2017 slides give it (Migacz 2017).
+
+    From the rows' histograms of |x| (KL_BINS bins over [0, max|x|]). For each
+    candidate i (bins kept) from L = 2**(k-1) (128 for 8 bits) to KL_BINS:
       P = hist[:i], with the outliers sum(hist[i:]) added to its last bin;
       Q = hist[:i] merged into L groups of i // L bins (the last group takes
           the remainder), each group's mass spread evenly over its non-empty bins;
@@ -113,23 +214,23 @@ def _kl_alpha(a, amax, bits):
     NOTE: when the last kept bin is empty but outliers exist, P > 0 where Q = 0
     and KL is infinite; the slides are silent, MXNet smooths both
     distributions; sqref skips such candidates (i = KL_BINS is always valid).
+    NOTE: the zero spike stays in bin 0, as on the slides: on a ReLU output
+    (half exact zeros) it dominates P and the threshold collapses (0.37 x max
+    on ReLU(N(0, 1))); the `kl` rule removes it, as NVIDIA's code does.
     """
-    if amax == 0:
-        return 0.0
     levels = 2 ** (bits - 1)
-    idx = np.minimum((a / amax * KL_BINS).astype(np.int64), KL_BINS - 1)
-    hist = np.bincount(idx, minlength=KL_BINS).astype(np.float64)
-    total = hist.sum()
-    cum_mass = np.concatenate([[0.0], np.cumsum(hist)])  # cum_mass[b] = sum(hist[:b])
-    cum_nonempty = np.concatenate([[0], np.cumsum(hist > 0)])
-    cum_h_log_h = np.concatenate([[0.0], np.cumsum(_xlogx(hist))])
+    rows = hist.shape[0]
+    zero = np.zeros((rows, 1))
+    total = hist.sum(axis=1, keepdims=True)
+    cum_mass = np.concatenate([zero, np.cumsum(hist, axis=1)], axis=1)  # cum_mass[:, b] = sum(hist[:, :b])
+    cum_nonempty = np.concatenate([zero, np.cumsum(hist > 0, axis=1)], axis=1).astype(np.int64)
+    cum_h_log_h = np.concatenate([zero, np.cumsum(_xlogx(hist), axis=1)], axis=1)
     log_int = np.log(np.maximum(np.arange(KL_BINS + 1), 1))  # log z for the group sizes z
 
     i = np.arange(levels, KL_BINS + 1)  # candidates: number of bins kept
-    outliers = total - cum_mass[i]
-    keep = (hist[i - 1] > 0) | (outliers == 0)  # the others have KL = inf (see the NOTE)
-    i, outliers = i[keep], outliers[keep]
-    sum_p_log_p = cum_h_log_h[i - 1] + _xlogx(hist[i - 1] + outliers)  # P's last bin holds the outliers
+    outliers = total - cum_mass[:, i]  # (C, I)
+    skip = (hist[:, i - 1] == 0) & (outliers > 0)  # KL = inf (see the NOTE)
+    sum_p_log_p = cum_h_log_h[:, i - 1] + _xlogx(hist[:, i - 1] + outliers)  # P's last bin holds the outliers
 
     # Merged groups: L - 1 groups of `width` bins, then a last group with the remainder. P and hist
     # differ only in bin i - 1, which is in the last group, so the first L - 1 groups' terms depend on
@@ -138,17 +239,19 @@ def _kl_alpha(a, amax, bits):
     widths = np.arange(1, KL_BINS // levels + 1)
     g_start = np.arange(levels - 1) * widths[:, None]  # (widths, L - 1)
     g_stop = g_start + widths[:, None]
-    h_g = cum_mass[g_stop] - cum_mass[g_start]
-    z_g = cum_nonempty[g_stop] - cum_nonempty[g_start]
+    h_g = cum_mass[:, g_stop] - cum_mass[:, g_start]  # (C, widths, L - 1)
+    z_g = cum_nonempty[:, g_stop] - cum_nonempty[:, g_start]
     # sum_g P_g log(H_g / Z_g); an empty group (H_g = 0) has P_g = 0 and max(., 1) makes its term 0.
-    head = np.sum(h_g * (np.log(np.maximum(h_g, 1.0)) - log_int[z_g]), axis=1)
+    head = np.sum(h_g * (np.log(np.maximum(h_g, 1.0)) - log_int[z_g]), axis=2)  # (C, widths)
     last_start = (levels - 1) * width
-    h_last = cum_mass[i] - cum_mass[last_start]  # > 0 on kept candidates
-    z_last = cum_nonempty[i] - cum_nonempty[last_start]
-    sum_p_log_hz = head[width - 1] + (h_last + outliers) * (np.log(h_last) - log_int[z_last])
-    q_total = cum_mass[i]  # sum Q = total - outliers
-    kl = sum_p_log_p / total - math.log(total) - sum_p_log_hz / total + np.log(q_total)
-    best = int(i[np.argmin(kl)])
+    h_last = cum_mass[:, i] - cum_mass[:, last_start]  # > 0 on kept candidates
+    z_last = cum_nonempty[:, i] - cum_nonempty[:, last_start]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sum_p_log_hz = head[:, width - 1] + (h_last + outliers) * (np.log(h_last) - log_int[z_last])
+        q_total = cum_mass[:, i]  # sum Q = total - outliers
+        kl = sum_p_log_p / total - np.log(total) - sum_p_log_hz / total + np.log(q_total)
+    kl[skip] = np.inf
+    best = i[np.argmin(kl, axis=1)]
     return _cap((best + 0.5) * (amax / KL_BINS), amax)
 
 
@@ -180,15 +283,20 @@ def aciq_constant(bits, distribution):
 
 
 # ----------------------------------------------------------------------------- public rules
-def _per_channel(w, bits, axis, name, one_channel):
-    """Apply a rule to the whole tensor (axis None) or to each channel along `axis`."""
+def _per_channel(w, bits, axis, name, rows_rule):
+    """Apply a rule to the whole tensor (axis None: a float) or to each channel along `axis` (a (C,) vector).
+
+    rows_rule maps the (C, m) channel rows (sqref.quant.channel_rows) to C boundaries.
+    """
     w = check_weights(w, name=name)
     check_bits(bits)
     axis = check_axis(axis, w.ndim, name=name)
-    rows = channels(w, axis)
-    if axis is None:
-        return float(one_channel(rows[0]))
-    return np.array([one_channel(x) for x in rows], dtype=np.float64)
+    alpha = np.asarray(rows_rule(channel_rows(w, axis)), dtype=np.float64)
+    return float(alpha[0]) if axis is None else alpha
+
+
+def _absmax(x):
+    return np.max(np.abs(x), axis=1).astype(np.float64)
 
 
 def boundary_max(w, bits, *, axis=None, name=None):
@@ -200,11 +308,7 @@ def boundary_percentile(w, bits, *, axis=None, p=PERCENTILE_P, name=None):
     """alpha = p-th percentile of |w| (as np.percentile(np.abs(w), p), linear interpolation)."""
     if isinstance(p, bool) or not (isinstance(p, numbers.Real) and 0 < p <= 100):
         raise ValueError(f"percentile p must be in (0, 100], got {p!r}")
-
-    def one(x):
-        a = np.abs(x)
-        return _percentile_alpha(a, float(np.max(a)), p)
-    return _per_channel(w, bits, axis, name, one)
+    return _per_channel(w, bits, axis, name, lambda x: _percentile_alpha(np.abs(x), _absmax(x), p))
 
 
 def boundary_sigma(w, bits, *, axis=None, n=SIGMA_N, name=None):
@@ -212,10 +316,10 @@ def boundary_sigma(w, bits, *, axis=None, n=SIGMA_N, name=None):
     if isinstance(n, bool) or not (isinstance(n, numbers.Real) and math.isfinite(n) and n > 0):
         raise ValueError(f"sigma multiplier n must be a finite number > 0, got {n!r}")
 
-    def one(x):
+    def rule(x):
         mean, std = _mean_std(x)
         return _sigma_alpha(_absmax(x), mean, std, n)
-    return _per_channel(w, bits, axis, name, one)
+    return _per_channel(w, bits, axis, name, rule)
 
 
 def boundary_aciq_gauss(w, bits, *, axis=None, name=None):
@@ -224,10 +328,10 @@ def boundary_aciq_gauss(w, bits, *, axis=None, name=None):
     NOTE: Banner et al. clip [mean - alpha, mean + alpha]; the symmetric grid is
     centred on 0, so sqref widens the boundary by |mean| to keep the same tails.
     """
-    def one(x):
+    def rule(x):
         mean, std = _mean_std(x)
         return _sigma_alpha(_absmax(x), mean, std, aciq_constant(bits, "gauss"))
-    return _per_channel(w, bits, axis, name, one)
+    return _per_channel(w, bits, axis, name, rule)
 
 
 def boundary_aciq_laplace(w, bits, *, axis=None, name=None):
@@ -235,149 +339,144 @@ def boundary_aciq_laplace(w, bits, *, axis=None, name=None):
 
     NOTE: |mean| is added as in boundary_aciq_gauss.
     """
-    def one(x):
+    def rule(x):
         mean, _ = _mean_std(x)
         return _sigma_alpha(_absmax(x), mean, _mean_abs_dev(x, mean), aciq_constant(bits, "laplace"))
-    return _per_channel(w, bits, axis, name, one)
+    return _per_channel(w, bits, axis, name, rule)
 
 
 def boundary_kl(w, bits, *, axis=None, name=None):
-    """TensorRT entropy (KL-divergence) calibration threshold on |w|; see _kl_alpha. For activations mainly.
+    """Entropy (KL-divergence) calibration threshold on |w|, as NVIDIA's calibrator computes it (kl_bins_kept).
 
-    It needs a well-filled histogram: on a small tensor (a few hundred values in
-    2048 bins) a candidate whose kept bins hold one non-empty bin has KL = 0, and
-    the threshold can collapse far below the bulk of the weights.
+    The spike of exact zeros is removed first (bins[0] = bins[1]), as in
+    NVIDIA's pytorch-quantization code, so a ReLU output (half exact zeros)
+    keeps its range; the threshold is the right edge of the last kept bin.
+    For activations mainly: on a small tensor (a few hundred values in 2048
+    bins) the histogram is too sparse for the objective to mean much.
     """
-    def one(x):
-        a = np.abs(x)
-        return _kl_alpha(a, float(np.max(a)), bits)
-    return _per_channel(w, bits, axis, name, one)
+    def rule(x):
+        amax = _absmax(x)
+        return _kl_alpha(_abs_histograms(np.abs(x), amax), amax, bits)
+    return _per_channel(w, bits, axis, name, rule)
+
+
+def boundary_kl_slides(w, bits, *, axis=None, name=None):
+    """TensorRT's entropy threshold as its 2017 slides state it (Migacz 2017); see _kl_slides_alpha.
+
+    Kept for comparison: the zero spike stays in bin 0, so it collapses on
+    ReLU outputs (use `kl`). Candidates from 2**(k-1) bins, groups of i // L
+    bins, threshold at (i* + 0.5) bin widths.
+    """
+    def rule(x):
+        amax = _absmax(x)
+        return _kl_slides_alpha(_abs_histograms(np.abs(x), amax), amax, bits)
+    return _per_channel(w, bits, axis, name, rule)
 
 
 # ----------------------------------------------------------------------------- dynamic
-_GRID_POINTS = 128  # first search level: geometric grid over (0, max|w|]
-_REFINE_POINTS = 33  # each refinement level: linear grid between the neighbours of the best point
-_REFINE_LEVELS = 5  # each level divides the step by 16: from ~10% down to ~1e-7, float32's resolution
-_FINALISTS = 2  # search points evaluated exactly
+# The exact search for the MSE-optimal scale is sqref.mse_search; here, the rule around it.
 
 
-def grid_scales(alphas, bits):
-    """The float32 grid scales (as float64) that quantize would use for these boundaries."""
-    return np.asarray(grid_params(bits=bits, alpha=np.asarray(alphas, dtype=np.float64))[0], dtype=np.float64)
-
-
-def approx_sse(a, cum1, cum2, scales, qmax):
-    """Sum of squared errors of the symmetric grid for each scale, from sorted |x| and its prefix sums.
-
-    Shapes: a (n,) sorted |x|; cum1, cum2 (n + 1,) prefix sums of a and a**2;
-    scales (S,) -> (S,). Level j (|code| j) takes |x| in [(j - 0.5) s, (j + 0.5) s),
-    the top level qmax everything from (qmax - 0.5) s up (that is the clipping),
-    and contributes sum (|x| - j s)**2 = S2 - 2 j s S1 + (j s)**2 n_j over its
-    slice of the sorted array: O(qmax log n) per scale, no pass over the data.
-    It differs from sum_sq_error only by float rounding (the error is the same
-    on both sides of a level boundary, so ties do not matter), which is why
-    the search's last word is an exact evaluation.
-    """
-    level = np.arange(qmax + 1)
-    cut = np.searchsorted(a, (level[1:] - 0.5) * scales[:, None])  # (S, qmax) level boundaries
-    lo = np.concatenate([np.zeros((scales.size, 1), dtype=cut.dtype), cut], axis=1)
-    hi = np.concatenate([cut, np.full((scales.size, 1), a.size, dtype=cut.dtype)], axis=1)
-    grid = level * scales[:, None]  # (S, qmax + 1) grid values j * s
-    sse = (cum2[hi] - cum2[lo]) - 2.0 * grid * (cum1[hi] - cum1[lo]) + grid * grid * (hi - lo)
-    return sse.sum(axis=1)
-
-
-def _search(a, bits):
-    """Approximate argmin of the SSE over alpha in (0, max|x|], coarse to fine; returns the best few alphas."""
-    qmax = 2 ** (bits - 1) - 1
-    a64 = a.astype(np.float64)
-    cum1, cum2 = np.zeros(a.size + 1), np.zeros(a.size + 1)  # cum[i] = sum of the i smallest
-    np.cumsum(a64, out=cum1[1:])
-    np.cumsum(np.square(a64), out=cum2[1:])
-    amax = float(a64[-1])
-    smallest = float(a64[np.searchsorted(a64, 0.0, side="right")])  # smallest |x| > 0
-    # Below the smallest |x| every boundary is worse than alpha = smallest; 2**-32 bounds the grid's
-    # span; the float32 term keeps the scale a normal float32.
-    low = max(smallest, amax * 2.0**-32, 2.0 * qmax * float(np.finfo(np.float32).tiny))
-    alphas = np.geomspace(low, amax, _GRID_POINTS) if low < amax else np.array([amax])
-    for level in range(_REFINE_LEVELS + 1):
-        sse = approx_sse(a64, cum1, cum2, grid_scales(alphas, bits), qmax)
-        if level == _REFINE_LEVELS:
-            break
-        best = int(np.argmin(sse))
-        left, right = alphas[max(best - 1, 0)], alphas[min(best + 1, alphas.size - 1)]
-        alphas = np.linspace(left, right, _REFINE_POINTS)
-    return [float(v) for v in alphas[np.argsort(sse, kind="stable")[:_FINALISTS]]]
-
-
-def _dynamic_alpha(x, bits, rounding, extra=()):
-    """The dynamic boundary of one channel x (1-D); see boundary_dynamic."""
+def _dynamic_rows(x, bits, rounding, extra=None):
+    """The dynamic boundary of each row of x (C, m); extra: None or a (C,) candidate per row. See boundary_dynamic."""
     a = np.abs(x)
-    a.sort()  # in place: no second copy of a large tensor
-    amax = float(a[-1])
-    if amax == 0:
-        return 0.0
+    a.sort(axis=1)  # in place: no second copy of a large tensor
+    amax = a[:, -1].astype(np.float64)  # the same numbers _absmax returns
     mean, std = _mean_std(x)
-    rules = [
-        amax,  # max (a[-1] is max|x|, the same number _absmax returns)
+    hist = _abs_histograms(a, amax)  # the histogram does not depend on the order within a row
+    rules = [  # every other rule, by the code of the public functions (bitwise the same numbers)
+        amax,  # max
         _percentile_alpha(a, amax, PERCENTILE_P, is_sorted=True),
         _sigma_alpha(amax, mean, std, SIGMA_N),
         _sigma_alpha(amax, mean, std, aciq_constant(bits, "gauss")),
         _sigma_alpha(amax, mean, _mean_abs_dev(x, mean), aciq_constant(bits, "laplace")),
-        _kl_alpha(a, amax, bits),  # the histogram does not depend on the order of a
-    ]
-    candidates = _search(a, bits) + rules + [float(v) for v in extra]
+        _kl_alpha(hist, amax, bits),
+        _kl_slides_alpha(hist, amax, bits),
+    ] + ([] if extra is None else [np.asarray(extra, dtype=np.float64)])
+    alpha = np.zeros(x.shape[0])
+    live = np.flatnonzero(amax > 0)  # an all-zero channel keeps alpha = 0
+    if live.size == 0:
+        return alpha
+    m = a.shape[1]
+    row, square = np.empty(m), np.empty(m)  # one channel at a time, in reused float64 buffers
+    cum1, cum2 = np.zeros(m + 1), np.zeros(m + 1)  # cum[i] = sum of the i smallest
+    found = []
+    for r in live:
+        row[:] = a[r]
+        np.cumsum(row, out=cum1[1:])
+        np.square(row, out=square)
+        np.cumsum(square, out=cum2[1:])
+        found.append(search_scales(row, cum1, cum2, bits))
+    width = max(len(f) for f in found)
+    found = np.array([f + f[:1] * (width - len(f)) for f in found])  # pad with a repeat (same grid)
+    candidates = np.concatenate([found, np.stack(rules, axis=1)[live]], axis=1)  # (live, K)
     scales = grid_scales(candidates, bits)
-    unique, first = np.unique(scales, return_index=True)  # equal scales are the same grid
-    qmax = 2 ** (bits - 1) - 1
-    sse = sum_sq_error(x, unique, qmax, rounding)
-    return candidates[int(first[np.argmin(sse)])]
+    order = np.argsort(scales, axis=1, kind="stable")  # ascending: a tie goes to the smallest scale
+    candidates = np.take_along_axis(candidates, order, axis=1)
+    x_live = x if live.size == x.shape[0] else x[live]
+    sse = sum_sq_error_rows(x_live, np.take_along_axis(scales, order, axis=1), 2 ** (bits - 1) - 1, rounding)
+    alpha[live] = candidates[np.arange(live.size), np.argmin(sse, axis=1)]
+    return alpha
 
 
 def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
     """The paper's dynamic boundary: alpha* = argmin over alpha in (0, max|w|] of ||w - Q_alpha,k(w)||^2.
 
-    Q is the symmetric restricted grid with the given rounding (sqref.quant).
-    The boundary is re-derived from the current weights and bit width, so it
-    tightens as k falls. For the asymmetric scheme sqref uses this same alpha
-    to clip the tensor's [min, max] (sqref.quant.quantize); the search itself
-    is on the symmetric grid.
+    Q is the symmetric restricted grid with the given rounding (sqref.quant):
+    qmax = 2**(k-1) - 1, s = float32(alpha / qmax). The boundary is re-derived
+    from the current weights and bit width, so it tightens as k falls. For the
+    asymmetric scheme sqref uses this same alpha to clip the tensor's
+    [min, max] (sqref.quant.quantize); the search itself is on the symmetric grid.
+    Shapes: w any shape; returns a float, or with `axis` a (C,) float64 vector.
 
-    Algorithm, per channel (x = the whole tensor when axis is None):
-      1. sort |x| once; prefix sums of |x| and |x|**2 give the SSE of any alpha
-         in O(qmax log n), per quantization level (approx_sse);
-      2. search a 128-point geometric grid of alphas over (0, max|x|], then,
-         5 times, a 33-point linear grid between the neighbours of the best
-         point (each level divides the step by 16, down to ~1e-7 relative);
-      3. candidates: the 2 best search points, plus the boundary of every other
-         rule with its default parameters (max, percentile 99.99, sigma 3,
-         aciq-gauss, aciq-laplace, kl), computed by the same code as the
-         public functions (bitwise the same numbers);
-      4. evaluate each distinct candidate grid exactly (sum_sq_error, the code
-         quant_mse runs) and return the best (ties: the smallest scale).
+    Algorithm, per channel (the whole tensor when axis is None), exact:
+      1. sort |w|, prefix sums of |w| and |w|**2;
+      2. the SSE is piecewise quadratic in s, with breakpoints s = |w_i| / (j - 1/2),
+         j = 1..qmax, where a weight changes code (clipping is code qmax). With at
+         most ENUMERATE (32768) breakpoints (258 weights at 8 bits, 1057 at 6)
+         every one is enumerated; on larger channels a branch and bound over intervals
+         of s (lower bounds from the prefix sums, sqref.mse_search) keeps only the
+         intervals that may hold the minimum, and the breakpoints inside them
+         are enumerated; each piece is minimised in closed form (s* = A / B);
+      3. candidates: the float32 neighbours of the best pieces' minima, plus the
+         boundary of every other rule with its default parameters (max,
+         percentile 99.99, sigma 3, aciq-gauss, aciq-laplace, kl, kl-slides),
+         computed by the same code as the public functions (bitwise the same);
+      4. evaluate every candidate grid exactly (sum_sq_error_rows, the code
+         quant_mse runs, with this rounding) and return the best (ties: the
+         smallest scale).
+    Bound: the result's MSE is the least over all float32 scales in the domain,
+    up to the float64 rounding of the prefix-sum model used to rank pieces and
+    prune intervals, tol = 64 eps (sum w**2 + n (qmax s_top)**2) on the SSE
+    (sqref.mse_search), and only if at most FINALIST_PIECES (8) pieces lie
+    within tol of the least: MSE <= exact optimum + tol / n. Small and large
+    tensors have the same bound (the bracket prunes nothing that could hold
+    the minimum); relative to the optimum it is ~1e-14 x (mean w**2 / MSE).
+    Rounding: the SSE is continuous in s (a tie has the same error on either
+    side), so the pieces do not depend on it; the exact evaluation does.
     Guarantee, by construction: quant_mse(w, alpha*) <= quant_mse(w, alpha_r)
     for every rule r with default parameters, on the same tensor, bits and
-    rounding; per channel, channel by channel. It is not a certified global
-    minimum (the SSE is piecewise quadratic in alpha with a kink wherever a
-    weight crosses a level boundary), but on 20000 normal weights it beats a
-    2000-point exact scan for every k (tests/test_clipping.py).
+    rounding; per channel, channel by channel. Tests: a plain-Python
+    enumeration of every breakpoint (tests/test_clipping.py), within 1e-12.
     Per channel (axis given), every channel's candidates also include the
     per-tensor dynamic boundary, so per-channel quantization is never worse
     than per-tensor, channel by channel (tested).
     NOTE: so per channel, alpha can exceed that channel's max|w| (never the
     tensor's): a channel whose values sit on the per-tensor grid can lose on
     every finer grid.
-    Cost: one sort, two prefix sums, the other rules' statistics, and one
-    cheap pass per distinct candidate (benchmarks/bench_dynamic.py).
+    Cost: one sort, two prefix sums, the other rules' statistics (vectorised
+    over channels), the search (O(qmax log n) per interval, a few dozen
+    intervals), one cheap pass per candidate (benchmarks/bench_dynamic.py).
     """
     w = check_weights(w, name=name)
     bits = check_bits(bits)
     check_rounding(rounding)
     axis = check_axis(axis, w.ndim, name=name)
-    whole = _dynamic_alpha(channels(w, None)[0], bits, rounding)
+    whole = float(_dynamic_rows(channel_rows(w, None), bits, rounding)[0])
     if axis is None:
         return whole
-    return np.array([_dynamic_alpha(x, bits, rounding, extra=(whole,)) for x in channels(w, axis)])
+    rows = channel_rows(w, axis)
+    return _dynamic_rows(rows, bits, rounding, extra=np.full(rows.shape[0], whole))
 
 
 _RULE_FUNCTIONS = {
@@ -387,6 +486,7 @@ _RULE_FUNCTIONS = {
     "aciq-gauss": boundary_aciq_gauss,
     "aciq-laplace": boundary_aciq_laplace,
     "kl": boundary_kl,
+    "kl-slides": boundary_kl_slides,
     "dynamic": boundary_dynamic,
 }
 

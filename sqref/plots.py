@@ -195,7 +195,7 @@ def layer_errors(float_model, quantized_model, *, metric="sqnr_db", path=None):
 
 
 # ----------------------------------------------------------------------------- MSE against alpha
-RULE_MARKERS = {"max": "s", "percentile": "^", "sigma": "v", "aciq-gauss": "D", "aciq-laplace": "P", "kl": "X"}
+RULE_MARKERS = {"max": "s", "percentile": "^", "sigma": "v", "aciq-gauss": "D", "aciq-laplace": "P", "kl": "X", "kl-slides": "x"}
 
 
 def mse_vs_alpha(w, bits_list, *, rules=("max", "percentile", "sigma", "aciq-gauss", "aciq-laplace", "kl"),

@@ -298,46 +298,65 @@ def fake_quant(w, *, bits, alpha=None, scheme="symmetric", axis=None, rounding="
 
 # ----------------------------------------------------------------------------- error
 def channels(w, axis):
-    """The tensor as a list of contiguous 1-D channels: [w.ravel()] per tensor, or one row per index of `axis`.
+    """The tensor as a list of contiguous 1-D channels: [w.ravel()] per tensor, or one row per index of `axis`."""
+    return list(channel_rows(w, axis))
+
+
+def channel_rows(w, axis):
+    """The tensor as one C-contiguous (C, m) array: (1, w.size) per tensor, or one row per index of `axis`.
 
     Every per-channel computation in sqref.quant and sqref.clipping goes
     through this, so a channel's statistics are bitwise the same wherever they
-    are computed.
+    are computed (same function on the same array). Dtype: w's.
     """
     if axis is None:
-        return [np.ascontiguousarray(w).reshape(-1)]
-    rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-    return [np.ascontiguousarray(r) for r in rows]
+        return np.ascontiguousarray(w).reshape(1, -1)
+    return np.ascontiguousarray(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1))
+
+
+def sum_sq_error_rows(x, scales, qmax, rounding="half_even"):
+    """Exact sum of (x - s * clamp(round(x / s), -qmax, qmax))**2 per row and scale, on the symmetric grid.
+
+    Shapes: x (C, m), one channel per row; scales (C, K) float64, K scales per
+    row; qmax an int or a (C,) int array -> (C, K) float64.
+    The per-element arithmetic is fake_quant's (float64 x / s, round, clamp,
+    times s). Each row's sum is accumulated the same way for every scale and
+    whatever the other rows or scales: blocks of _CHUNK columns added in
+    order, numpy's pairwise sum of one contiguous row inside a block; rows are
+    processed _CHUNK // m at a time (a number that depends on m only). So the
+    value for one (row, scale) does not depend on what is evaluated alongside
+    it: quant_mse and the dynamic clipping search both call this, which is what
+    makes the dynamic rule's guarantee exact.
+    """
+    round_fn = check_rounding(rounding)
+    x = np.asarray(x)
+    scales = np.asarray(scales, dtype=np.float64)
+    rows, m = x.shape
+    top = np.broadcast_to(np.asarray(qmax, dtype=np.float64), (rows,))
+    total = np.zeros(scales.shape)
+    per_block = max(1, _CHUNK // m)
+    for r0 in range(0, rows, per_block):
+        r1 = min(rows, r0 + per_block)
+        lim = top[r0:r1, None]
+        for c0 in range(0, m, _CHUNK):
+            xb = x[r0:r1, c0:c0 + _CHUNK].astype(np.float64)
+            tb = np.empty_like(xb)
+            for k in range(scales.shape[1]):
+                s = scales[r0:r1, k:k + 1]
+                np.divide(xb, s, out=tb)
+                round_fn(tb, out=tb)
+                np.clip(tb, -lim, lim, out=tb)
+                tb *= s
+                np.subtract(xb, tb, out=tb)
+                tb *= tb
+                total[r0:r1, k] += tb.sum(axis=1)
+    return total
 
 
 def sum_sq_error(x, scales, qmax, rounding="half_even"):
-    """Exact sum of (x - s * clamp(round(x / s), -qmax, qmax))**2 for each scale s, on the symmetric grid.
-
-    Shapes: x 1-D (one channel); scales (S,) float64 -> (S,) float64.
-    The per-element arithmetic is fake_quant's (float64 x / s, round, clamp,
-    times s); the sum is accumulated block by block (_CHUNK elements, numpy's
-    pairwise sum inside a block, blocks added in order), the same way for every
-    scale, so the result for one scale does not depend on the other scales
-    evaluated alongside it. quant_mse and the dynamic clipping search both
-    call this, which is what makes the dynamic rule's guarantee exact.
-    """
-    round_fn = check_rounding(rounding)
-    scales = np.asarray(scales, dtype=np.float64).reshape(-1)
-    total = np.zeros(scales.size)
-    buf_x, buf_t = np.empty(min(_CHUNK, x.size)), np.empty(min(_CHUNK, x.size))
-    for start in range(0, x.size, _CHUNK):
-        m = min(_CHUNK, x.size - start)
-        xb, tb = buf_x[:m], buf_t[:m]
-        xb[...] = x[start:start + m]  # converts to float64
-        for i, s in enumerate(scales):
-            np.divide(xb, s, out=tb)
-            round_fn(tb, out=tb)
-            np.clip(tb, -qmax, qmax, out=tb)
-            tb *= s
-            np.subtract(xb, tb, out=tb)
-            tb *= tb
-            total[i] += tb.sum()
-    return total
+    """sum_sq_error_rows for one channel: x 1-D, scales (S,) -> (S,) float64."""
+    x = np.asarray(x).reshape(1, -1)
+    return sum_sq_error_rows(x, np.asarray(scales, dtype=np.float64).reshape(1, -1), qmax, rounding)[0]
 
 
 def quant_mse(w, *, alpha, bits, axis=None, rounding="half_even", name=None):
@@ -355,10 +374,8 @@ def quant_mse(w, *, alpha, bits, axis=None, rounding="half_even", name=None):
     alpha = _per_channel_array(alpha, "alpha", w, axis, name=name)
     scale = grid_params(bits=bits, alpha=alpha)[0].astype(np.float64)
     qmax = 2 ** (bits - 1) - 1
-    rows = channels(w, axis)
-    alpha_c, scale_c = np.broadcast_to(alpha, (len(rows),)), np.broadcast_to(scale, (len(rows),))
-    mse = np.array([
-        sum_sq_error(x, [s], qmax if a > 0 else 0, rounding)[0] / x.size
-        for x, a, s in zip(rows, alpha_c, scale_c)
-    ])
+    rows = channel_rows(w, axis)
+    alpha_c = np.broadcast_to(alpha, (rows.shape[0],))
+    scale_c = np.broadcast_to(scale, (rows.shape[0],)).reshape(-1, 1)
+    mse = sum_sq_error_rows(rows, scale_c, np.where(alpha_c > 0, qmax, 0), rounding)[:, 0] / rows.shape[1]
     return float(mse[0]) if axis is None else mse

@@ -1,7 +1,9 @@
 """sqref.clipping: the ACIQ constants against the published table, hand-computed
-boundaries for every rule, the KL rule against the TensorRT slides' loop, and
-hypothesis properties: every boundary in (0, max|w|], the dynamic rule never
-worse than any other rule, per-channel never worse than per-tensor.
+boundaries for every rule, the kl-slides rule against the TensorRT slides' loop
+(the kl rule against NVIDIA's code: tests/test_calibration.py), the dynamic rule
+against a plain-Python enumeration of every breakpoint, and hypothesis
+properties: every boundary in (0, max|w|], the dynamic rule never worse than
+any other rule, per-channel never worse than per-tensor.
 """
 import math
 
@@ -11,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import special
 
-from sqref import clipping, quant
+from sqref import clipping, mse_search, quant
 from sqref.clipping import RULES, aciq_constant, boundary
 from sqref.quant import quant_mse
 from test_quant import bits_st, roundings, weight_tensors  # tests/ is on sys.path (pytest's default import mode)
@@ -98,7 +100,7 @@ def test_aciq_literal():
     assert boundary(W10, 4, rule="aciq-laplace") == 10.0
 
 
-def test_kl_literal():
+def test_kl_slides_literal():
     # 2 bits (2 levels), bin width 2048 / 2048 = 1: hist[0] = 30, hist[1] = 10, hist[2047] = 1.
     # i = 2: P = [30, 11] / 41, Q = [30, 10] / 40 -> KL = 30/41 ln(40/41) + 11/41 ln(44/41) = 0.00088
     # i in 3..2047: the last kept bin is empty but there is an outlier -> KL infinite (skipped)
@@ -106,7 +108,20 @@ def test_kl_literal():
     #           -> KL = (30 ln 1.5 + 10 ln 0.5) / 41 = 0.1276
     # best i = 2 -> alpha = (2 + 0.5) * 1 = 2.5
     w = np.array([0.5] * 30 + [-1.5] * 10 + [2048.0])
-    assert boundary(w, 2, rule="kl") == 2.5
+    assert boundary(w, 2, rule="kl-slides") == 2.5
+
+
+def test_kl_literal():
+    # The same tensor under NVIDIA's rule: bins[0] = bins[1] = 10, so hist = [10, 10, 0 ..., 0, 1].
+    # Candidates start at i = 128: bins 2..127 are empty and the outlier sits in bin 2047, so every
+    # i < 2048 has P > 0 where Q = 0 (KL infinite); i = 2048 keeps everything: alpha = 2048 (= max|w|).
+    w = np.array([0.5] * 30 + [-1.5] * 10 + [2048.0])
+    assert boundary(w, 2, rule="kl") == 2048.0
+    # 1000 exact zeros, then one value in each bin 1..2047 (bin width 1): hist = [1000, 1, 1, ..., 1].
+    # bins[0] = bins[1] makes it flat; at i = 2048 P == Q exactly (KL = 0), and every i < 2048 has the
+    # outliers piled in its last bin (KL > 0): alpha = 2048 * 1 = max|w|.
+    w = np.concatenate([np.zeros(1000), np.arange(1, 2047) + 0.5, [2048.0]])
+    assert boundary(w, 8, rule="kl") == 2048.0
 
 
 def test_dynamic_literal():
@@ -115,12 +130,25 @@ def test_dynamic_literal():
     # the ones round to 0: SSE >= 8. So alpha* = 11/9, MSE = 32/81.
     w = np.array([1.0] * 8 + [3.0])
     alpha = boundary(w, 2)
-    assert alpha == pytest.approx(11 / 9, rel=1e-4)  # the search's last grid step is ~3e-5 relative
-    assert quant_mse(w, alpha=alpha, bits=2) == pytest.approx(32 / 81, rel=1e-7)  # flat at the minimum: 9 eps^2
+    # qmax = 1, so s = alpha: the float32 nearest 11/9 (either neighbour; 9 (s - 11/9)^2 decides)
+    assert alpha in (float(np.nextafter(np.float32(11 / 9), np.float32(0))), float(np.float32(11 / 9)),
+                     float(np.nextafter(np.float32(11 / 9), np.float32(2))))
+    assert abs(alpha - 11 / 9) <= float(np.spacing(np.float32(11 / 9))) / 2
+    assert quant_mse(w, alpha=alpha, bits=2) == pytest.approx(32 / 81, rel=1e-13)  # flat at the minimum: 9 eps^2
     # values on the grid s = 0.25 (3 bits, alpha = 0.75) are reproduced exactly
     w = np.array([-0.75, -0.25, 0, 0.25, 0.5, 0.75])
     alpha = boundary(w, 3)
     assert quant_mse(w, alpha=alpha, bits=3) == 0.0 and quant.grid_params(bits=3, alpha=alpha)[0] == 0.25
+
+
+def test_dynamic_issue_example():
+    # The audit's example: 144 Laplace weights at 5 bits. The old grid search returned 6.0212
+    # (MSE 0.013454); the exact argmin is 5.557283163070679 (MSE 0.013237, 1.6% lower).
+    x = np.random.default_rng(183).laplace(size=144)
+    alpha = boundary(x, 5)
+    assert alpha == pytest.approx(5.557283163070679, rel=1e-7)
+    assert quant_mse(x, alpha=alpha, bits=5) == pytest.approx(0.013237421961723646, rel=1e-12)
+    assert quant_mse(x, alpha=alpha, bits=5) == pytest.approx(oracle_mse(x, 5), rel=1e-12)
 
 
 def test_per_channel_literal():
@@ -162,16 +190,124 @@ def kl_oracle(a, bits):
 
 @pytest.mark.parametrize("kind, bits", [("normal", 2), ("normal", 4), ("laplace", 3), ("student_t", 8),
                                         ("skewed", 4), ("sparse", 2)])
-def test_kl_matches_the_slides_loop(kind, bits):
+def test_kl_slides_matches_the_slides_loop(kind, bits):
     rng = np.random.default_rng(7)
     x = {"normal": rng.normal(size=20000), "laplace": rng.laplace(size=20000),
          "student_t": rng.standard_t(2.5, 20000), "skewed": rng.lognormal(0, 0.75, 20000) - 0.4,
          "sparse": rng.normal(size=300)}[kind]
     kl, width = kl_oracle(np.abs(x), bits)
-    alpha = boundary(x, bits, rule="kl")
+    alpha = boundary(x, bits, rule="kl-slides")
     i = 2048 if alpha == np.abs(x).max() else round(alpha / width - 0.5)
     # The prefix-sum formula and the loop sum in different orders; near-equal KLs may swap by ~1e-15.
     assert kl[i] <= min(kl.values()) + 1e-12
+
+
+# ----------------------------------------------------------------------------- dynamic against every breakpoint
+TINY32 = float(np.finfo(np.float32).tiny)
+
+
+def oracle_sse(x, bits, rounding="half_even"):
+    """The least SSE over every float32 scale s in (0, s_top], enumerating every piece in plain Python.
+
+    Breakpoints: s = |x_i| / (j - 1/2), j = 1..qmax (a weight changes code there; code qmax is
+    clipping). Between two consecutive ones the codes are fixed (computed directly, by rounding at
+    the piece's midpoint) and SSE(s) = S2 - 2 s A + s^2 B: least at s = A / B, clamped into the
+    piece. The float32 neighbours of the best pieces' least points are evaluated exactly.
+    """
+    a = sorted(abs(float(v)) for v in np.ravel(x))
+    qmax = 2 ** (bits - 1) - 1
+    if a[-1] == 0:
+        return 0.0
+    s_top = float(np.float32(a[-1] / qmax))  # the float32 scale of alpha = max|x|
+    cuts = {v / (j - 0.5) for v in a if v > 0 for j in range(1, qmax + 1)}
+    cuts = sorted({c for c in cuts if TINY32 < c < s_top} | {TINY32, s_top})
+    s2 = sum(v * v for v in a)
+    pieces = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        mid = (lo + hi) / 2
+        codes = [min(round(v / mid), qmax) for v in a]
+        big_a, big_b = sum(c * v for c, v in zip(codes, a)), sum(c * c for c in codes)
+        s = min(max(big_a / big_b, lo), hi) if big_b else hi
+        pieces.append((s2 - 2 * s * big_a + s * s * big_b, s))
+    least = min(p[0] for p in pieces)
+    slack = 1e-9 * least + 256 * np.finfo(np.float64).eps * s2  # the float rounding of S2 - 2 s A + s^2 B
+    scales = set()
+    for sse, s in pieces:
+        if sse <= least + slack:
+            f = np.float32(s)
+            for g in (np.nextafter(f, np.float32(0)), f, np.nextafter(f, np.float32(np.inf))):
+                scales.add(min(max(float(g), TINY32), s_top))
+    return float(quant.sum_sq_error(np.ravel(x), sorted(scales), qmax, rounding).min())
+
+
+def oracle_mse(x, bits, rounding="half_even"):
+    return oracle_sse(x, bits, rounding) / np.size(x)
+
+
+@st.composite
+def small_channels(draw, max_channels=1):
+    """A (C, n) tensor, n <= 24, of one of the issue's distributions; ties and zeros drawn on purpose."""
+    kind = draw(st.sampled_from(["normal", "laplace", "t2", "t3", "lognormal", "bimodal", "sparse", "constant"]))
+    shape = (draw(st.integers(1, max_channels)), draw(st.integers(1, 24)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    w = {"normal": lambda: rng.normal(size=shape), "laplace": lambda: rng.laplace(size=shape),
+         "t2": lambda: rng.standard_t(2, shape), "t3": lambda: rng.standard_t(3, shape),
+         "lognormal": lambda: rng.lognormal(0, 1, shape),
+         "bimodal": lambda: rng.normal(0, 0.2, shape) + rng.choice([-1.5, 1.5], shape),
+         "sparse": lambda: rng.normal(size=shape) * (rng.random(shape) < 0.2),
+         "constant": lambda: np.full(shape, draw(st.sampled_from([1.0, -0.37, 0.0])))}[kind]()
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return (w * 10.0 ** draw(st.floats(-3, 3))).astype(dtype)
+
+
+def assert_close_to_oracle(got, want):
+    assert got <= want * (1 + 1e-12) + 1e-300 and got >= want * (1 - 1e-12), (got, want, got / want - 1 if want else 0)
+
+
+@given(small_channels(), bits_st, roundings)
+def test_dynamic_is_the_exact_argmin_per_tensor(w, bits, rounding):
+    got = quant_mse(w, alpha=boundary(w, bits, rounding=rounding), bits=bits, rounding=rounding)
+    assert_close_to_oracle(got, oracle_mse(w, bits, rounding))
+
+
+@given(small_channels(max_channels=3), bits_st, roundings)
+def test_dynamic_is_the_exact_argmin_per_channel(w, bits, rounding):
+    # Per channel, the per-tensor boundary is one more candidate (it may exceed the channel's max|w|),
+    # so each channel gets the better of its own exact optimum and the per-tensor grid.
+    got = quant_mse(w, alpha=boundary(w, bits, axis=0, rounding=rounding), bits=bits, axis=0, rounding=rounding)
+    whole = quant_mse(w, alpha=boundary(w, bits, rounding=rounding), bits=bits, axis=0, rounding=rounding)
+    for c in range(w.shape[0]):
+        assert_close_to_oracle(got[c], min(oracle_mse(w[c], bits, rounding), whole[c]))
+
+
+@given(small_channels(), bits_st)
+def test_the_bracket_is_exact_too(w, bits):
+    # Force the large-tensor path (branch and bound, then enumeration inside the bracket) on small
+    # tensors, where the oracle can check it.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mse_search, "ENUMERATE", 0)
+        patch.setattr(mse_search, "BRACKET_BUDGET", 8)
+        alpha = boundary(w, bits)
+    assert_close_to_oracle(quant_mse(w, alpha=alpha, bits=bits), oracle_mse(w, bits))
+
+
+@pytest.mark.parametrize("kind", ["normal", "laplace", "t3", "lognormal"])
+def test_dynamic_on_large_tensors_is_within_the_stated_bound(kind):
+    # 20,000 weights: above ENUMERATE breakpoints from 4 bits up, so the bracket is used. Compare with
+    # the full enumeration of every breakpoint (the small-tensor path, forced): the stated bound is
+    # tol / n, tol = 64 eps (sum w^2 + n (qmax s_top)^2).
+    rng = np.random.default_rng(11)
+    x = {"normal": rng.normal(size=20000), "laplace": rng.laplace(size=20000), "t3": rng.standard_t(3, 20000),
+         "lognormal": rng.lognormal(0, 0.75, 20000) - 0.4}[kind]
+    for bits in (3, 5, 8):
+        got = quant_mse(x, alpha=boundary(x, bits), bits=bits)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mse_search, "ENUMERATE", 1 << 40)
+            full = quant_mse(x, alpha=boundary(x, bits), bits=bits)
+        qmax = 2 ** (bits - 1) - 1
+        s_top = float(np.float32(np.abs(x).max() / qmax))
+        tol = 64 * np.finfo(np.float64).eps * (np.sum(x * x) + x.size * (qmax * s_top) ** 2)
+        assert got <= full + tol / x.size, (bits, got, full)
 
 
 # ----------------------------------------------------------------------------- properties
@@ -208,7 +344,7 @@ def test_the_guarantee_does_not_rest_on_the_search(w, bits, axis):
     # With a search that only proposes max|w| / 2, the dynamic rule must still beat every other
     # rule: their boundaries are its candidates.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(clipping, "_search", lambda a, bits: [float(a[-1]) / 2])
+        patch.setattr(clipping, "search_scales", lambda a, cum1, cum2, bits: [float(a[-1]) / 2])
         dynamic = quant_mse(w, alpha=boundary(w, bits, axis=axis), bits=bits, axis=axis)
     for rule in OTHER_RULES:
         assert (np.asarray(dynamic) <= quant_mse(w, alpha=boundary(w, bits, rule=rule, axis=axis), bits=bits, axis=axis)).all()
@@ -221,17 +357,19 @@ def test_every_rule_is_an_exactly_evaluated_candidate(w, bits, axis):
     evaluated = []
 
     def spy(x, scales, qmax, rounding="half_even"):
-        evaluated.append(set(np.asarray(scales).tolist()))
-        return quant.sum_sq_error(x, scales, qmax, rounding)
+        evaluated.append([set(row.tolist()) for row in np.asarray(scales)])
+        return quant.sum_sq_error_rows(x, scales, qmax, rounding)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(clipping, "sum_sq_error", spy)
+        patch.setattr(clipping, "sum_sq_error_rows", spy)
         boundary(w, bits, axis=axis)
     alphas = {rule: np.atleast_1d(boundary(w, bits, rule=rule, axis=axis)) for rule in OTHER_RULES}
     live = np.flatnonzero(alphas["max"] > 0)  # all-zero channels are not searched
     calls = evaluated if axis is None else evaluated[1:]  # per channel, the per-tensor search comes first
-    assert len(calls) == live.size
-    for call, c in zip(calls, live):
+    assert len(calls) == (1 if live.size else 0)
+    rows = calls[0] if calls else []
+    assert len(rows) == live.size
+    for call, c in zip(rows, live):
         for rule in OTHER_RULES:
             assert float(quant.grid_params(bits=bits, alpha=alphas[rule][c])[0]) in call, (rule, c)
 
@@ -252,8 +390,8 @@ def test_fast_sse_model_agrees_with_the_exact_sum(w, bits, fraction):
     a = np.sort(np.abs(x))
     cum1, cum2 = np.concatenate([[0], np.cumsum(a)]), np.concatenate([[0], np.cumsum(a * a)])
     qmax = 2 ** (bits - 1) - 1
-    scale = clipping.grid_scales([fraction * a[-1]], bits)
-    fast = clipping.approx_sse(a, cum1, cum2, scale, qmax)
+    scale = mse_search.grid_scales([fraction * a[-1]], bits)
+    fast = mse_search.approx_sse(a, cum1, cum2, scale, qmax)
     exact = quant.sum_sq_error(x, scale, qmax)
     # S2 - 2 c S1 + c^2 n cancels: its rounding is a few eps times the size of the terms, not of the result
     atol = 64 * np.finfo(np.float64).eps * (cum2[-1] + a.size * (qmax * scale[0]) ** 2)
@@ -266,7 +404,7 @@ def test_dynamic_finds_the_minimum_of_a_smooth_curve(bits):
     x = np.random.default_rng(3).normal(size=20000)
     qmax = 2 ** (bits - 1) - 1
     alphas = np.linspace(0.01, 1, 2000) * np.abs(x).max()
-    scan = quant.sum_sq_error(x, clipping.grid_scales(alphas, bits), qmax).min() / x.size
+    scan = quant.sum_sq_error(x, mse_search.grid_scales(alphas, bits), qmax).min() / x.size
     # The search ends with steps of ~1e-7 relative, far finer than the scan's 1/2000 of max|w|, so it
     # must do at least as well; 1e-7 relative is the float rounding of the search's prefix-sum SSE
     # model (~1e-9 here), which may steer it between points whose MSEs differ by less than that.
@@ -281,7 +419,7 @@ def test_dynamic_boundary_tightens_as_bits_fall():
 
 # ----------------------------------------------------------------------------- dispatch and bad input
 def test_rules_and_dispatch():
-    assert RULES == ("max", "percentile", "sigma", "aciq-gauss", "aciq-laplace", "kl", "dynamic")
+    assert RULES == ("max", "percentile", "sigma", "aciq-gauss", "aciq-laplace", "kl", "kl-slides", "dynamic")
     for rule in RULES:
         function = getattr(clipping, "boundary_" + rule.replace("-", "_"))
         assert boundary(W11, 3, rule=rule) == function(W11, 3)

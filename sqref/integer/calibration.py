@@ -67,9 +67,12 @@ def activation_range(values, *, rule="max", p=clipping.PERCENTILE_P):
       max         alpha = max|x|: no clipping.
       percentile  alpha = the p-th percentile of |x| (clipping.boundary_percentile,
                   p = 99.99); on a ReLU output that is the plain percentile of x.
-      kl          alpha = TensorRT's entropy threshold on |x| (clipping.boundary_kl,
-                  2048 bins, 128 target levels: TensorRT's int8 setting, kept
-                  although the uint8 grid has 256 levels).
+      kl          alpha = the entropy threshold on |x| as NVIDIA's calibrator computes
+                  it (clipping.boundary_kl: the zero spike removed, bins[0] = bins[1],
+                  so a ReLU output keeps its range; 2048 bins, 128 target levels:
+                  TensorRT's int8 setting, kept although the uint8 grid has 256
+                  levels). The slides' variant (clipping.boundary_kl_slides, spike
+                  kept) collapses on ReLU outputs and is not offered here.
       mse         alpha minimising sum (x - Q(x))**2 where Q is THIS uint8 grid
                   (act_params(lo, hi) then quantize/dequantize), not the
                   symmetric weight grid of clipping.boundary_dynamic; see mse_alpha.
