@@ -346,22 +346,24 @@ def _signals_blocked():
 
 
 def check_destination(path, *, overwrite: bool) -> str:
-    """The checks every writer makes: not a directory, FIFO, device or dangling
-    symlink; an existing directory; no existing file unless `overwrite`."""
+    """The checks every writer makes, one-line FileFormatError (a ValueError) each: not a
+    dangling symbolic link, a directory, a FIFO, socket or device; in an existing, writable
+    directory; no existing file unless ``overwrite`` (the commands' --force)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.islink(path) and not os.path.exists(path):
-        raise FileFormatError(f"{path}: is a dangling symbolic link; refusing to write through it")
+        raise FileFormatError(f"output {path} is a dangling symbolic link; refusing to write through it")
     if os.path.isdir(path):
-        raise FileFormatError(f"{path}: is a directory, expected a file path to write")
+        raise FileFormatError(f"output {path} is a directory; give a file path")
     if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
-        raise FileFormatError(f"{path}: is not a regular file (a FIFO, socket or device); refusing to write to it")
+        raise FileFormatError(f"output {path} is not a regular file (a FIFO, socket or device); refusing to "
+                              "write to it")
     if not os.path.isdir(directory):
-        raise FileFormatError(f"{path}: directory {directory} does not exist")
+        raise FileFormatError(f"output {path}: directory {directory} does not exist")
     if os.path.exists(path) and not overwrite:
-        raise FileFormatError(f"{path}: already exists (use --force / overwrite=True to replace it)")
+        raise FileFormatError(f"output {path} already exists; pass --force (overwrite=True) to replace it")
     if not os.access(directory, os.W_OK):
-        raise FileFormatError(f"{path}: directory {directory} is not writable")
+        raise FileFormatError(f"output {path}: directory {directory} is not writable")
     return path
 
 

@@ -26,6 +26,9 @@ from sqref import hdf5, zoo
 from sqref.data import DATA_DIR, DEFAULT_DATA
 from sqref.hdf5 import FileFormatError
 
+sys.path.insert(0, os.path.dirname(__file__))
+import fuzz_files  # noqa: E402  (a test helper beside this file)
+
 MEMORY_LIMIT = 3 * 2**30   # address space of a child: python + numpy + h5py + matplotlib need ~1.5 GiB of it
 PEAK_LIMIT = 400 * 2**20   # peak RSS of a child reading a hostile file (the baseline is ~150 MiB)
 TIMEOUT = 60
@@ -67,19 +70,10 @@ def assert_refused(path, match, *, command="info"):
 
 
 def reseal(path):
-    """Recompute every dataset's sha256 and the manifest, as a tamperer would: the
+    """Recompute every checksum and the manifest, as a tamperer would (fuzz_files.reseal): the
     file then passes the integrity checks, so the test reaches the check under test."""
     with h5py.File(path, "r+") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and obj.id.get_storage_size() and obj.size < 2**24:
-                obj.attrs["sha256"] = hdf5.array_sha256(obj[()])
-        f.visititems(visit)
-        if "manifest_sha256" in f.attrs:
-            del f.attrs["manifest_sha256"]
-            try:
-                f.attrs["manifest_sha256"] = hdf5.manifest_sha256(f)
-            except Exception:  # noqa: BLE001 - a file the manifest cannot walk keeps no manifest
-                pass
+        fuzz_files.reseal(f)
 
 
 @pytest.fixture
@@ -333,7 +327,7 @@ def test_symmetric_zero_point_must_be_zero(tmp_path):
 
 
 def test_onnx_import_errors_are_sqref_errors(tmp_path):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     from sqref.backends.onnx import OnnxImportError, import_onnx
@@ -459,6 +453,7 @@ def test_signal_during_compress_leaves_destination_unchanged(tmp_path, signum, e
     out = tmp_path / "c.h5"
     out.write_bytes(b"old contents")
     proc = subprocess.Popen([sys.executable, "-m", "sqref", "compress", str(DATA_DIR / "lenet5.h5"), "--rank", "20",
+                             "--finetune", "3",  # about 10 s of work: every delay below lands inside it
                              "-o", str(out), "--force", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=tmp_path)
     time.sleep(delay)

@@ -3,9 +3,8 @@ PNG figures written atomically. A refused path is a one-line ValueError naming i
 from __future__ import annotations
 
 import os
-import stat
 
-from sqref.hdf5 import atomic_path
+from sqref.hdf5 import atomic_path, check_destination
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -32,20 +31,7 @@ def check_output_path(out, inputs=(), *, force: bool = False) -> str:
             continue
         if _same_file(os.fspath(path), out):
             raise ValueError(f"output {out} is the input file {os.fspath(path)}; refusing to overwrite it")
-    if os.path.islink(out) and not os.path.exists(out):
-        raise ValueError(f"output {out} is a dangling symbolic link; refusing to write through it")
-    if os.path.isdir(out):
-        raise ValueError(f"output {out} is a directory; give a file path")
-    if os.path.exists(out) and not stat.S_ISREG(os.stat(out).st_mode):
-        raise ValueError(f"output {out} is not a regular file (a FIFO, socket or device); refusing to write to it")
-    if os.path.exists(out) and not force:
-        raise ValueError(f"output {out} already exists; pass --force to replace it")
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        raise ValueError(f"output {out}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise ValueError(f"output {out}: directory {directory} is not writable")
-    return out
+    return check_destination(out, overwrite=force)
 
 
 def default_output(model_path, tag: str) -> str:
