@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 
-from sqref.jobs.paths import check_output_path  # noqa: F401  (the commands check outputs with it)
 
 
 class UsageError(ValueError):

@@ -13,8 +13,8 @@ from sqref.clipping import RULES
 from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP
 from sqref.data import DEFAULT_DATA
 from sqref.jobs.compress import compress_file, quantize_file
-from sqref.jobs.paths import save_figure  # noqa: F401  (sqref.cli.study draws with it)
 from sqref.jobs.report import alpha_text
+from sqref.quant import ROUNDINGS, SCHEMES
 from sqref.train import KEEP
 
 
@@ -105,8 +105,8 @@ def add_quant_options(p, *, default_bits):
                         "(default: %(default)s)")
     p.add_argument("--rule", choices=RULES, default="dynamic", help="clipping rule (default: %(default)s)")
     p.add_argument("--per-channel", action="store_true", help="one boundary per output channel")
-    p.add_argument("--scheme", choices=["symmetric", "asymmetric"], default="symmetric")
-    p.add_argument("--rounding", choices=["half_even", "half_away"], default="half_even")
+    p.add_argument("--scheme", choices=SCHEMES, default="symmetric")
+    p.add_argument("--rounding", choices=ROUNDINGS, default="half_even")
     p.add_argument("--bias-bits", type=int, choices=[32, 16], default=32, help="bias storage (default: %(default)s)")
     p.add_argument("-o", "--output", help="file to write (default: derived from the model's name, in .)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")

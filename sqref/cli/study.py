@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 
 from sqref import plots
-from sqref.cli.args import UsageError, check_output_path, progress_enabled
-from sqref.cli.compress import save_figure
+from sqref.cli.args import UsageError, progress_enabled
 from sqref.hdf5 import atomic_text
-from sqref.studies import STUDIES
-from sqref.studies import results
+from sqref.jobs.paths import check_output_path, save_figure
+from sqref.studies import STUDIES, results
 
 HELP = """Run a study, then print its markdown, write it to a new file, or update its section of a page.
 

@@ -25,12 +25,11 @@ from sqref.jobs.report import derived_meta, fraction, layer_rows, points, rounde
 from sqref.model import Linear, layer_arrays
 from sqref.progress import Progress
 from sqref.qmodel import BIAS_BITS, parse_bits, quantize_model
+from sqref.quant import ROUNDINGS, SCHEMES
 from sqref.train import KEEP
 
 DEFAULT_MODEL = DATA_DIR / "lenet5.h5"
 DEFAULT_MAX_DROP = 0.5  # points on the validation split, when no other rank option is given
-SCHEMES = ("symmetric", "asymmetric")
-ROUNDINGS = ("half_even", "half_away")
 SPLITS = ("val", "test")
 
 
