@@ -2,8 +2,9 @@
 
 The shipped LeNet-5, quantized to 8 bits (dynamic boundary, per tensor) and
 calibrated on the train split, runs in onnxruntime on all 1,000 test images and
-is compared on the quantized input, every layer and the logits. Result, on
-this machine (x86-64 AVX2 without VNNI, onnxruntime 1.32):
+is compared on the quantized input, every layer and the logits. Which accumulation
+onnxruntime's u8 x s8 kernels use is probed (sqref.backends.probe): on a VNNI CPU
+they are exact; measured on an x86-64 AVX2 CPU without VNNI, onnxruntime 1.32:
 
 * int8 weights (u8 x s8 kernels): onnxruntime == run_integer(accumulate="int16-pairs")
   on every tensor, bit for bit. Against EXACT accumulation it differs (the
@@ -29,28 +30,15 @@ from hypothesis import strategies as st  # noqa: E402
 import sqref  # noqa: E402
 from sqref import integer  # noqa: E402
 from sqref.backends import onnx as onnx_io  # noqa: E402
+from sqref.backends.probe import resolve_accumulate  # noqa: E402
 from sqref.data import DATA_DIR, load_split  # noqa: E402
 from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU  # noqa: E402
 from sqref.qmodel import quantize_model  # noqa: E402
 from sqref.testing import assert_bit_exact  # noqa: E402
 
 
-def u8s8_saturates():
-    """Probe this CPU once: onnxruntime's MatMulInteger of [255, 255] . [-128, -128]."""
-    from onnx import TensorProto, helper
-
-    node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
-    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 2]),
-                                                helper.make_tensor_value_info("b", TensorProto.INT8, [2, 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
-    got = onnx_io.ort_session(model).run(None, {"a": np.full((1, 2), 255, np.uint8),
-                                                "b": np.full((2, 1), -128, np.int8)})[0]
-    return int(got[0, 0]) == -32768
-
-
-SATURATES = u8s8_saturates()
+ACCUMULATE = resolve_accumulate("onnxruntime")[0]  # what this CPU's u8 x s8 kernels do, probed
+SATURATES = ACCUMULATE == "int16-pairs"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +56,7 @@ def test_lenet5_int8_weights_onnxruntime_equals_the_pair_model_on_every_tensor(l
     imodel, x = lenet5
     got_logits, got = onnx_io.run_onnxruntime(imodel, x)
     got["logits"] = got_logits
-    accumulate = "int16-pairs" if SATURATES else "exact"
+    accumulate = ACCUMULATE
     logits, outs = integer.run_integer(imodel, x, accumulate=accumulate, return_intermediates=True)
     want = tensors(imodel, logits, outs, integer.quantize_input(imodel, x))
     assert set(got) == set(want)
@@ -156,7 +144,7 @@ def small_models(draw):
 def test_small_models_onnxruntime_equals_sqref_on_every_tensor(case):
     qmodel, x = case
     imodel = integer.build_integer_model(qmodel, integer.calibrate(qmodel, x))
-    accumulate = "int16-pairs" if SATURATES else "exact"
+    accumulate = ACCUMULATE
     logits, outs = integer.run_integer(imodel, x, accumulate=accumulate, return_intermediates=True)
     got_logits, got = onnx_io.run_onnxruntime(imodel, x)
     for name, want in zip(imodel.names, outs):

@@ -78,19 +78,8 @@ def linear_acc(x, w, zx, zw, *, u8s8_pairs):
     return (x.astype(np.int64) - zx) @ (w.astype(np.int64) - np.reshape(zw, (-1, 1))).T
 
 
-def _probe_fbgemm_saturation():
-    torch.backends.quantized.engine, previous = "fbgemm", torch.backends.quantized.engine
-    try:
-        packed = torch.ops.quantized.linear_prepack(q_weight(np.full((1, 2), -128), 1.0, 0), None)
-        y = torch.ops.quantized.linear(q_activation(np.full((1, 2), 255), 1.0, 0), packed, 512.0, 200)
-    finally:
-        torch.backends.quantized.engine = previous
-    got = int(y.int_repr()[0, 0])
-    assert got in (200 - 64, 200 - 128), f"quantized.linear probe gave {got}: neither exact nor int16-saturated"
-    return got == 200 - 64  # -32768 / 512; exact would be rne(-65280 / 512 = -127.5) = -128
-
-
-FBGEMM_SATURATES = "fbgemm" in torch.backends.quantized.supported_engines and _probe_fbgemm_saturation()
+FBGEMM_SATURATES = ("fbgemm" in torch.backends.quantized.supported_engines
+                    and probe.accumulation("torch", "matmul") == "int16-pairs")  # quantized.linear, probed
 
 
 # ---------------------------------------------------------- quantize

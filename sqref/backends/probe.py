@@ -26,6 +26,7 @@ import platform
 
 import numpy as np
 
+from sqref.backends.onnx import ort_session  # imports onnxruntime only when called
 from sqref.backends.torch import fbgemm_engine  # imports torch only when entered
 
 PROBED_BACKENDS = ("onnxruntime", "torch")
@@ -66,7 +67,6 @@ def probe_operands(kernel: str):
 
 
 def _onnxruntime_code(kernel: str) -> int:
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     x, w = probe_operands(kernel)
@@ -86,10 +86,7 @@ def _onnxruntime_code(kernel: str) -> int:
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], consts)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    y = session.run(None, {"x": x})[0]
+    y = ort_session(model).run(None, {"x": x})[0]
     return int(y[0, 0, 1, 1] if kernel == "depthwise" else y.ravel()[0])
 
 
