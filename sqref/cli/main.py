@@ -19,6 +19,7 @@ from sqref import __version__
 from sqref.cli import compress, integer, models, study
 from sqref.cli.args import Parser, UsageError, json_default
 from sqref.hdf5 import WriteError, pinned_sha256
+from sqref.jobs.compress import DEFAULT_MODEL
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143, the shell's convention
@@ -74,7 +75,6 @@ def _pins(args):
         return contextlib.nullcontext()
     path = getattr(args, PINNED_INPUT[args.command], None)
     if path is None and args.command == "compress":
-        from sqref.jobs.compress import DEFAULT_MODEL
         path = DEFAULT_MODEL
     return pinned_sha256(path, expected)
 
