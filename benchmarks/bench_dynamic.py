@@ -1,17 +1,20 @@
 """Time the dynamic clipping rule per tensor and per channel, against a baseline implementation, in one run.
 
     python benchmarks/bench_dynamic.py [--bits 4 [8 ...]] [--sizes 1e6 1e7 2.5e7] [--channels 1024]
-                                       [--repeats 3] [--baseline 2693800]
+                                       [--repeats 3] [--baseline 44bfe27]
+
+(docs/performance.md runs --sizes 2.5e7 --bits 4 8: 1,024 channels of 24,414 weights.)
 
 For each size and bit width: a float32 N(0, 1) tensor, timed per tensor and per
 channel (axis=0 of a (C, N/C) reshape), with this checkout's sqref.clipping and
-with the baseline's (the file sqref/clipping.py at git revision --baseline,
-loaded beside it; default: the last commit with the grid search; --baseline ''
-skips it). One warm-up call of each, then the median of `repeats` calls, wall
-and CPU time. The ratios are the numbers to watch, since they carry over between
-machines far better than seconds: per-channel / per-tensor for each
-implementation, new / baseline for each layout, and dynamic / one fake_quant
-pass (how many passes over the weights the rule costs).
+with the baseline's (the files sqref/clipping.py and, if the revision has it,
+sqref/mse_search.py at git revision --baseline, loaded beside them; default: the
+last commit whose search ran one channel at a time; --baseline '' skips it). One
+warm-up call of each, then the median of `repeats` calls, wall and CPU time.
+The ratios are the numbers to watch, since they carry over between machines far
+better than seconds: per-channel / per-tensor for each implementation, new /
+baseline for each layout, and dynamic / one fake_quant pass (how many passes
+over the weights the rule costs).
 """
 import argparse
 import importlib.util
@@ -46,22 +49,47 @@ def median_time(fn, repeats):
     return statistics.median(wall), statistics.median(cpu)
 
 
-def load_baseline(revision):
-    """sqref/clipping.py at `revision` as a module (it imports the current sqref.quant), or None."""
-    if not revision:
-        return None
+def git_source(revision, path):
+    """The text of `path` at git `revision`, or None if the revision (or the file there) is not available."""
     try:
-        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:sqref/clipping.py"],
-                                check=True, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError) as err:
-        print(f"baseline {revision!r} not available ({err}); timing this checkout only", file=sys.stderr)
+        return subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:{path}"],
+                              check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
         return None
-    path = pathlib.Path(tempfile.mkdtemp(prefix="sqref-baseline-")) / f"clipping_{revision}.py"
+
+
+def load_module(source, name, folder):
+    """Python source text as a module named `name` (written to `folder`, then imported from there)."""
+    path = pathlib.Path(folder) / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("sqref_clipping_baseline", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_baseline(revision):
+    """sqref/clipping.py at `revision` as a module, or None.
+
+    It imports the current sqref.quant, and the sqref.mse_search of the same
+    revision when that revision has one (it is put in sys.modules while the
+    baseline's clipping module is imported, then the current one is restored).
+    """
+    if not revision:
+        return None
+    source = git_source(revision, "sqref/clipping.py")
+    if source is None:
+        print(f"baseline {revision!r} not available; timing this checkout only", file=sys.stderr)
+        return None
+    folder = tempfile.mkdtemp(prefix="sqref-baseline-")
+    search_source = git_source(revision, "sqref/mse_search.py")
+    current = sys.modules["sqref.mse_search"]
+    try:
+        if search_source is not None:
+            sys.modules["sqref.mse_search"] = load_module(search_source, f"mse_search_{revision}", folder)
+        return load_module(source, f"clipping_{revision}", folder)
+    finally:
+        sys.modules["sqref.mse_search"] = current
 
 
 def main():
@@ -70,7 +98,7 @@ def main():
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 2.5e7])
     parser.add_argument("--channels", type=int, default=1024, metavar="C")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--baseline", default="2693800", metavar="REV")
+    parser.add_argument("--baseline", default="44bfe27", metavar="REV")
     args = parser.parse_args()
 
     impls = {"new": clipping}

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from sqref.model import PARAM_LAYERS, Model, layer_arrays
+from sqref.model import Model, layer_arrays
 
 
 def layer_payload(layer) -> dict:
@@ -31,8 +31,8 @@ def layer_payload(layer) -> dict:
     q = getattr(layer, "quant", None)
     bias = getattr(layer, "bias", None)
     n_bias = 0 if bias is None else int(bias.size)
-    if q is None:
-        weights = int(layer.weight.size) if isinstance(layer, PARAM_LAYERS) else 0
+    if q is None:  # float: a weight, or the arrays of a batch norm or an elementwise constant
+        weights = sum(int(a.size) for key, a in layer_arrays(layer).items() if key != "bias")
         return {"codes": 0, "scales": 0, "zero_points": 0, "biases": 4 * n_bias, "float_weights": 4 * weights}
     n = int(q.codes.size)
     return {"codes": (q.bits * n + 7) // 8,
@@ -66,13 +66,15 @@ def sizes(model: Model, path=None) -> dict:
     """
     rows = []
     for name, layer in zip(model.names, model.layers):
-        if not isinstance(layer, PARAM_LAYERS):
+        arrays = layer_arrays(layer)
+        if not arrays:
             continue
         parts = layer_payload(layer)
-        q = layer.quant
-        params = sum(a.size for a in layer_arrays(layer).values())
+        q = getattr(layer, "quant", None)
+        params = sum(a.size for a in arrays.values())
         huff = (huffman_bits(q.codes) + 7) // 8 if q is not None else parts["float_weights"]
-        rows.append({"name": name, "kind": layer.kind, "shape": list(layer.weight.shape), "params": int(params),
+        shape = next(iter(arrays.values())).shape
+        rows.append({"name": name, "kind": layer.kind, "shape": list(shape), "params": int(params),
                      "bits": q.bits if q is not None else 32, "payload_bytes": sum(parts.values()),
                      "huffman_payload_bytes": sum(parts.values()) - parts["codes"] - parts["float_weights"] + huff,
                      **{f"{k}_bytes": v for k, v in parts.items()}})

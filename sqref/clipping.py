@@ -41,6 +41,7 @@ KL_BINS = 2048  # TensorRT's histogram size
 KL_START_BIN = 128  # the fewest bins NVIDIA's calibrator keeps (its start_bin)
 PERCENTILE_P = 99.99  # default p of the percentile rule
 SIGMA_N = 3.0  # default n of the sigma rule
+SEARCH_BLOCK = 1 << 23  # breakpoints (weights x qmax) per block of channels the dynamic rule searches together
 
 
 # ----------------------------------------------------------------------------- statistics and formulas
@@ -170,13 +171,13 @@ def kl_bins_kept(hist, bits):
     sum_p_log_p = cum_xlogx[rows_of, kept - 1] + _xlogx(hist[rows_of, kept - 1] + beyond)  # last bin + outliers
     g = np.arange(levels + 1)
     log_int = np.log(np.maximum(np.arange(n_bins + 1), 1))  # log Z for the group sizes Z
-    cum_nonempty = cum_nonempty.astype(np.int64)
+    starts = (g * i[:, None] + levels - 1) // levels  # (I, L + 1): group g of candidate i starts at bin ceil(g i / L)
+    flat_mass, flat_nonempty = cum_mass.ravel(), cum_nonempty.astype(np.int64).ravel()
     sum_p_log_q = np.empty(kept.size)
     for p0, p1 in _row_blocks(kept.size, levels + 1):
-        starts = (g * kept[p0:p1, None] + levels - 1) // levels  # group g starts at bin ceil(g i / L)
-        row = rows_of[p0:p1, None]
-        h_g = np.diff(cum_mass[row, starts], axis=1)  # (P, L)
-        z_g = np.diff(cum_nonempty[row, starts], axis=1)
+        at = starts[cols_of[p0:p1]] + (rows_of[p0:p1] * (n_bins + 1))[:, None]  # flat index into the prefix sums
+        h_g = np.diff(flat_mass[at], axis=1)  # (P, L)
+        z_g = np.diff(flat_nonempty[at], axis=1)
         log_q = np.log(np.maximum(h_g, 1.0))  # log(H_g / Z_g); counts: H_g = 0 (then P_g = 0) or >= 1
         log_q -= log_int[z_g]
         h_g[:, -1] += beyond[p0:p1]  # now P_g: bin i - 1 is in group floor((i - 1) L / i) = L - 1
@@ -398,15 +399,18 @@ def _dynamic_rows(x, bits, rounding, extra=None):
     if live.size == 0:
         return alpha
     m = a.shape[1]
-    row, square = np.empty(m), np.empty(m)  # one channel at a time, in reused float64 buffers
-    cum1, cum2 = np.zeros(m + 1), np.zeros(m + 1)  # cum[i] = sum of the i smallest
+    blocks = _row_blocks(live.size, m * (2 ** (bits - 1) - 1), SEARCH_BLOCK)  # a few large channels at a time
+    size = blocks[0][1]  # float64 buffers for one block, reused: a[rows], then cum[:, i] = sum of the i smallest
+    rows, cum1, cum2 = np.empty((size, m)), np.empty((size, m + 1)), np.empty((size, m + 1))
+    cum1[:, 0] = cum2[:, 0] = 0.0
     found = []
-    for r in live:
-        row[:] = a[r]
-        np.cumsum(row, out=cum1[1:])
-        np.square(row, out=square)
-        np.cumsum(square, out=cum2[1:])
-        found.append(search_scales(row, cum1, cum2, bits))
+    for r0, r1 in blocks:
+        n = r1 - r0
+        rows[:n] = a[r0:r1] if live.size == a.shape[0] else a[live[r0:r1]]
+        np.cumsum(rows[:n], axis=1, out=cum1[:n, 1:])
+        np.square(rows[:n], out=cum2[:n, 1:])
+        np.cumsum(cum2[:n, 1:], axis=1, out=cum2[:n, 1:])
+        found += search_scales(rows[:n], cum1[:n], cum2[:n], bits)
     width = max(len(f) for f in found)
     found = np.array([f + f[:1] * (width - len(f)) for f in found])  # pad with a repeat (same grid)
     candidates = np.concatenate([found, np.stack(rules, axis=1)[live]], axis=1)  # (live, K)
@@ -465,8 +469,10 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
     tensor's): a channel whose values sit on the per-tensor grid can lose on
     every finer grid.
     Cost: one sort, two prefix sums, the other rules' statistics (vectorised
-    over channels), the search (O(qmax log n) per interval, a few dozen
-    intervals), one cheap pass per candidate (benchmarks/bench_dynamic.py).
+    over channels), the search (O(qmax log n) per interval, a few dozen to a
+    few hundred intervals; channels in blocks, level by level), one cheap pass
+    per candidate, and per channel the per-tensor rule first
+    (benchmarks/bench_dynamic.py).
     """
     w = check_weights(w, name=name)
     bits = check_bits(bits)

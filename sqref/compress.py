@@ -4,6 +4,10 @@ clipping rule, optional quantization-aware fine-tuning (docs/method.md 2-4).
     factor_model        replace Linear layers by SVD pairs (rank, energy or ratio)
     search_rank         the max_drop rule: smallest shared rank whose compressed
                         model loses at most max_drop points on the VALIDATION split
+                        (of accuracy; of top-1 agreement with the float model
+                        when the data has no labels)
+    logit_agreement     label-free quality: top-1 and top-5 agreement with the
+                        float model's logits, and their mean SQNR in dB
     finetune            SGD with the straight-through estimator, the boundary
                         recomputed from the current weights at every step
     compress            all of it, returning the compressed model and a report
@@ -15,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from sqref import svd
-from sqref.model import Linear, Model, predict
+from sqref.model import Conv2d, Linear, Model, predict, substitute
 from sqref.qmodel import quantize_model
 from sqref.train import train
 
@@ -39,9 +43,33 @@ def distill_kwargs(teacher: Model, distill) -> dict:
     return {"teacher": teacher, "temperature": temperature, "alpha": alpha}
 
 
+def as_matrix(layer):
+    """A layer SVD can factor, as a Linear (OUT, IN) stand-in: a Linear itself, or
+    a 1x1 convolution without groups or padding (a matrix applied at every
+    pixel; factored only with factor_model's `conv_1x1`); None otherwise."""
+    if isinstance(layer, Linear):
+        return layer
+    if isinstance(layer, Conv2d) and layer.weight.shape[2:] == (1, 1) and layer.groups == 1 \
+            and tuple(layer.padding) == (0, 0):
+        return Linear(layer.weight.reshape(layer.weight.shape[:2]), layer.bias, layer.quant)
+    return None
+
+
+def _as_layers(original, first, second):
+    """The factors back in the original layer's kind: two 1x1 convolutions for a
+    1x1 convolution (the first keeps its stride), else the two Linears."""
+    if isinstance(original, Linear):
+        return first, second
+    v = Conv2d(first.weight[:, :, None, None], None, original.stride, (0, 0), (1, 1), 1)
+    u = Conv2d(second.weight[:, :, None, None], second.bias, (1, 1), (0, 0), (1, 1), 1)
+    return v, u
+
+
 def factor_model(model: Model, *, rank=None, energy=None, ratio=None, only=None, decompositions=None,
-                 solver: str = "exact"):
-    """Factor every Linear layer (or those named in `only`) by truncated SVD.
+                 solver: str = "exact", conv_1x1: bool = False):
+    """Factor every Linear layer (or those named in `only`) by truncated SVD;
+    with `conv_1x1`, also every 1x1 convolution (groups 1, no padding), which is
+    the same matrix applied at every pixel: it becomes two 1x1 convolutions.
 
     Exactly one of rank (int), energy (tau in (0, 1]) or ratio (fraction of
     weights kept, in (0, 1)) chooses each layer's rank. A layer whose rank
@@ -62,16 +90,19 @@ def factor_model(model: Model, *, rank=None, energy=None, ratio=None, only=None,
         raise ValueError("give exactly one of rank, energy or ratio")
     if energy is not None and not (isinstance(energy, (int, float)) and 0 < energy <= 1):
         raise ValueError(f"energy must be in (0, 1], got {energy!r}")
+    matrices = {n: m for n, layer in zip(model.names, model.layers)
+                if (m := as_matrix(layer)) is not None and (conv_1x1 or isinstance(layer, Linear))}
     if only is not None:
-        unknown = set(only) - {n for n, layer in zip(model.names, model.layers) if isinstance(layer, Linear)}
+        unknown = set(only) - set(matrices)
         if unknown:
-            raise ValueError(f"no linear layer named {', '.join(sorted(unknown))}")
-    layers, names, reports = [], [], []
+            raise ValueError(f"no linear layer{' or 1x1 convolution' if conv_1x1 else ''} named "
+                             f"{', '.join(sorted(unknown))}")
+    reports = []
+    out = model
     svd_meta = dict(model.meta.get("svd", {}))
-    for name, layer in zip(model.names, model.layers):
-        if not isinstance(layer, Linear) or (only is not None and name not in only) or layer.quant is not None:
-            layers.append(layer)
-            names.append(name)
+    for name, original in zip(model.names, model.layers):
+        layer = matrices.get(name)
+        if layer is None or (only is not None and name not in only) or layer.quant is not None:
             continue
         OUT, IN = layer.weight.shape
         limit = svd.break_even_rank(OUT, IN)
@@ -95,17 +126,14 @@ def factor_model(model: Model, *, rank=None, energy=None, ratio=None, only=None,
         if r > limit or r > min(OUT, IN):
             reports.append({**base, "rank": None, "kept_whole": True,
                             "reason": f"rank {r} >= break-even {limit + 1} for {OUT}x{IN}: factoring would not shrink it"})
-            layers.append(layer)
-            names.append(name)
             continue
         first, second, rep = svd.factor_linear(layer, r, name=name, decomposition=decomposition)
-        layers += [first, second]
-        names += [f"{name}.v", f"{name}.u"]
+        out = substitute(out, name, (f"{name}.v", f"{name}.u"), _as_layers(original, first, second))
         svd_meta[name] = {"rank": r, "layers": [f"{name}.v", f"{name}.u"]}
         reports.append({**base, "rank": r, "kept_whole": False, "kept_energy": rep["kept_energy"],
                         "relative_error": rep["relative_error"], "params_after": rep["params_after"]})
     meta = {**model.meta, "original_params": model.meta.get("original_params", model.param_count()), "svd": svd_meta}
-    return Model(tuple(layers), model.input_shape, tuple(names), meta), reports
+    return dataclasses.replace(out, meta=meta), reports
 
 
 def agreement(model_a: Model, model_b: Model, x) -> float:
@@ -113,37 +141,88 @@ def agreement(model_a: Model, model_b: Model, x) -> float:
     return float(np.mean(predict(model_a, x) == predict(model_b, x)))
 
 
-def search_rank(model: Model, val_xy, *, max_drop: float, quantize_kwargs: dict, progress=None):
-    """The max_drop rule: the smallest rank r, shared by all FC layers below
-    break-even, whose SVD + quantized model's validation accuracy is at most
+TOP_K = 5
+
+
+def logit_agreement(reference, logits) -> dict:
+    """How closely ``logits`` (N, C) follow ``reference`` (N, C), the float model's logits on
+    the same inputs: quality without labels. Unrounded; in float64.
+
+    agreement         fraction of inputs whose top-1 class (the first argmax, as
+                      sqref.model.predict) is the reference's
+    top5_agreement    fraction of inputs whose reference top-1 class is among the five
+                      highest of ``logits`` (fewer than five classes strictly above it):
+                      top-5 accuracy with the reference's predictions as labels;
+                      None when C < 5
+    logit_sqnr_db     per input i, 10 log10(sum_c ref[i, c]^2 / sum_c (ref[i, c] - q[i, c])^2),
+                      then the mean over the inputs; inputs whose logits are identical
+                      (zero error, infinite SQNR) are left out of the mean and counted in
+                      ``identical_logits``; None when every input is identical or the mean
+                      is not finite (a reference whose logits are all zero)
+    identical_logits  the number of inputs with identical logits
+    """
+    ref = np.asarray(reference, np.float64)
+    q = np.asarray(logits, np.float64)
+    if ref.shape != q.shape or ref.ndim != 2 or not len(ref):
+        raise ValueError(f"logits {q.shape} and reference {ref.shape}: expected the same (N, classes), N >= 1")
+    ref_top = np.argmax(ref, axis=1)
+    rows = np.arange(len(ref))
+    top1 = float(np.mean(np.argmax(q, axis=1) == ref_top))
+    top5 = None
+    if ref.shape[1] >= TOP_K:
+        above = np.sum(q > q[rows, ref_top][:, None], axis=1)
+        top5 = float(np.mean(above < TOP_K))
+    signal = np.sum(ref**2, axis=1)
+    noise = np.sum((ref - q) ** 2, axis=1)
+    differs = noise > 0
+    sqnr = None
+    if differs.any():
+        with np.errstate(divide="ignore"):
+            mean = float(np.mean(10 * np.log10(signal[differs] / noise[differs])))
+        sqnr = mean if np.isfinite(mean) else None
+    return {"agreement": top1, "top5_agreement": top5, "logit_sqnr_db": sqnr,
+            "identical_logits": int(np.sum(~differs))}
+
+
+def search_rank(model: Model, val_xy, *, max_drop: float, quantize_kwargs: dict, progress=None,
+                conv_1x1: bool = False):
+    """The max_drop rule: the smallest rank r, shared by all FC layers (and with
+    `conv_1x1` the 1x1 convolutions) below break-even, whose SVD + quantized model's validation accuracy is at most
     `max_drop` points below the float model's. Never looks at the test split.
+
+    Without labels (``val_xy = (x, None)``) the score is the top-1 agreement with
+    the float model's predictions instead, and the float model's own score is 1:
+    the rule keeps the smallest rank with 100 * (1 - agreement) <= max_drop.
 
     Accuracy is not monotone in r, so every candidate rank is evaluated
     (1..8, then steps of about 12%, up to the largest break-even rank).
-    Returns (rank or None when no rank qualifies, [(rank, val accuracy)]).
+    Returns (rank or None when no rank qualifies, [(rank, val accuracy or agreement)]).
     """
     if not (isinstance(max_drop, (int, float)) and 0 <= max_drop <= 100):
         raise ValueError(f"max_drop must be in [0, 100] points, got {max_drop!r}")
     x, y = val_xy
-    base = float(np.mean(predict(model, x) == y))
-    limits = [svd.break_even_rank(*layer.weight.shape) for layer in model.layers if isinstance(layer, Linear)]
+    float_preds = predict(model, x)
+    target = float_preds if y is None else np.asarray(y)
+    base = float(np.mean(float_preds == target))
+    matrices = {n: m for n, layer in zip(model.names, model.layers)
+                if (m := as_matrix(layer)) is not None and (conv_1x1 or isinstance(layer, Linear)) and m.quant is None}
+    limits = [svd.break_even_rank(*m.weight.shape) for m in matrices.values()]
     if not limits:
         return None, []
-    decompositions = {n: svd.decompose(layer.weight) for n, layer in zip(model.names, model.layers)
-                      if isinstance(layer, Linear)}
+    decompositions = {n: svd.decompose(m.weight) for n, m in matrices.items()}
     candidates, r = [], 1
     while r <= max(limits):
         candidates.append(r)
         r = r + 1 if r < 8 else int(r * 1.12) + 1
     tried = []
     for index, r in enumerate(candidates):
-        factored, _ = factor_model(model, rank=r, decompositions=decompositions)
+        factored, _ = factor_model(model, rank=r, decompositions=decompositions, conv_1x1=conv_1x1)
         compressed = quantize_model(factored, **quantize_kwargs)
-        acc = float(np.mean(predict(compressed, x) == y))
-        tried.append((r, acc))
+        score = float(np.mean(predict(compressed, x) == target))
+        tried.append((r, score))
         if progress is not None:
             progress(index + 1)
-        if 100 * (base - acc) <= max_drop:
+        if 100 * (base - score) <= max_drop:
             return r, tried
     return None, tried
 

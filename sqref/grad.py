@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from sqref import ops
-from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from sqref.model import (INPUT, PARAM_LAYERS, Add, AvgPool2d, BatchNorm, Clip, Concat, Conv2d, Div, Flatten,
+                         GlobalAvgPool, HardSigmoid, HardSwish, Linear, MaxPool2d, Mul, ReLU, Reshape, Sigmoid,
+                         layer_arrays, run)
 from sqref.ops import col2im, im2col
 
 
@@ -90,6 +92,149 @@ def avg_pool2d_backward(x, grad_y, *, kernel_size, stride=None, padding=0, dilat
     return _pool_backward(x, grad_y, geometry, lambda tap: share)
 
 
+# --------------------------------------------------------------------------
+# graph ops (sqref.ops.add ... batch_norm)
+# --------------------------------------------------------------------------
+def unbroadcast(g, shape):
+    """Sum ``g`` over the axes broadcasting added (leading) or stretched (length 1 in
+    ``shape``), giving an array of ``shape``: the adjoint of np.broadcast_to(., g.shape)."""
+    shape = tuple(shape)
+    lead = g.ndim - len(shape)
+    try:
+        fits = lead >= 0 and np.broadcast_shapes(shape, g.shape) == g.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"shape {shape} does not broadcast to the gradient's shape {g.shape}")
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if stretched:
+        g = g.sum(axis=stretched, keepdims=True)
+    return g.reshape(shape)
+
+
+def add_backward(a_shape, b_shape, grad_y):
+    """Gradients of y = a + b (broadcast): (grad_y summed back to a_shape, to b_shape)."""
+    return unbroadcast(grad_y, a_shape), unbroadcast(grad_y, b_shape)
+
+
+def mul_backward(a, b, grad_y):
+    """Gradients of y = a * b (broadcast): (sum of grad_y * b to a's shape, of grad_y * a to b's)."""
+    return unbroadcast(grad_y * b, np.shape(a)), unbroadcast(grad_y * a, np.shape(b))
+
+
+def div_backward(a, b, grad_y):
+    """Gradients of y = a / b (broadcast): d/da = 1 / b, d/db = -a / b^2, computed as
+    q = grad_y / b, grad_a = q, grad_b = -q * (a / b) (no b^2 to overflow); each summed back
+    to its input's shape. IEEE results (inf, NaN) where b = 0, without warnings."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = grad_y / b
+        return unbroadcast(q, np.shape(a)), unbroadcast(-q * (a / b), np.shape(b))
+
+
+def concat_backward(shapes, grad_y, axis=1):
+    """Gradients of y = concat(xs, axis): grad_y cut along ``axis`` back into pieces of
+    ``shapes`` (xs' shapes, in order); returns a list of arrays (views of grad_y)."""
+    axis = int(axis) % grad_y.ndim
+    sizes = [s[axis] for s in shapes]
+    if sum(sizes) != grad_y.shape[axis]:
+        raise ValueError(f"shapes {list(shapes)} add up to {sum(sizes)} on axis {axis}, grad_y shape {grad_y.shape}")
+    return np.split(grad_y, np.cumsum(sizes)[:-1], axis=axis)
+
+
+def clip_backward(x, grad_y, lo=None, hi=None):
+    """Gradient of y = clip(x, lo, hi): grad_y where lo < x < hi, 0 where x <= lo or x >= hi.
+
+    At x == lo or x == hi the gradient is 0: torch's convention for relu6 and hardtanh
+    (their backward zeroes x <= min_val and x >= max_val), so ReLU6's gradient matches
+    torch.nn.functional.relu6 at 0 and 6. (torch.clamp's gradient passes at equality
+    instead; sqref follows relu6.) A NaN x is not inside, so its gradient is 0, as relu_backward
+    and torch's vectorised relu6 kernel (torch's scalar loop, for the last few elements of a
+    tensor, passes grad_y there instead). The bounds are rounded to x's dtype, as the forward
+    rounds them; lo > hi gives 0 everywhere (the output is constant).
+    """
+    inside = np.ones(np.shape(x), dtype=bool)
+    if lo is not None:
+        inside &= x > x.dtype.type(lo)
+    if hi is not None:
+        inside &= x < x.dtype.type(hi)
+    return np.where(inside, grad_y, 0)
+
+
+def sigmoid_backward(x, grad_y):
+    """Gradient of y = sigmoid(x): grad_y * s * (1 - s), s = sigmoid(x)."""
+    s = ops.sigmoid(x)
+    return grad_y * s * (1 - s)
+
+
+def hard_sigmoid_backward(x, grad_y, alpha=0.2, beta=0.5):
+    """Gradient of y = hard_sigmoid(x, alpha, beta): grad_y * alpha where
+    0 < alpha * x + beta < 1 (computed as the forward computes it, in x's dtype), else 0.
+
+    0 at both kinks: torch's hardsigmoid convention (alpha = 1/6: gradient 1/6 for
+    -3 < x < 3, 0 at -3 and 3 and outside); 0 at NaN, as torch.
+    """
+    t = x.dtype.type(alpha) * x + x.dtype.type(beta)
+    return np.where((t > 0) & (t < 1), grad_y * alpha, 0)
+
+
+def hard_swish_backward(x, grad_y):
+    """Gradient of y = hard_swish(x) = x * clip(x/6 + 1/2, 0, 1):
+    0 for x <= -3, grad_y * (x/3 + 1/2) for -3 < x < 3, grad_y for x >= 3.
+
+    The kinks take their outer side, as torch.nn.functional.hardswish's gradient does
+    (measured on torch 2.13: 0 at x = -3, 1 at x = 3, not the inner -1/2 and 3/2). A NaN x
+    gets a NaN gradient (x/3 + 1/2 of NaN), as torch's vectorised kernel gives (its scalar
+    loop, for the last few elements of a tensor, gives grad_y).
+    """
+    return np.where(x <= -3, 0, np.where(x >= 3, grad_y, grad_y * (x / 3 + 0.5)))
+
+
+def global_avg_pool_backward(x_shape, grad_y):
+    """Gradient of y = global_avg_pool(x): every x[n, c, h, w] gets grad_y[n, c, 0, 0] / (H * W).
+    Shapes: grad_y (N, C, 1, 1) -> x_shape (N, C, H, W)."""
+    H, W = x_shape[2], x_shape[3]
+    return np.broadcast_to(grad_y / (H * W), tuple(x_shape)).copy()
+
+
+def reduce_mean_backward(x_shape, grad_y, axes, keepdims=True):
+    """Gradient of y = reduce_mean(x, axes, keepdims): grad_y (with the reduced axes put back
+    when not keepdims) / the reduced element count, spread over the reduced axes."""
+    axes = ops.reduce_axes(axes, len(x_shape))
+    count = int(np.prod([x_shape[a] for a in axes], dtype=np.int64))
+    if not keepdims:
+        grad_y = np.expand_dims(grad_y, axes)
+    return np.broadcast_to(grad_y / count, tuple(x_shape)).copy()
+
+
+def reshape_backward(x_shape, grad_y):
+    """Gradient of y = reshape(x, ...): grad_y reshaped back to x_shape."""
+    return grad_y.reshape(x_shape)
+
+
+def batch_norm_backward(x, grad_y, gamma, mean, var, eps=1e-5):
+    """Gradients of inference-mode y = batch_norm(x, gamma, beta, mean, var, eps), statistics
+    fixed (constants, as torch's batch_norm with training=False): returns
+    (grad_x, grad_gamma, grad_beta).
+
+    With s[c] = 1 / sqrt(var[c] + eps) and x_hat = (x - mean[c]) * s[c]:
+        grad_x = grad_y * gamma[c] * s[c],
+        grad_gamma[c] = sum over n and the spatial axes of grad_y * x_hat,
+        grad_beta[c] = sum over n and the spatial axes of grad_y.
+    Computed in float64; returned in grad_y's dtype.
+    """
+    C = x.shape[1]
+    shape = (1, C) + (1,) * (x.ndim - 2)
+    s = 1 / np.sqrt(np.asarray(var, np.float64) + eps)
+    g64 = np.asarray(grad_y, np.float64)
+    x_hat = (np.asarray(x, np.float64) - np.asarray(mean, np.float64).reshape(shape)) * s.reshape(shape)
+    axes = (0,) + tuple(range(2, x.ndim))
+    grad_x = g64 * (np.asarray(gamma, np.float64) * s).reshape(shape)
+    dtype = grad_y.dtype
+    return grad_x.astype(dtype), (g64 * x_hat).sum(axis=axes).astype(dtype), g64.sum(axis=axes).astype(dtype)
+
+
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of softmax(logits) against integer labels, as
     torch.nn.functional.cross_entropy; returns (loss, grad_logits).
@@ -145,44 +290,90 @@ def distillation_loss(logits, labels, teacher_logits, *, temperature: float, alp
     return (1 - a) * hard_loss + a * T * T * soft_loss, (1 - a) * hard_grad + a * soft_grad
 
 
-def layer_backward(layer, x, grad_y):
-    """Dispatch on the layer type: returns (grad_x, {param name: grad})."""
+def _params(layer, gw, gb):
+    return {"weight": gw, "bias": gb} if layer.bias is not None else {"weight": gw}
+
+
+def layer_backward(layer, xs, grad_y):
+    """Dispatch on the layer type: (the layer's input tensors, the gradient of its
+    output) -> ([gradient of each input], {param name: grad}). Parameters are
+    the weights and biases of Conv2d and Linear (the ones sqref trains)."""
+    x = xs[0]
     if isinstance(layer, Conv2d):
         gx, gw, gb = conv2d_backward(x, layer.weight, grad_y, stride=layer.stride, padding=layer.padding,
                                      dilation=layer.dilation, groups=layer.groups)
-        return gx, ({"weight": gw, "bias": gb} if layer.bias is not None else {"weight": gw})
+        return [gx], _params(layer, gw, gb)
     if isinstance(layer, Linear):
         gx, gw, gb = linear_backward(x, layer.weight, grad_y)
-        return gx, ({"weight": gw, "bias": gb} if layer.bias is not None else {"weight": gw})
-    if isinstance(layer, ReLU):
-        return relu_backward(x, grad_y), {}
-    if isinstance(layer, MaxPool2d):
-        return max_pool2d_backward(x, grad_y, kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding), {}
-    if isinstance(layer, AvgPool2d):
-        return avg_pool2d_backward(x, grad_y, kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding), {}
-    if isinstance(layer, Flatten):
-        return grad_y.reshape(x.shape), {}
+        return [gx], _params(layer, gw, gb)
+    if isinstance(layer, (MaxPool2d, AvgPool2d)):
+        pool = dict(kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                    dilation=layer.dilation, ceil_mode=layer.ceil_mode)
+        if isinstance(layer, MaxPool2d):
+            return [max_pool2d_backward(x, grad_y, **pool)], {}
+        return [avg_pool2d_backward(x, grad_y, **pool, count_include_pad=layer.count_include_pad)], {}
+    if isinstance(layer, (Add, Mul, Div)):
+        b = layer.const if layer.const is not None else xs[1]
+        if isinstance(layer, Add):
+            grads = add_backward(x.shape, np.shape(b), grad_y)
+        else:
+            grads = (mul_backward if isinstance(layer, Mul) else div_backward)(x, b, grad_y)
+        return list(grads[:1] if layer.const is not None else grads), {}
+    if isinstance(layer, Concat):
+        return list(concat_backward([a.shape for a in xs], grad_y, axis=layer.axis)), {}
+    if isinstance(layer, GlobalAvgPool):
+        return [global_avg_pool_backward(x.shape, grad_y.reshape(x.shape[:2] + (1, 1)))], {}
+    if isinstance(layer, (Flatten, Reshape)):
+        return [reshape_backward(x.shape, grad_y)], {}
+    if isinstance(layer, BatchNorm):
+        gx, _, _ = batch_norm_backward(x, grad_y, layer.gamma, layer.mean, layer.var, eps=layer.eps)
+        return [gx], {}
+    elementwise = {
+        ReLU: lambda: relu_backward(x, grad_y),
+        Clip: lambda: clip_backward(x, grad_y, None if layer.lo == -np.inf else layer.lo,
+                                    None if layer.hi == np.inf else layer.hi),
+        Sigmoid: lambda: sigmoid_backward(x, grad_y),
+        HardSigmoid: lambda: hard_sigmoid_backward(x, grad_y, layer.alpha, layer.beta),
+        HardSwish: lambda: hard_swish_backward(x, grad_y),
+    }
+    if type(layer) in elementwise:
+        return [elementwise[type(layer)]()], {}
     raise TypeError(f"no backward pass for layer type {type(layer).__name__}")
 
 
 def model_gradients(model, x, labels, loss_fn=softmax_cross_entropy):
     """Loss and per-layer parameter gradients of `loss_fn(logits, labels) ->
-    (loss, grad_logits)`, by default the mean cross-entropy.
+    (loss, grad_logits)`, by default the mean cross-entropy, for a model with
+    one output (the logits). Backpropagates through the graph in reverse layer
+    order; a tensor read by several layers receives the sum of their gradients.
 
     Returns (loss, logits, [ {param: grad} for each layer ]).
     """
-    inputs = [x]
-    for layer in model.layers:
-        inputs.append(layer(inputs[-1]))
-    logits = inputs[-1]
-    loss, grad = loss_fn(logits, labels)
-    grads = [None] * len(model.layers)
+    if len(model.outputs) != 1:
+        raise ValueError(f"training needs a model with one output (the logits), this one has {list(model.outputs)}")
+    logits, tensors = run(model, x, return_intermediates=True)
+    tensors[INPUT] = x
+    loss, grad_logits = loss_fn(logits, labels)
+    pending = {model.outputs[0]: grad_logits}  # tensor name -> gradient of the loss, summed over its readers
+    grads = [{} for _ in model.layers]
     for index in range(len(model.layers) - 1, -1, -1):
-        grad, grads[index] = layer_backward(model.layers[index], inputs[index], grad)
+        name, layer, reads = model.names[index], model.layers[index], model.wiring[index]
+        grad_y = pending.pop(name, None)
+        if grad_y is None:  # nothing downstream of this layer reaches the logits
+            grads[index] = {key: np.zeros_like(a) for key, a in layer_arrays(layer).items()
+                            if isinstance(layer, PARAM_LAYERS)}
+            continue
+        input_grads, grads[index] = layer_backward(layer, [tensors[r] for r in reads], grad_y)
+        for r, g in zip(reads, input_grads):
+            if r != INPUT:
+                pending[r] = g if r not in pending else pending[r] + g
     return loss, logits, grads
 
 
 __all__ = [
     "conv2d_backward", "linear_backward", "relu_backward", "max_pool2d_backward",
     "avg_pool2d_backward", "softmax_cross_entropy", "check_distillation", "distillation_loss", "layer_backward", "model_gradients",
+    "unbroadcast", "add_backward", "mul_backward", "div_backward", "concat_backward", "clip_backward", "sigmoid_backward",
+    "hard_sigmoid_backward", "hard_swish_backward", "global_avg_pool_backward", "reduce_mean_backward", "reshape_backward",
+    "batch_norm_backward",
 ]

@@ -1,10 +1,19 @@
-"""The exact search for the MSE-optimal scale of one channel (the `dynamic` clipping rule).
+"""The exact search for the MSE-optimal scale of each channel (the `dynamic` clipping rule).
 
 sqref.clipping.boundary_dynamic sorts each channel's |w|, takes prefix sums and
-calls ``search_scales``, which returns the few float32 scales (as boundaries
-alpha) that can minimise the squared error of the symmetric restricted k-bit
-grid; the rule then evaluates them exactly beside every other rule's boundary.
-docs/method.md section 2 states the algorithm and its bound.
+calls ``search_scales`` on blocks of channels, which returns, per channel, the
+few float32 scales (as boundaries alpha) that can minimise the squared error of
+the symmetric restricted k-bit grid; the rule then evaluates them exactly
+beside every other rule's boundary. docs/method.md section 2 states the
+algorithm and its bound.
+
+Layout: the channels are the rows of a (R, m) array `a` of sorted |x| and of
+its (R, m + 1) prefix sums; a set of intervals of the scale is three flat
+arrays, `ch` (the row of each interval, non-decreasing), `lo` and `hi`. The
+branch and bound runs level by level for every channel of a block at once;
+each channel's numbers are computed exactly as a search of that channel alone
+computes them (same operations, same order), so its result does not depend on
+the other channels of the block.
 """
 from __future__ import annotations
 
@@ -34,149 +43,236 @@ def grid_scales(alphas, bits):
     return np.asarray(grid_params(bits=bits, alpha=np.asarray(alphas, dtype=np.float64))[0], dtype=np.float64)
 
 
-def _positions(a, v):
-    """np.searchsorted(a, v) for a 2-D (S, L) v, searched column by column (rising keys: about 2x faster)."""
-    return np.searchsorted(a, np.ascontiguousarray(v.T)).T
+def _positions(a, ch, keys):
+    """np.searchsorted(a[ch[t]], keys[t]) for every interval t: keys (T, K) -> (T, K) int64.
 
-
-def _slice_sse(cum1, cum2, lo, hi, v):
-    """sum over a[lo:hi] of (a - v)**2 from the prefix sums (elementwise over index arrays lo, hi and values v)."""
-    return (cum2[hi] - cum2[lo]) - 2.0 * v * (cum1[hi] - cum1[lo]) + v * v * (hi - lo)
-
-
-def approx_sse(a, cum1, cum2, scales, qmax):
-    """Sum of squared errors of the symmetric grid for each scale, from sorted |x| and its prefix sums.
-
-    Shapes: a (n,) sorted |x|; cum1, cum2 (n + 1,) prefix sums of a and a**2;
-    scales (S,) -> (S,). Level j (|code| j) takes |x| in [(j - 0.5) s, (j + 0.5) s),
-    the top level qmax everything from (qmax - 0.5) s up (that is the clipping),
-    and contributes sum (|x| - j s)**2 = S2 - 2 j s S1 + (j s)**2 n_j over its
-    slice of the sorted array: O(qmax log n) per scale, no pass over the data.
-    It differs from sum_sq_error only by float rounding (the error is the same
-    on both sides of a level boundary, so ties do not matter), bounded by
-    _model_tolerance; the search's last word is an exact evaluation.
+    One call per row, with the keys searched column by column (within a row
+    the intervals rise, so each column's keys do too: about 2x faster).
     """
+    out = np.empty(keys.shape, dtype=np.int64)
+    starts = np.searchsorted(ch, np.arange(a.shape[0] + 1))
+    for r in np.flatnonzero(np.diff(starts)):
+        t0, t1 = starts[r], starts[r + 1]
+        out[t0:t1] = np.searchsorted(a[r], np.ascontiguousarray(keys[t0:t1].T)).T
+    return out
+
+
+def _cuts(a, ch, edges, qmax):
+    """Positions of the level boundaries (j - 1/2) e, j = 1..qmax, for scales e (T,) of rows ch: (T, qmax)."""
+    return _positions(a, ch, (np.arange(1, qmax + 1) - 0.5) * edges[:, None])
+
+
+def _at(cum, ch, idx):
+    """cum[ch[t], idx[t]]: each interval's row of prefix sums read at positions idx ((T,), (T, K) or a scalar)."""
+    base = ch * cum.shape[1]
+    return cum.ravel()[base.reshape(base.shape + (1,) * (np.ndim(idx) - 1)) + idx]
+
+
+def _slice_sse(cum1, cum2, ch, lo, hi, v):
+    """sum over a[ch][lo:hi] of (a - v)**2 from the prefix sums (elementwise over index arrays lo, hi and values v)."""
+    s2, s1 = _at(cum2, ch, hi) - _at(cum2, ch, lo), _at(cum1, ch, hi) - _at(cum1, ch, lo)
+    return s2 - 2.0 * v * s1 + v * v * (hi - lo)
+
+
+# Sums over the code levels keep the order of the search as it was written for one channel at a time
+# (numpy's order for its arrays), so that no result changes: pairwise (numpy's sum of a contiguous row),
+# except A, and the parts of A and S2 that move, in _narrow_lower_bound and _pieces, which numpy summed
+# over F-ordered (S, qmax) arrays: level after level, or pairwise when the call had one interval (S == 1).
+def _pairwise_sum(terms):
+    """Row sums of a (T, K) array: numpy's pairwise summation of each row."""
+    return np.ascontiguousarray(terms).sum(axis=1)
+
+
+def _level_sum(terms, single):
+    """Row sums of a (T, K) array, term after term; pairwise (_pairwise_sum) on the rows where `single` is True."""
+    sums = np.cumsum(terms, axis=1)[:, -1]
+    if single.any():
+        sums[single] = _pairwise_sum(terms[single])
+    return sums
+
+
+def _row_min(values, ch, rows):
+    """The least of `values` in each row (inf for a row without intervals): (rows,)."""
+    out = np.full(rows, np.inf)
+    np.minimum.at(out, ch, values)
+    return out
+
+
+def _approx_sse_at(cum1, cum2, ch, scales, cut, qmax):
+    """approx_sse with the level boundaries already found: cut = _cuts at the scales."""
+    n = cum1.shape[1] - 1
     level = np.arange(qmax + 1)
-    cut = _positions(a, (level[1:] - 0.5) * scales[:, None])  # (S, qmax) level boundaries
     lo = np.concatenate([np.zeros((scales.size, 1), dtype=cut.dtype), cut], axis=1)
-    hi = np.concatenate([cut, np.full((scales.size, 1), a.size, dtype=cut.dtype)], axis=1)
-    return _slice_sse(cum1, cum2, lo, hi, level * scales[:, None]).sum(axis=1)
+    hi = np.concatenate([cut, np.full((scales.size, 1), n, dtype=cut.dtype)], axis=1)
+    return _pairwise_sum(_slice_sse(cum1, cum2, ch, lo, hi, level * scales[:, None]))
 
 
-def sse_lower_bound(a, cum1, cum2, lo, hi, qmax):
-    """A lower bound of the SSE over all scales s in [lo, hi], for each interval (arrays lo, hi of shape (S,)).
+def approx_sse(a, cum1, cum2, ch, scales, qmax):
+    """Sum of squared errors of the symmetric grid at scale scales[t] for row ch[t], from sorted |x| and prefix sums.
 
-    Each |x| is charged its squared distance to the values any such grid
-    offers, U = union over c = 0..qmax of [c lo, c hi]: 0 inside level c's span,
-    the nearer end in the gap (c hi, (c + 1) lo), (|x| - qmax hi)**2 above.
-    O(qmax log n) per interval with the prefix sums, as approx_sse.
+    Shapes: a (R, m) sorted |x|; cum1, cum2 (R, m + 1) prefix sums of a and a**2;
+    ch (non-decreasing), scales (T,) -> (T,). Level j (|code| j) takes |x| in
+    [(j - 0.5) s, (j + 0.5) s), the top level qmax everything from (qmax - 0.5) s
+    up (that is the clipping), and contributes sum (|x| - j s)**2 =
+    S2 - 2 j s S1 + (j s)**2 n_j over its slice of the sorted row: O(qmax log m)
+    per scale, no pass over the data. It differs from sum_sq_error only by float
+    rounding (the error is the same on both sides of a level boundary, so ties
+    do not matter), bounded by _model_tolerance; the search's last word is an
+    exact evaluation.
     """
-    c = np.arange(qmax)
-    end = c * hi[:, None]  # (S, qmax): top of level c's span
-    nxt = np.maximum((c + 1) * lo[:, None], end)  # bottom of level c + 1's span (no gap if they overlap)
+    return _approx_sse_at(cum1, cum2, ch, scales, _cuts(a, ch, scales, qmax), qmax)
+
+
+def _wide_bounds(a, cum1, cum2, ch, lo, hi, at_lo, at_hi, qmax):
+    """For intervals [lo, hi]: a lower bound of the SSE over s in [lo, hi], the breakpoints inside, the SSE at the ends.
+
+    The bound charges each |x| its squared distance to the values any such
+    grid offers, U = union over c = 0..qmax of [c lo, c hi]: 0 inside level
+    c's span, the nearer end in the gap (c hi, (c + 1) lo), (|x| - qmax hi)**2
+    above. O(qmax log m) per interval with the prefix sums. at_lo, at_hi
+    (T, qmax): _cuts at lo and hi; the breakpoints in [lo, hi) are the |x| in
+    [(j - 1/2) lo, (j - 1/2) hi). Each (T,).
+    """
+    c = np.arange(qmax + 1)
+    multiples = c * hi[:, None]  # (T, qmax + 1): c hi
+    end = multiples[:, :qmax]  # top of level c's span, c < qmax
+    low = c[1:] * lo[:, None]  # bottom of level c + 1's span
+    nxt = np.maximum(low, end)  # (no gap if they overlap)
     mid = 0.5 * (end + nxt)
-    i_end, i_mid, i_nxt = (_positions(a, v) for v in (end, mid, nxt))
-    gaps = _slice_sse(cum1, cum2, i_end, i_mid, end) + _slice_sse(cum1, cum2, i_mid, i_nxt, nxt)
-    top = qmax * hi
-    return gaps.sum(axis=1) + _slice_sse(cum1, cum2, np.searchsorted(a, top), a.size, top)
+    i_mult, i_low, i_mid = np.split(_positions(a, ch, np.concatenate([multiples, low, mid], axis=1)),
+                                    [qmax + 1, 2 * qmax + 1], axis=1)
+    # nxt is the larger of two keys searched, so its position is the larger of theirs
+    i_end, i_nxt, top = i_mult[:, :qmax], np.maximum(i_low, i_mult[:, :qmax]), multiples[:, qmax]
+    gaps = _slice_sse(cum1, cum2, ch, i_end, i_mid, end) + _slice_sse(cum1, cum2, ch, i_mid, i_nxt, nxt)
+    bound = _pairwise_sum(gaps) + _slice_sse(cum1, cum2, ch, i_mult[:, qmax], a.shape[1], top)
+    return (bound, (at_hi - at_lo).sum(axis=1),
+            _approx_sse_at(cum1, cum2, ch, lo, at_lo, qmax), _approx_sse_at(cum1, cum2, ch, hi, at_hi, qmax))
 
 
-def _narrow_lower_bound(a, cum1, cum2, lo, hi, qmax):
+def _narrow_lower_bound(a, cum1, cum2, ch, lo, hi, down, up, qmax, single):
     """A tighter lower bound of the SSE over s in [lo, hi], for narrow intervals: hi / lo < (qmax - 1/2) / (qmax - 1).
 
     Then every |x| changes code at most once in [lo, hi]. The |x| that do not change keep their codes: their SSE is
     one quadratic in s, minimised over [lo, hi] in closed form. Each |x| that
     changes (from j - 1 to j, i.e. |x| in [(j - 1/2) lo, (j - 1/2) hi)) lies in
     the gap ((j - 1) hi, j lo) and is charged its squared distance to the
-    nearer end. Returns the bound, the fixed part's minimiser and the number of
-    breakpoints inside, each (S,).
+    nearer end. down, up (T, qmax): _cuts at lo and hi (up: the first index
+    with code >= j at s = hi). single (T,): the interval is its row's only
+    narrow one (the order of three sums, see _level_sum). Returns the bound,
+    the fixed part's minimiser and the number of breakpoints inside, each (T,).
     """
-    n = a.size
+    n = a.shape[1]
     j = np.arange(1, qmax + 1)
-    up = _positions(a, (j - 0.5) * hi[:, None])  # (S, qmax): first index with code >= j at s = hi
-    down = _positions(a, (j - 0.5) * lo[:, None])  # ... at s = lo
-    a_hi = (cum1[n] - cum1[up]).sum(axis=1)  # A and B at s = hi (see _pieces)
+    left, right = (j - 1) * hi[:, None], j * lo[:, None]  # the gap's ends
+    mid = np.clip(_positions(a, ch, 0.5 * (left + right)), down, up)
+    c1_up, c1_down, c2_up, c2_down = _at(cum1, ch, up), _at(cum1, ch, down), _at(cum2, ch, up), _at(cum2, ch, down)
+    a_hi = _level_sum(_at(cum1, ch, n)[:, None] - c1_up, single)  # A and B at s = hi (see _pieces)
     b_hi = ((n - up) * (2 * j - 1)).sum(axis=1)
     # the changing |x| (indices down .. up - 1 for level j) have code j - 1 at hi: take them out
-    a_fix = a_hi - ((j - 1) * (cum1[up] - cum1[down])).sum(axis=1)
+    a_fix = a_hi - _level_sum((j - 1) * (c1_up - c1_down), single)
     b_fix = b_hi - ((j - 1) ** 2 * (up - down)).sum(axis=1)
-    s2_fix = cum2[n] - (cum2[up] - cum2[down]).sum(axis=1)
+    s2_fix = _at(cum2, ch, n) - _level_sum(c2_up - c2_down, single)
     s = np.clip(a_fix / np.maximum(b_fix, 1), lo, hi)
     fixed = s2_fix - 2.0 * s * a_fix + s * s * b_fix
-    left, right = (j - 1) * hi[:, None], j * lo[:, None]  # the gap's ends
-    mid = np.clip(_positions(a, 0.5 * (left + right)), down, up)
-    changing = _slice_sse(cum1, cum2, down, mid, left) + _slice_sse(cum1, cum2, mid, up, right)
-    return fixed + changing.sum(axis=1), s, (up - down).sum(axis=1)
+    changing = _slice_sse(cum1, cum2, ch, down, mid, left) + _slice_sse(cum1, cum2, ch, mid, up, right)
+    return fixed + _pairwise_sum(changing), s, (up - down).sum(axis=1)
 
 
 def _model_tolerance(cum2, n, qmax, s_top):
-    """Bound on the float error of approx_sse / sse_lower_bound / the pieces' SSE (S2 - 2 s A + s**2 B cancels)."""
+    """Bound on the float error of approx_sse / the lower bounds / the pieces' SSE (S2 - 2 s A + s**2 B cancels).
+
+    cum2: one row's prefix sums of a**2; n its length; s_top a float.
+    """
     return 64 * np.finfo(np.float64).eps * (float(cum2[-1]) + n * (qmax * s_top) ** 2)
 
 
-def _breakpoint_counts(a, lo, hi, qmax):
+def _breakpoint_counts(a, ch, lo, hi, qmax):
     """How many breakpoints a_i / (j - 1/2) lie in [lo, hi), per interval: a_i in [(j - 1/2) lo, (j - 1/2) hi)."""
-    half = np.arange(1, qmax + 1) - 0.5
-    return (_positions(a, half * hi[:, None]) - _positions(a, half * lo[:, None])).sum(axis=1)
+    return (_cuts(a, ch, hi, qmax) - _cuts(a, ch, lo, qmax)).sum(axis=1)
 
 
-def _bracket(a, cum1, cum2, qmax, s_lo, s_top, tol):
-    """Intervals of the scale in [s_lo, s_top] that may hold the least SSE (branch and bound).
+def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
+    """Intervals of the scale in [s_lo, s_top] that may hold the least SSE, for each of the `rows` (branch and bound).
 
-    Split [s_lo, s_top] into geometric intervals; the SSE at every interval
-    end (and at each narrow interval's own estimate) is an upper bound U of
-    the minimum; an interval whose lower bound (sse_lower_bound, or
+    Per row: split [s_lo, s_top] into geometric intervals; the SSE at every
+    interval end (and at each narrow interval's own estimate) is an upper bound
+    U of the minimum; an interval whose lower bound (_wide_bounds, or
     _narrow_lower_bound once narrow) exceeds U + tol cannot hold it and is
     dropped; split the others in BRACKET_SPLIT and repeat until they hold at
     most BRACKET_BUDGET breakpoints: then the bracket is exact (to tol).
     After BRACKET_LEVELS levels, keep the intervals of least lower bound up to
     the budget (then the result is within the bound boundary_dynamic states).
+    The rows go through the levels together, each with its own U. An edge's
+    _cuts are searched once: the intervals on either side of it, and the
+    outer children of a split interval, share them.
+    s_lo, s_top, tol: (R,) per row of a. Returns {row: (lo, hi)}.
     """
-    edges = np.geomspace(s_lo, s_top, BRACKET_GRID + 1)
-    lo, hi = edges[:-1], edges[1:]
-    upper = np.inf
+    n_rows = a.shape[0]
+    if rows.size == 0:
+        return {}
+    edges = np.stack([np.geomspace(s_lo[r], s_top[r], BRACKET_GRID + 1) for r in rows])
+    cuts = _cuts(a, np.repeat(rows, BRACKET_GRID + 1), edges.ravel(), qmax).reshape(rows.size, BRACKET_GRID + 1, qmax)
+    ch, lo, hi = np.repeat(rows, BRACKET_GRID), edges[:, :-1].ravel(), edges[:, 1:].ravel()
+    at_lo, at_hi = cuts[:, :-1].reshape(-1, qmax), cuts[:, 1:].reshape(-1, qmax)
+    active = np.isin(np.arange(n_rows), rows)
+    upper = np.full(n_rows, np.inf)
+    brackets = {}
     for level in range(BRACKET_LEVELS + 1):
-        narrow = hi * (qmax - 1) < lo * (qmax - 0.5)
-        bound, counts = np.empty(lo.size), np.empty(lo.size, dtype=np.int64)
-        wide = ~narrow
-        probes = []
-        if wide.any():
-            bound[wide] = sse_lower_bound(a, cum1, cum2, lo[wide], hi[wide], qmax)
-            counts[wide] = _breakpoint_counts(a, lo[wide], hi[wide], qmax)
-            probes += [lo[wide], hi[wide]]
-        if narrow.any():
-            bound[narrow], inside, counts[narrow] = _narrow_lower_bound(a, cum1, cum2, lo[narrow], hi[narrow], qmax)
-            probes.append(inside)
-        upper = min(upper, float(approx_sse(a, cum1, cum2, np.concatenate(probes), qmax).min()))
-        keep = bound <= upper + tol
-        lo, hi, bound, counts = lo[keep], hi[keep], bound[keep], counts[keep]
-        if counts.sum() <= BRACKET_BUDGET:
-            return lo, hi
+        is_narrow = hi * (qmax - 1) < lo * (qmax - 0.5)
+        bound, counts, probe = np.empty(lo.size), np.empty(lo.size, dtype=np.int64), np.empty(lo.size)
+        wide, narrow = np.flatnonzero(~is_narrow), np.flatnonzero(is_narrow)
+        if wide.size:
+            bound[wide], counts[wide], sse_lo, sse_hi = _wide_bounds(a, cum1, cum2, ch[wide], lo[wide], hi[wide],
+                                                                     at_lo[wide], at_hi[wide], qmax)
+            probe[wide] = np.minimum(sse_lo, sse_hi)
+        if narrow.size:
+            single = np.bincount(ch[narrow], minlength=n_rows)[ch[narrow]] == 1
+            bound[narrow], inside, counts[narrow] = _narrow_lower_bound(
+                a, cum1, cum2, ch[narrow], lo[narrow], hi[narrow], at_lo[narrow], at_hi[narrow], qmax, single)
+            probe[narrow] = approx_sse(a, cum1, cum2, ch[narrow], inside, qmax)
+        upper = np.minimum(upper, _row_min(probe, ch, n_rows))
+        keep = bound <= (upper + tol)[ch]
+        ch, lo, hi, at_lo, at_hi, bound, counts = (v[keep] for v in (ch, lo, hi, at_lo, at_hi, bound, counts))
+        starts = np.searchsorted(ch, np.arange(n_rows + 1))
+        done = active & (np.bincount(ch, weights=counts, minlength=n_rows) <= BRACKET_BUDGET)
         if level == BRACKET_LEVELS:
-            order = np.argsort(bound, kind="stable")
-            take = order[np.cumsum(counts[order]) <= BRACKET_BUDGET]
-            take = take if take.size else order[:1]
-            return lo[take], hi[take]
+            done = active
+        for r in np.flatnonzero(done):
+            seg = slice(starts[r], starts[r + 1])
+            take = slice(None)
+            if level == BRACKET_LEVELS and counts[seg].sum() > BRACKET_BUDGET:
+                order = np.argsort(bound[seg], kind="stable")
+                take = order[np.cumsum(counts[seg][order]) <= BRACKET_BUDGET]
+                take = take if take.size else order[:1]
+            brackets[int(r)] = lo[seg][take], hi[seg][take]
+        active &= ~done
+        if not active.any():
+            break
+        going = active[ch]
+        ch, lo, hi, at_lo, at_hi = ch[going], lo[going], hi[going], at_lo[going], at_hi[going]
         t = np.linspace(0.0, 1.0, BRACKET_SPLIT + 1)
-        edges = lo[:, None] + (hi - lo)[:, None] * t  # (S, SPLIT + 1)
+        edges = lo[:, None] + (hi - lo)[:, None] * t  # (T, SPLIT + 1)
         edges[:, -1] = hi
-        lo, hi = edges[:, :-1].ravel(), edges[:, 1:].ravel()
-    return lo, hi
+        inner = _cuts(a, np.repeat(ch, BRACKET_SPLIT - 1), edges[:, 1:-1].ravel(), qmax)
+        cuts = np.concatenate([at_lo[:, None], inner.reshape(ch.size, BRACKET_SPLIT - 1, qmax), at_hi[:, None]], axis=1)
+        ch, lo, hi = np.repeat(ch, BRACKET_SPLIT), edges[:, :-1].ravel(), edges[:, 1:].ravel()
+        at_lo, at_hi = cuts[:, :-1].reshape(-1, qmax), cuts[:, 1:].reshape(-1, qmax)
+    return brackets
 
 
-def _pieces(a, cum1, qmax, lo, hi):
-    """Every quadratic piece of the SSE inside the intervals [lo_k, hi_k]: (left, right, A, B), each (P,).
+def _pieces(a, cum1, r, qmax, lo, hi):
+    """Every quadratic piece of row r's SSE inside the intervals [lo_k, hi_k]: (left, right, A, B), each (P,).
 
     At s = hi_k, |x| >= (j - 1/2) hi_k has code >= j, so A = sum_j (sum of those
     |x|) and B = sum_j (2j - 1) (their count). Going down from hi_k, breakpoint
     (i, j) at t = a_i / (j - 1/2) adds a_i to A and 2j - 1 to B.
     """
-    n = a.size
+    n = a.shape[1]
+    ch = np.full(lo.size, r)
     half = np.arange(1, qmax + 1) - 0.5
-    up = _positions(a, half * hi[:, None])  # (S, qmax): first index with code >= j at s = hi
-    down = _positions(a, half * lo[:, None])  # ... at s = lo
+    up, down = _cuts(a, ch, hi, qmax), _cuts(a, ch, lo, qmax)  # (S, qmax): first index with code >= j at hi, at lo
     odd = 2 * np.arange(1, qmax + 1) - 1
-    a_hi = (cum1[n] - cum1[up]).sum(axis=1)
+    a_hi = _level_sum(cum1[r, n] - _at(cum1, ch, up), np.full(lo.size, lo.size == 1))
     b_hi = ((n - up) * odd).sum(axis=1)
     # the breakpoints: for interval k and level j, the indices down[k, j] .. up[k, j] - 1
     count = (up - down).ravel()
@@ -184,10 +280,10 @@ def _pieces(a, cum1, qmax, lo, hi):
     idx = first + np.arange(count.sum())
     k = np.repeat(np.repeat(np.arange(lo.size), qmax), count)
     j_half = np.repeat(np.tile(half, lo.size), count)
-    t = a[idx] / j_half
+    t = a[r, idx] / j_half
     # by interval, then by descending scale: t / hi_k is in (0, 1], so one key sorts both ways
     order = np.argsort(k - t / hi[k], kind="stable")
-    t, k, d_a, d_b = t[order], k[order], a[idx][order], 2.0 * j_half[order]
+    t, k, d_a, d_b = t[order], k[order], a[r, idx][order], 2.0 * j_half[order]
     # segmented running sums: A after each breakpoint = A(hi_k) + the d_a of the breakpoints so far in k
     seg_start = np.searchsorted(k, np.arange(lo.size))
     run_a = np.cumsum(d_a)
@@ -216,41 +312,56 @@ def _float32_neighbours(s):
     return np.concatenate([below, above]).astype(np.float64)
 
 
-def search_scales(a, cum1, cum2, bits):
-    """The float32 scales, as alphas, that may minimise the SSE of one channel (see the comment above).
-
-    Shapes: a (m,) sorted |x| (float64), cum1, cum2 (m + 1,) its prefix sums of a and a**2.
-    1. the domain: s in (0, s_top], s_top = the float32 scale of max|x|;
-    2. below s_lo = (smallest |x| > 0) / (qmax - 1/2) every non-zero |x| clips:
-       one piece; above it, all m * qmax breakpoints when there are at most
-       ENUMERATE of them, else those inside the bracket (_bracket);
-    3. each piece's least point, clamped into the piece and the domain; the
-       pieces within the float tolerance (plus one float32 step) of the least,
-       at most FINALIST_PIECES of them, give their float32 neighbours.
-    Returns alphas = s * qmax (exact in float64, and float32(alpha / qmax) == s),
-    max|x| for s_top.
-    """
-    qmax = 2 ** (bits - 1) - 1
-    amax = float(a[-1])
-    s_top = float(grid_scales([amax], bits)[0])
-    smallest = float(a[np.searchsorted(a, 0.0, side="right")])  # smallest |x| > 0
-    s_lo = min(smallest / (qmax - 0.5), s_top)
-    tol = _model_tolerance(cum2, a.size, qmax, s_top)
-    lo, hi = np.array([_TINY32]), np.array([s_lo])  # all clipped: one piece, no breakpoint inside
-    if s_lo < s_top:
-        n_breaks = int(_breakpoint_counts(a, np.array([s_lo]), np.array([s_top]), qmax)[0])
-        b_lo, b_hi = ((np.array([s_lo]), np.array([s_top])) if n_breaks <= ENUMERATE
-                      else _bracket(a, cum1, cum2, qmax, s_lo, s_top, tol))
-        lo, hi = np.concatenate([lo, b_lo]), np.concatenate([hi, b_hi])
-    left, right, big_a, big_b = _pieces(a, cum1, qmax, lo, hi)
+def _finalists(pieces, s2, tol, s_top, amax, qmax):
+    """The float32 scales, as alphas, of the pieces of least SSE (one row; see search_scales, step 3)."""
+    left, right, big_a, big_b = pieces
     right = np.minimum(right, s_top)
     live = left <= right
     left, right, big_a, big_b = left[live], right[live], big_a[live], big_b[live]
     s = np.clip(big_a / np.maximum(big_b, 1.0), left, right)  # B = 0: no code set, SSE = S2 anywhere
-    sse = cum2[-1] - 2.0 * s * big_a + s * s * big_b
+    sse = s2 - 2.0 * s * big_a + s * s * big_b
     best = int(np.argmin(sse))
     step = float(np.spacing(np.float32(s[best])))  # a float32 step from the best point costs B * step**2
     near = np.flatnonzero(sse <= sse[best] + 2.0 * tol + big_b[best] * step * step)
     near = near[np.argsort(sse[near], kind="stable")[:FINALIST_PIECES]]
     scales = np.unique(np.clip(_float32_neighbours(s[near]), _TINY32, s_top))
     return [amax if v == s_top else float(v * qmax) for v in scales]
+
+
+def search_scales(a, cum1, cum2, bits):
+    """The float32 scales, as alphas, that may minimise the SSE of each row of a (see the comment above).
+
+    Shapes: a (R, m) sorted |x| (float64) of R channels with max|x| > 0;
+    cum1, cum2 (R, m + 1) its prefix sums of a and a**2 (cum[:, i] = sum of the
+    i smallest). Per row:
+    1. the domain: s in (0, s_top], s_top = the float32 scale of max|x|;
+    2. below s_lo = (smallest |x| > 0) / (qmax - 1/2) every non-zero |x| clips:
+       one piece; above it, all m * qmax breakpoints when there are at most
+       ENUMERATE of them, else those inside the bracket (_bracket, every such
+       row at once);
+    3. each piece's least point, clamped into the piece and the domain; the
+       pieces within the float tolerance (plus one float32 step) of the least,
+       at most FINALIST_PIECES of them, give their float32 neighbours.
+    Returns one list per row: alphas = s * qmax (exact in float64, and
+    float32(alpha / qmax) == s), max|x| for s_top.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    n_rows, m = a.shape
+    every = np.arange(n_rows)
+    amax = a[:, -1]
+    s_top = grid_scales(amax, bits)
+    smallest = np.array([row[np.searchsorted(row, 0.0, side="right")] for row in a])  # smallest |x| > 0
+    s_lo = np.minimum(smallest / (qmax - 0.5), s_top)
+    tol = np.array([_model_tolerance(cum2[r], m, qmax, float(s_top[r])) for r in every])
+    open_ = s_lo < s_top  # else all clipped: one piece, no breakpoint inside
+    many = open_ & (_breakpoint_counts(a, every, s_lo, s_top, qmax) > ENUMERATE)
+    brackets = _bracket(a, cum1, cum2, np.flatnonzero(many), qmax, s_lo, s_top, tol)
+    found = []
+    for r in every:
+        lo, hi = np.array([_TINY32]), s_lo[r:r + 1]
+        if open_[r]:
+            b_lo, b_hi = brackets.get(r, (s_lo[r:r + 1], s_top[r:r + 1]))
+            lo, hi = np.concatenate([lo, b_lo]), np.concatenate([hi, b_hi])
+        found.append(_finalists(_pieces(a, cum1, r, qmax, lo, hi), cum2[r, -1], tol[r], float(s_top[r]),
+                                float(amax[r]), qmax))
+    return found

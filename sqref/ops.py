@@ -478,3 +478,247 @@ def fold_batchnorm(w, b, *, gamma, beta, mean, var, eps=1e-5):
     w_f = (w.astype(np.float64) * t.reshape((K,) + (1,) * (w.ndim - 1))).astype(w.dtype)
     b_f = ((b.astype(np.float64) - np.asarray(mean, np.float64)) * t + np.asarray(beta, np.float64)).astype(w.dtype)
     return w_f, b_f
+
+
+# --------------------------------------------------------------------------
+# graph ops: broadcasting arithmetic, concat, activations, reductions, reshape,
+# batch norm (the ONNX ops a DAG model needs beyond the layer chain)
+# --------------------------------------------------------------------------
+def _check_number(name: str, value, *, finite: bool = True) -> float:
+    """A real scalar (int, float or 0-d real array, not bool) as a float; NaN always refused,
+    +-inf refused when ``finite``."""
+    if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0 or np.asarray(value).dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if np.isnan(v) or (finite and np.isinf(v)):
+        raise ValueError(f"{name} must be a {'finite' if finite else 'non-NaN'} number, got {value!r}")
+    return v
+
+
+def _check_flag(name: str, value) -> bool:
+    """A bool, or an ONNX int attribute 0/1."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name} must be a bool (or 0/1), got {value!r}")
+
+
+def _broadcast_pair(a, b):
+    """a and b as arrays of their common float dtype; ValueError naming both shapes unless
+    they broadcast (NumPy's rules, which are ONNX's multidirectional broadcasting)."""
+    a, b = _check_float("a", a), _check_float("b", b)
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"a shape {a.shape} and b shape {b.shape} do not broadcast") from None
+    dtype = np.result_type(a, b)
+    return a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+
+
+def add(a, b):
+    """a + b elementwise with broadcasting, as ONNX Add and torch.add.
+    Shapes: broadcast(a.shape, b.shape); arithmetic in the common dtype (float32 for float32)."""
+    a, b = _broadcast_pair(a, b)
+    return a + b
+
+
+def mul(a, b):
+    """a * b elementwise with broadcasting, as ONNX Mul and torch.mul (float32 for float32)."""
+    a, b = _broadcast_pair(a, b)
+    return a * b
+
+
+def div(a, b):
+    """a / b elementwise with broadcasting, as ONNX Div and torch.div: one IEEE division in
+    the common dtype (float32 for float32, as ONNX), so x / 0 is +-inf and 0 / 0 NaN,
+    without NumPy's warnings."""
+    a, b = _broadcast_pair(a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return a / b
+
+
+def concat(xs, axis=1):
+    """Join arrays along ``axis``, as ONNX Concat and torch.cat.
+
+    Shapes: xs[i] (d0, ..., k_i, ..., d_{r-1}), every axis but ``axis`` equal ->
+    (d0, ..., sum_i k_i, ..., d_{r-1}); axis in [-r, r-1] (default 1: channels of NCHW).
+    xs is a list or tuple of float arrays; the result has their common dtype.
+    """
+    if not isinstance(xs, (list, tuple)):
+        raise ValueError(f"xs must be a list or tuple of arrays, got {type(xs).__name__}")
+    if not xs:
+        raise ValueError("xs must hold at least one array, got none")
+    xs = [_check_float(f"xs[{i}]", x) for i, x in enumerate(xs)]
+    r = xs[0].ndim
+    if r == 0:
+        raise ValueError("xs[0] must have at least one axis, got a 0-d array")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -r <= axis < r:
+        raise ValueError(f"axis must be an int in [{-r}, {r - 1}] for {r}-D arrays, got {axis!r}")
+    axis = int(axis) % r
+    for i, x in enumerate(xs[1:], 1):
+        if x.ndim != r or x.shape[:axis] != xs[0].shape[:axis] or x.shape[axis + 1 :] != xs[0].shape[axis + 1 :]:
+            raise ValueError(f"xs[{i}] shape {x.shape} must match xs[0] shape {xs[0].shape} on every axis but {axis}")
+    dtype = np.result_type(*xs)
+    return np.concatenate([x.astype(dtype, copy=False) for x in xs], axis=axis)
+
+
+def clip(x, lo=None, hi=None):
+    """min(max(x, lo), hi), as ONNX Clip (min and max inputs) and torch.clamp; ReLU6 is
+    clip(x, 0, 6) (torch.nn.functional.relu6).
+
+    lo or hi None: no bound on that side (ONNX's omitted input). The bounds are rounded to
+    x's dtype first (ONNX's min and max have the input's type). lo > hi gives hi everywhere
+    (ONNX: "all values set to max"). NaN in x stays NaN (np.maximum and np.minimum propagate
+    it, as ONNX's reference np.clip); a NaN bound is a ValueError. Shapes: any -> same.
+    """
+    x = _check_float("x", x)
+    lo = None if lo is None else x.dtype.type(_check_number("lo", lo, finite=False))
+    hi = None if hi is None else x.dtype.type(_check_number("hi", hi, finite=False))
+    y = x.copy() if lo is None else np.maximum(x, lo)
+    return y if hi is None else np.minimum(y, hi)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), as ONNX Sigmoid and torch.sigmoid, with no overflow: with
+    e = exp(-|x|) in (0, 1], sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0.
+    NaN stays NaN. Shapes: any -> same."""
+    x = _check_float("x", x)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def hard_sigmoid(x, alpha=0.2, beta=0.5):
+    """max(0, min(1, alpha * x + beta)), as ONNX HardSigmoid (defaults alpha 0.2, beta 0.5).
+
+    torch.nn.functional.hardsigmoid is alpha = 1/6, beta = 0.5 (it computes
+    relu6(x + 3) / 6: the same function, rounded differently). alpha and beta are rounded
+    to x's dtype (ONNX's attributes are float32) and the arithmetic stays in that dtype.
+    NaN stays NaN. Shapes: any -> same.
+    """
+    x = _check_float("x", x)
+    a = x.dtype.type(_check_number("alpha", alpha))
+    b = x.dtype.type(_check_number("beta", beta))
+    return np.maximum(0, np.minimum(1, a * x + b))
+
+
+def hard_swish(x):
+    """x * hard_sigmoid(x, 1/6, 0.5) = x * max(0, min(1, x/6 + 1/2)), as ONNX HardSwish
+    (its definition, alpha = 1/6) and torch.nn.functional.hardswish (x * relu6(x + 3) / 6).
+    hard_swish(-inf) is NaN (-inf * 0), as in ONNX's reference and torch, without a warning.
+    Shapes: any -> same."""
+    x = _check_float("x", x)
+    with np.errstate(invalid="ignore"):
+        return x * hard_sigmoid(x, 1 / 6, 0.5)
+
+
+def global_avg_pool(x):
+    """Mean over H and W, as ONNX GlobalAveragePool and
+    torch.nn.functional.adaptive_avg_pool2d(x, 1).
+
+    Shapes: x (N, C, H, W), H, W >= 1 -> (N, C, 1, 1).
+    Formula: y[n, c, 0, 0] = sum_{h, w} x[n, c, h, w] / (H * W), summed in float64 and
+    rounded once to x's dtype.
+    """
+    x = _check_float("x", x)
+    _check_ndim("x", x, 4, "N, C, H, W")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"x must have H, W >= 1 to average over, got shape {x.shape}")
+    return x.mean(axis=(2, 3), keepdims=True, dtype=np.float64).astype(x.dtype)
+
+
+def reduce_axes(axes, ndim: int) -> tuple[int, ...]:
+    """ONNX reduction axes as sorted non-negative ints: an int, a sequence of ints or a 1-D int
+    array, each in [-ndim, ndim-1], no axis twice; None or empty: every axis (ONNX's default,
+    noop_with_empty_axes = 0)."""
+    if axes is None:
+        return tuple(range(ndim))
+    if isinstance(axes, (int, np.integer)) and not isinstance(axes, (bool, np.bool_)):
+        axes = [axes]
+    values = np.asarray(axes)
+    if values.ndim != 1 or (values.size and values.dtype.kind not in "iu"):
+        raise ValueError(f"axes must be an int or a sequence of ints, got {axes!r}")
+    if values.size == 0:
+        return tuple(range(ndim))
+    given = [int(a) for a in values]
+    if min(given) < -ndim or max(given) >= ndim:
+        raise ValueError(f"axes must lie in [{-ndim}, {ndim - 1}] for a {ndim}-D input, got {given}")
+    out = sorted(a % ndim for a in given)
+    if len(set(out)) != len(out):
+        raise ValueError(f"axes must name each axis once, got {given}")
+    return tuple(out)
+
+
+def reduce_mean(x, axes, keepdims=True):
+    """Mean over ``axes``, as ONNX ReduceMean (axes as reduce_axes: None or empty means every
+    axis) and torch.mean(x, dim=axes, keepdim=keepdims).
+
+    Shapes: the reduced axes become 1 (keepdims) or are dropped.
+    Formula: the sum over the reduced axes / their element count, summed in float64 and
+    rounded once to x's dtype. A reduced axis of length 0 is a ValueError (the mean of
+    nothing).
+    """
+    x = _check_float("x", x)
+    axes = reduce_axes(axes, x.ndim)
+    keepdims = _check_flag("keepdims", keepdims)
+    if any(x.shape[a] == 0 for a in axes):
+        raise ValueError(f"axes {list(axes)} of x shape {x.shape} include an empty axis: no mean")
+    return np.asarray(x.mean(axis=axes, keepdims=keepdims, dtype=np.float64)).astype(x.dtype)
+
+
+def reshape(x, shape, allowzero=False):
+    """x with a new shape, as ONNX Reshape; ``shape`` is the full target shape (batch axis
+    included): a sequence of ints or a 1-D int array.
+
+    -1 (at most one) is inferred from the element count; 0 copies x's dimension at the same
+    index unless ``allowzero``, when it is a zero-length axis (0 and -1 together are then an
+    error, as ONNX). Any dtype (no arithmetic; like flatten); a C-order view when NumPy can
+    make one.
+    """
+    x = np.asarray(x)
+    allowzero = _check_flag("allowzero", allowzero)
+    dims = np.asarray(shape)
+    if dims.ndim != 1 or (dims.size and dims.dtype.kind not in "iu"):
+        raise ValueError(f"shape must be a sequence of ints, got {shape!r}")
+    dims = [int(d) for d in dims]
+    if any(d < -1 for d in dims) or dims.count(-1) > 1:
+        raise ValueError(f"shape may hold ints >= 0 and at most one -1, got {dims}")
+    if allowzero and 0 in dims and -1 in dims:
+        raise ValueError(f"shape may not hold both 0 and -1 when allowzero is set, got {dims}")
+    if not allowzero:
+        for i, d in enumerate(dims):
+            if d == 0:
+                if i >= x.ndim:
+                    raise ValueError(f"shape[{i}] = 0 copies x's axis {i}, but x shape {x.shape} has {x.ndim} axes")
+                dims[i] = x.shape[i]
+    if -1 in dims:
+        known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
+        if known == 0 or x.size % known:
+            raise ValueError(f"shape {dims}: cannot infer -1 for x shape {x.shape} ({x.size} elements)")
+        dims[dims.index(-1)] = x.size // known
+    if int(np.prod(dims, dtype=np.int64)) != x.size:
+        raise ValueError(f"shape {dims} holds {int(np.prod(dims, dtype=np.int64))} elements, x shape {x.shape} {x.size}")
+    return x.reshape(dims)
+
+
+def batch_norm(x, gamma, beta, mean, var, eps=1e-5):
+    """Inference-mode batch normalisation per channel (axis 1), as ONNX BatchNormalization
+    (training_mode 0) and torch.nn.functional.batch_norm(training=False).
+
+    Shapes: x (N, C, ...) with at least 2 axes; gamma, beta, mean, var (C,) -> x's shape.
+    Formula: y[n, c, ...] = gamma[c] * (x[n, c, ...] - mean[c]) / sqrt(var[c] + eps) + beta[c],
+    in float64, rounded once to x's dtype (fold_batchnorm folds the same map into a conv).
+    """
+    x = _check_float("x", x)
+    if x.ndim < 2:
+        raise ValueError(f"x must be at least 2-D (N, C, ...), got shape {x.shape}")
+    C = x.shape[1]
+    eps = _check_number("eps", eps)
+    params = {}
+    for name, p in (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)):
+        p = _check_float(name, p)
+        if p.shape != (C,):
+            raise ValueError(f"{name} must have shape ({C},) to match x shape {x.shape}, got {p.shape}")
+        params[name] = p.astype(np.float64).reshape((1, C) + (1,) * (x.ndim - 2))
+    if np.any(params["var"] + eps <= 0):
+        raise ValueError(f"var + eps must be positive, got min {float(np.min(params['var'])) + eps}")
+    y = params["gamma"] * (x.astype(np.float64) - params["mean"]) / np.sqrt(params["var"] + eps) + params["beta"]
+    return y.astype(x.dtype)

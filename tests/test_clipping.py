@@ -344,7 +344,7 @@ def test_the_guarantee_does_not_rest_on_the_search(w, bits, axis):
     # With a search that only proposes max|w| / 2, the dynamic rule must still beat every other
     # rule: their boundaries are its candidates.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(clipping, "search_scales", lambda a, cum1, cum2, bits: [float(a[-1]) / 2])
+        patch.setattr(clipping, "search_scales", lambda a, cum1, cum2, bits: [[float(row[-1]) / 2] for row in a])
         dynamic = quant_mse(w, alpha=boundary(w, bits, axis=axis), bits=bits, axis=axis)
     for rule in OTHER_RULES:
         assert (np.asarray(dynamic) <= quant_mse(w, alpha=boundary(w, bits, rule=rule, axis=axis), bits=bits, axis=axis)).all()
@@ -391,7 +391,7 @@ def test_fast_sse_model_agrees_with_the_exact_sum(w, bits, fraction):
     cum1, cum2 = np.concatenate([[0], np.cumsum(a)]), np.concatenate([[0], np.cumsum(a * a)])
     qmax = 2 ** (bits - 1) - 1
     scale = mse_search.grid_scales([fraction * a[-1]], bits)
-    fast = mse_search.approx_sse(a, cum1, cum2, scale, qmax)
+    fast = mse_search.approx_sse(a[None], cum1[None], cum2[None], np.zeros(1, dtype=np.int64), scale, qmax)
     exact = quant.sum_sq_error(x, scale, qmax)
     # S2 - 2 c S1 + c^2 n cancels: its rounding is a few eps times the size of the terms, not of the result
     atol = 64 * np.finfo(np.float64).eps * (cum2[-1] + a.size * (qmax * scale[0]) ** 2)

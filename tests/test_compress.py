@@ -129,3 +129,36 @@ def test_plot_option_writes_both_figures(tmp_path, capsys):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["quantize", LENET300, "-o", str(tmp_path / "r.h5"), "--plot", str(tmp_path / "x.jpg")]) == 2
     assert "expected a .png file name" in capsys.readouterr().err
+
+
+def test_factoring_a_graph_rewires_its_readers():
+    """SVD of a graph's classifier: fc.v reads what fc read, the output becomes fc.u."""
+    from sqref import zoo
+
+    model = zoo.resnet_mini(0)
+    factored, reports = factor_model(model, rank=4, only=["fc"])
+    assert factored.outputs == ("fc.u",) and not factored.is_chain
+    assert factored.wiring[factored.names.index("fc.v")] == model.wiring[model.names.index("fc")]
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    _, inter = sqref.run(model, x, return_intermediates=True)
+    v, u = (factored.layers[factored.names.index(n)] for n in ("fc.v", "fc.u"))
+    assert sqref.run(factored, x).tobytes() == u(v(inter["pool"])).tobytes()
+
+
+def test_1x1_convolutions_factor_into_two_1x1_convolutions():
+    """A 1x1 convolution is a matrix at every pixel: with a rank-2 weight, rank-2 factors
+    reproduce it up to float32 rounding of the SVD (a few ulps of the output's scale)."""
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((12, 2)) @ rng.standard_normal((2, 10))).astype(np.float32)[:, :, None, None]
+    conv = Conv2d(w, rng.standard_normal(12).astype(np.float32), stride=(2, 2))
+    model = Model((conv, ReLU()), (10, 6, 6))
+    with pytest.raises(ValueError, match="no linear layer named conv1"):
+        factor_model(model, rank=2, only=["conv1"])
+    factored, reports = factor_model(model, rank=2, conv_1x1=True)
+    v, u = factored.layers[:2]
+    assert (factored.names[:2], v.weight.shape, u.weight.shape) == (("conv1.v", "conv1.u"), (2, 10, 1, 1), (12, 2, 1, 1))
+    assert v.stride == (2, 2) and v.bias is None and u.stride == (1, 1)
+    x = rng.random((2, 10, 6, 6), dtype=np.float32)
+    want = sqref.run(model, x)
+    np.testing.assert_allclose(sqref.run(factored, x), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert reports[0]["rank"] == 2 and reports[0]["relative_error"] < 1e-6

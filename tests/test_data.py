@@ -76,3 +76,14 @@ def test_a_model_file_is_not_a_data_file(tmp_path):
     sqref.save(zoo.lenet300(), tmp_path / "m.h5")
     with pytest.raises(FileFormatError, match="not a sqref-data file"):
         data.load_split(tmp_path / "m.h5")
+
+
+def test_the_data_file_as_a_data_source():
+    """sqref.inputs reads the sqref data file through load_split; 'all' is the three splits in order."""
+    from sqref.inputs import open_data
+
+    source = open_data(data.DEFAULT_DATA, (1, 28, 28))
+    assert source.has_labels and source.kind == "sqref-data"
+    x, y = source.split("all")
+    assert x.shape == (5000, 1, 28, 28) and np.array_equal(y[-1000:], data.load_split(split="test")[1])
+    assert source.record()["split"] == {"rule": "stored in the file (stratified)", "seed": data.SPLIT_SEED}

@@ -1,4 +1,5 @@
 """Model file format v1: exact round trip, checksums, clear errors, atomic writes."""
+import json
 import os
 
 import h5py
@@ -74,17 +75,17 @@ def test_truncated_empty_and_foreign_files_give_clear_errors(tmp_path):
 def test_wrong_version_and_bad_shapes_are_named(tmp_path):
     path = tmp_path / "m.h5"
     sqref.save(small_model(), path)
-    v2 = tmp_path / "v3.h5"
-    v2.write_bytes(path.read_bytes())
-    with h5py.File(v2, "r+") as f:
-        f.attrs["format_version"] = 3
-    with pytest.raises(FileFormatError, match="format_version 3 is not supported"):
-        sqref.load(v2)
+    v4 = tmp_path / "v4.h5"
+    v4.write_bytes(path.read_bytes())
+    with h5py.File(v4, "r+") as f:
+        f.attrs["format_version"] = 4
+    with pytest.raises(FileFormatError, match="format_version 4 is not supported"):
+        sqref.load(v4)
     shape = tmp_path / "shape.h5"
     shape.write_bytes(path.read_bytes())
     with h5py.File(shape, "r+") as f:
         f["layers/0000"].attrs["stride"] = np.array([1, 1, 1])
-    with pytest.raises(FileFormatError, match="attribute 'stride' must be 2 integers"):
+    with pytest.raises(FileFormatError, match="attribute 'stride' = .* is not a valid stride"):
         sqref.load(shape)
 
 
@@ -118,8 +119,9 @@ def test_file_documents_itself(tmp_path):
     path = tmp_path / "m.h5"
     sqref.save(small_model(), path)
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "sqref-model" and f.attrs["format_version"] == 2
+        assert f.attrs["format"] == "sqref-model" and f.attrs["format_version"] == 3
         assert len(f.attrs["manifest_sha256"]) == 64
+        assert json.loads(f.attrs["outputs"]) == ["fc2"] and json.loads(f.attrs["extra_inputs"]) == []
         assert f.attrs["sqref_version"] == sqref.__version__
         conv = f["layers/0000"]
         assert conv.attrs["type"] == "conv2d" and conv.attrs["name"] == "conv1"

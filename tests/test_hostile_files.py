@@ -253,8 +253,9 @@ def test_attribute_edits_fail_the_manifest(model, edit):
     with h5py.File(model, "r+") as f:
         if edit == "meta":
             f.attrs["meta"] = json.dumps({"arch": "lenet300", "test_accuracy": 0.999})
-        elif edit == "name":
+        elif edit == "name":  # and its reader's inputs, so that only the manifest can tell
             f["layers/0001"].attrs["name"] = "qc1"
+            f["layers/0002"].attrs["inputs"] = json.dumps(["qc1"])
         elif edit == "version_string":
             f.attrs["sqref_version"] = "9.9.9"
         else:
@@ -330,7 +331,7 @@ def test_onnx_import_errors_are_sqref_errors(tmp_path):
     pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    from sqref.backends.onnx import OnnxImportError, import_onnx
+    from sqref.backends.onnx_import import OnnxImportError, import_onnx
 
     garbage = tmp_path / "g.onnx"
     garbage.write_bytes(b"\x08\x07\xff\xff\xff garbage" * 10)

@@ -99,3 +99,45 @@ def test_compress_file_rejects_bad_input_before_writing(kwargs, message, tmp_pat
         compress_file(LENET300, **kwargs)
     assert message in str(info.value) and len(str(info.value).splitlines()) == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_jobs_on_user_data_match_the_cli_and_say_which_data(tmp_path, capsys):
+    """A .npy without labels: quantize and eval report the agreement with the float model, and
+    the file written records the data file, its SHA-256 and the split seed."""
+    import numpy as np
+
+    from sqref.data import load_split
+
+    x, _ = load_split(split="test")
+    np.save(tmp_path / "x.npy", x[:300])
+    r = quantize_file(LENET300, output=tmp_path / "q.h5", bits=3, data=tmp_path / "x.npy")
+    code, cli = run_json(capsys, "quantize", LENET300, "--bits", "3", "--data", tmp_path / "x.npy",
+                         "-o", tmp_path / "c.h5")
+    assert code == 0 and cli["quality"] == r.quality and r.quality["split"] == "all"
+    assert r.quality["compressed_accuracy"] is None and 0 < r.quality["agreement"] < 1
+    meta = sqref.load(r.output).meta
+    assert meta["data_source"] == {**meta["data_source"], "file": "x.npy", "sha256": file_sha256(tmp_path / "x.npy"),
+                                   "format": "npy", "labels": False}
+    assert meta["data_source"]["split"]["seed"] == 0
+    e = evaluate_file(r.output, data=tmp_path / "x.npy", reference=LENET300)
+    assert e.agreement == r.quality["agreement"] and e.logit_sqnr_db == r.quality["logit_sqnr_db"]
+    code, cli = run_json(capsys, "eval", r.output, "--data", tmp_path / "x.npy", "--reference", LENET300)
+    assert code == 0 and {k: v for k, v in cli.items() if k != "seconds"} == \
+        {k: v for k, v in dataclasses.asdict(e).items() if k != "seconds"}
+
+
+def test_compress_file_without_labels_searches_the_rank_on_agreement(tmp_path):
+    import numpy as np
+
+    from sqref.data import load_split
+
+    x, _ = load_split(split="test")
+    np.savez(tmp_path / "x.npz", x=x[:400])
+    r = compress_file(LENET300, output=tmp_path / "c.h5", data=tmp_path / "x.npz", max_drop=3, split_seed=5,
+                      rule="max")
+    assert r.rank_search["criterion"] == "agreement" and r.rank_search["chosen_rank"] is not None
+    last = r.rank_search["tried"][-1]
+    assert last["rank"] == r.rank_search["chosen_rank"] and 100 * (1 - last["val_agreement"]) <= 3
+    assert r.quality["count"] == 80 and r.quality["labels"] is False
+    meta = sqref.load(r.output).meta
+    assert meta["rank_search"]["criterion"] == "agreement" and meta["data_source"]["split"]["seed"] == 5

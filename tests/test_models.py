@@ -7,8 +7,10 @@ import sqref
 from sqref.data import DATA_DIR, load_split
 from sqref.model import predict
 
-# name -> (parameter count from docs/method.md section 6, accuracy floor the README states)
-SHIPPED = {"lenet5": (431_080, 0.980), "lenet300": (266_610, 0.965)}
+# name -> (parameter count (the LeNets': docs/method.md section 6; the graph nets': sqref.zoo's
+# layer shapes), accuracy floor the README states)
+SHIPPED = {"lenet5": (431_080, 0.980), "lenet300": (266_610, 0.965), "resnet_mini": (19_642, 0.97),
+           "mobilenet_mini": (5_442, 0.95)}
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -23,3 +25,15 @@ def test_shipped_model_reaches_the_reported_accuracy(name):
     assert accuracy == pytest.approx(model.meta["test_accuracy"], abs=1e-12)
     assert accuracy >= floor
     assert model.meta["arch"] == name and model.meta["seed"] == 0
+
+
+@pytest.mark.parametrize("name", ["resnet_mini", "mobilenet_mini"])
+def test_shipped_graph_models_have_the_zoo_structure(name):
+    """Retrained by `sqref train --arch NAME`, they keep sqref.zoo's wiring and shapes."""
+    from sqref import zoo
+
+    shipped, fresh = sqref.load(DATA_DIR / f"{name}.h5"), zoo.ARCHITECTURES[name](0)
+    assert (shipped.names, shipped.wiring, shipped.outputs) == (fresh.names, fresh.wiring, fresh.outputs)
+    assert not shipped.is_chain
+    assert [a.shape for a in map(lambda layer: getattr(layer, "weight", None), shipped.layers) if a is not None] == \
+        [a.shape for a in map(lambda layer: getattr(layer, "weight", None), fresh.layers) if a is not None]

@@ -1,9 +1,13 @@
 """Float ops: literal hand-computed cases, then hypothesis properties against
 the loop-nest oracles (sqref.oracle, the source of truth)."""
+import math
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from sqref import ops, oracle
 
@@ -276,3 +280,439 @@ def test_bad_shapes_raise_value_error_naming_them(call, match):
 def test_integer_input_is_a_type_error():
     with pytest.raises(TypeError, match="dtype int64"):
         ops.conv2d(np.zeros((1, 1, 3, 3), np.int64), np.zeros((1, 1, 1, 1), np.float32))
+
+
+# ==========================================================================
+# graph ops: add, mul, div, concat, clip, sigmoid, hard_sigmoid, hard_swish,
+# global_avg_pool, reduce_mean, reshape, batch_norm
+# ==========================================================================
+F32, F64 = np.float32, np.float64
+
+
+def test_add_mul_div_literal():
+    a = np.array([[1, 2, 3]], F32)  # (1, 3)
+    b = np.array([[10], [20]], F32)  # (2, 1): both stretch to (2, 3)
+    np.testing.assert_array_equal(ops.add(a, b), [[11, 12, 13], [21, 22, 23]])
+    np.testing.assert_array_equal(ops.mul(a, np.array([[2], [-1]], F32)), [[2, 4, 6], [-1, -2, -3]])
+    np.testing.assert_array_equal(ops.div(np.array([1, 3], F32), np.array([4], F32)), [0.25, 0.75])
+    # float32 arithmetic: 1 + 2**-24 is a tie between 1 and 1 + 2**-23 and rounds to even (1);
+    # float64 would keep 1.0000000596
+    y = ops.add(np.array([1], F32), np.array([2.0**-24], F32))
+    assert y.dtype == F32 and y[0] == 1
+    # 1 / 3 divided in float32 is float32(1/3) = 0.3333333432674408, not 0.3333333333333333
+    q = ops.div(np.array([1], F32), np.array([3], F32))
+    assert q.dtype == F32 and float(q[0]) == 0.3333333432674408
+    # float32 with float64: float64
+    assert ops.add(a, b.astype(F64)).dtype == F64
+
+
+def test_div_by_zero_is_ieee_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = ops.div(np.array([1, -1, 0], F32), np.array([0], F32))
+    np.testing.assert_array_equal(y, [np.inf, -np.inf, np.nan])  # +-x / 0 = +-inf, 0 / 0 = NaN
+
+
+def test_concat_literal():
+    x0 = np.ones((1, 1, 2, 2), F32)
+    x1 = np.full((1, 2, 2, 2), 2, F32)
+    y = ops.concat([x0, x1])  # default axis 1: channels [1, 2, 2]
+    assert y.shape == (1, 3, 2, 2) and y.dtype == F32
+    np.testing.assert_array_equal(y[0, :, 0, 0], [1, 2, 2])
+    np.testing.assert_array_equal(ops.concat((np.array([[1, 2]], F32), np.array([[3]], F32)), axis=-1), [[1, 2, 3]])
+
+
+def test_clip_literal():
+    x = np.array([-1, 0, 3, 6, 7, np.nan], F32)
+    np.testing.assert_array_equal(ops.clip(x, 0, 6), [0, 0, 3, 6, 6, np.nan])  # ReLU6; NaN stays NaN
+    np.testing.assert_array_equal(ops.clip(np.array([-2, 0, 6], F32), 2, 1), [1, 1, 1])  # lo > hi: all hi (ONNX)
+    np.testing.assert_array_equal(ops.clip(np.array([-1, 5], F32), lo=0), [0, 5])
+    np.testing.assert_array_equal(ops.clip(np.array([-1, 5], F32), hi=1), [-1, 1])
+    np.testing.assert_array_equal(ops.clip(np.array([-1, 5], F32)), [-1, 5])  # no bounds: a copy
+    # the bound is rounded to x's dtype: float32(0.1) = 0.10000000149, above 0.1
+    assert ops.clip(np.array([0], F32), 0.1)[0] == F32(0.1)
+
+
+def test_sigmoid_literal():
+    # 1 / (1 + e^-x): x = 0 -> 1/2; x = log 3 -> 1 / (1 + 1/3) = 3/4; x = -log 3 -> 1 / (1 + 3) = 1/4
+    y = ops.sigmoid(np.array([0, np.log(3), -np.log(3)]))
+    np.testing.assert_allclose(y, [0.5, 0.75, 0.25], rtol=1e-15)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # no overflow at either end
+        np.testing.assert_array_equal(ops.sigmoid(np.array([-1000, 1000], F32)), [0, 1])
+        np.testing.assert_array_equal(ops.sigmoid(np.array([-1e308, 1e308])), [0, 1])
+    assert np.isnan(ops.sigmoid(np.array([np.nan], F32))[0])
+    assert ops.sigmoid(np.zeros(2, F32)).dtype == F32
+
+
+def test_hard_sigmoid_and_hard_swish_literal():
+    # ONNX defaults alpha 0.2, beta 0.5: 0.2x + 0.5 = -0.1, 0, 0.5, 0.7, 1.0, 1.1, clipped to [0, 1]
+    x = np.array([-3, -2.5, 0, 1, 2.5, 3])
+    np.testing.assert_allclose(ops.hard_sigmoid(x), [0, 0, 0.5, 0.7, 1, 1], rtol=1e-15)
+    # torch's hardsigmoid, alpha 1/6: x/6 + 1/2 = 0, 0.5, 0.75, 1 at -3, 0, 1.5, 3
+    np.testing.assert_allclose(ops.hard_sigmoid(np.array([-3, 0, 1.5, 3]), 1 / 6, 0.5), [0, 0.5, 0.75, 1], rtol=1e-15)
+    # hard_swish: x * clip(x/6 + 1/2): -4*0, -3*0, -1.5*0.25, 0, 1.5*0.75, 3*1, 4*1
+    y = ops.hard_swish(np.array([-4, -3, -1.5, 0, 1.5, 3, 4], F32))
+    assert y.dtype == F32
+    np.testing.assert_array_equal(y, [0, 0, -0.375, 0, 1.125, 3, 4])
+    assert np.isnan(ops.hard_swish(np.array([np.nan], F32))[0]) and np.isnan(ops.hard_sigmoid(np.array([np.nan]))[0])
+
+
+def test_global_avg_pool_and_reduce_mean_literal():
+    x = np.arange(8, dtype=F32).reshape(1, 2, 2, 2)  # channel 0 holds 0..3, channel 1 holds 4..7
+    y = ops.global_avg_pool(x)
+    assert y.shape == (1, 2, 1, 1) and y.dtype == F32
+    np.testing.assert_array_equal(y.ravel(), [1.5, 5.5])  # (0+1+2+3)/4, (4+5+6+7)/4
+    m = np.arange(6, dtype=F32).reshape(2, 3)  # [[0, 1, 2], [3, 4, 5]]
+    np.testing.assert_array_equal(ops.reduce_mean(m, [1]), [[1], [4]])
+    np.testing.assert_array_equal(ops.reduce_mean(m, [-1], keepdims=False), [1, 4])
+    np.testing.assert_array_equal(ops.reduce_mean(m, [0], keepdims=False), [1.5, 2.5, 3.5])
+    np.testing.assert_array_equal(ops.reduce_mean(m, None), [[2.5]])  # every axis (ONNX's default)
+    np.testing.assert_array_equal(ops.reduce_mean(m, []), [[2.5]])  # empty axes: every axis too
+    z = ops.reduce_mean(m, (0, 1), keepdims=False)
+    assert z.shape == () and z.dtype == F32 and z == 2.5
+
+
+def test_reshape_literal():
+    x = np.arange(24, dtype=F32).reshape(2, 3, 4)
+    assert ops.reshape(x, [0, -1]).shape == (2, 12)  # 0 copies 2; -1 = 24 / 2
+    assert ops.reshape(x, [2, 0, 2, 2]).shape == (2, 3, 2, 2)  # 0 copies 3
+    assert ops.reshape(x, np.array([-1], np.int64)).shape == (24,)
+    empty = np.zeros((0, 3, 4), F32)
+    assert ops.reshape(empty, [3, 4, 0], allowzero=True).shape == (3, 4, 0)  # 0 is literal with allowzero
+    np.testing.assert_array_equal(ops.reshape(np.arange(6.0).reshape(2, 3), [3, -1]), [[0, 1], [2, 3], [4, 5]])
+
+
+def test_batch_norm_literal():
+    x = np.array([[[[1, 3]], [[0, 4]]]], F32)  # (1, 2, 1, 2): channel 0 holds 1, 3; channel 1 holds 0, 4
+    # channel 0: 2 * (x - 1) / sqrt(4) + 0 = x - 1 -> 0, 2; channel 1: 1 * (x - 2) / sqrt(1) + 1 = x - 1 -> -1, 3
+    y = ops.batch_norm(x, np.array([2, 1], F32), np.array([0, 1], F32), np.array([1, 2], F32), np.array([4, 1], F32), eps=0)
+    assert y.dtype == F32
+    np.testing.assert_array_equal(y, [[[[0, 2]], [[-1, 3]]]])
+    # 2-D (N, C) works too (ONNX allows it): (5 - 1) / sqrt(3 + 1) = 2
+    np.testing.assert_array_equal(ops.batch_norm(np.array([[5.0]]), [1.0], [0.0], [1.0], [3.0], eps=1.0), [[2.0]])
+
+
+def test_batch_norm_equals_the_folded_conv():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 5, 5))
+    w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    gamma, beta, mean, var = rng.standard_normal(4), rng.standard_normal(4), rng.standard_normal(4), rng.uniform(0.1, 2, 4)
+    wf, bf = ops.fold_batchnorm(w, b, gamma=gamma, beta=beta, mean=mean, var=var)
+    np.testing.assert_allclose(ops.batch_norm(ops.conv2d(x, w, b), gamma, beta, mean, var), ops.conv2d(x, wf, bf),
+                               rtol=1e-12, atol=1e-12)  # float64 reassociation only
+
+
+# --------------------------------------------------------------------------
+# naive loop oracles for the graph ops: plain Python loops over every index, Python floats
+# (IEEE double); the tests round the oracle's result to the op's dtype
+# --------------------------------------------------------------------------
+def loop_broadcast_shape(sa, sb):
+    r = max(len(sa), len(sb))
+    sa, sb = (1,) * (r - len(sa)) + tuple(sa), (1,) * (r - len(sb)) + tuple(sb)
+    return tuple(n if m == 1 else m for m, n in zip(sa, sb))
+
+
+def loop_elementwise(f, a, b):
+    """y[i] = f(a[i_a], b[i_b]) over the broadcast shape; an axis of length 1 reads index 0."""
+    shape = loop_broadcast_shape(a.shape, b.shape)
+    y = np.empty(shape)
+    for idx in np.ndindex(*shape):
+        ia = tuple(0 if n == 1 else i for i, n in zip(idx[len(shape) - a.ndim :], a.shape))
+        ib = tuple(0 if n == 1 else i for i, n in zip(idx[len(shape) - b.ndim :], b.shape))
+        y[idx] = f(float(a[ia]), float(b[ib]))
+    return y
+
+
+def loop_map(f, x):
+    y = np.empty(x.shape)
+    for idx in np.ndindex(*x.shape):
+        y[idx] = f(float(x[idx]))
+    return y
+
+
+def loop_concat(xs, axis):
+    axis %= xs[0].ndim
+    shape = list(xs[0].shape)
+    shape[axis] = sum(x.shape[axis] for x in xs)
+    y = np.empty(shape)
+    for idx in np.ndindex(*shape):
+        k, i = 0, idx[axis]
+        while i >= xs[k].shape[axis]:  # walk past the inputs before this position
+            i -= xs[k].shape[axis]
+            k += 1
+        y[idx] = xs[k][idx[:axis] + (i,) + idx[axis + 1 :]]
+    return y
+
+
+def loop_mean(x, axes, keepdims):
+    axes = sorted(a % x.ndim for a in (range(x.ndim) if axes is None or len(axes) == 0 else axes))
+    kept = tuple(1 if d in axes else n for d, n in enumerate(x.shape))
+    sums, count = np.zeros(kept), 1
+    for d in axes:
+        count *= x.shape[d]
+    for idx in np.ndindex(*x.shape):
+        key = tuple(0 if d in axes else i for d, i in enumerate(idx))
+        sums[key] += float(x[idx])
+    y = sums / count
+    return y if keepdims else y.reshape([n for d, n in enumerate(x.shape) if d not in axes])
+
+
+def loop_reshape(x, target):
+    flat = [x[idx] for idx in np.ndindex(*x.shape)]  # C order
+    y = np.empty(target, x.dtype)
+    for k, idx in enumerate(np.ndindex(*target)):
+        y[idx] = flat[k]
+    return y
+
+
+def loop_sigmoid(v):
+    try:
+        return 1.0 / (1.0 + math.exp(-v))  # the textbook formula
+    except OverflowError:  # exp(-v) > 1e308: the true value is below 1e-308
+        return 0.0
+
+
+def loop_batch_norm(x, gamma, beta, mean, var, eps):
+    y = np.empty(x.shape)
+    for idx in np.ndindex(*x.shape):
+        c = idx[1]
+        y[idx] = float(gamma[c]) * (float(x[idx]) - float(mean[c])) / math.sqrt(float(var[c]) + eps) + float(beta[c])
+    return y
+
+
+dtypes = st.sampled_from([F32, F64])
+seeds = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def broadcast_pairs(draw, scale=1.0):
+    shapes = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, max_side=3))
+    dtype, rng = draw(dtypes), np.random.default_rng(draw(seeds))
+    a, b = (rng.standard_normal(s).astype(dtype) * dtype(scale) for s in shapes.input_shapes)
+    return a, b
+
+
+@given(broadcast_pairs(), st.sampled_from(["add", "mul", "div"]))
+def test_add_mul_div_match_loop_oracle(pair_, name):
+    # One IEEE operation per element: the float64 result rounded to float32 IS the float32 result
+    # (for +, *, / double rounding is harmless since 53 >= 2 * 24 + 2), so every dtype is exact.
+    a, b = pair_
+    f = {"add": lambda u, v: u + v, "mul": lambda u, v: u * v, "div": lambda u, v: u / v}[name]  # b != 0 a.s.
+    y = getattr(ops, name)(a, b)
+    assert y.dtype == a.dtype and y.shape == loop_broadcast_shape(a.shape, b.shape)
+    np.testing.assert_array_equal(y, loop_elementwise(f, a, b).astype(a.dtype))
+
+
+@given(st.integers(1, 4), st.integers(1, 3), dtypes, seeds, st.data())
+def test_concat_matches_loop_oracle(r, n, dtype, seed, data):
+    rng = np.random.default_rng(seed)
+    axis = data.draw(st.integers(-r, r - 1))
+    base = [data.draw(st.integers(1, 3)) for _ in range(r)]
+    shapes = [base[: axis % r] + [data.draw(st.integers(0, 3))] + base[axis % r + 1 :] for _ in range(n)]
+    xs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    y = ops.concat(xs, axis=axis)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, loop_concat(xs, axis))  # a copy: exact
+
+
+bounds = st.one_of(st.none(), st.floats(-2, 2, allow_nan=False), st.sampled_from([-np.inf, np.inf]))
+
+
+@given(hnp.array_shapes(min_dims=1, max_dims=4, max_side=4), dtypes, seeds, bounds, bounds)
+def test_clip_matches_loop_oracle(shape, dtype, seed, lo, hi):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[rng.integers(0, x.size)] = np.nan  # NaN propagates
+    lo_r = None if lo is None else float(dtype(lo))  # the op rounds its bounds to x's dtype
+    hi_r = None if hi is None else float(dtype(hi))
+
+    def one(v):  # min(max(v, lo), hi), NaN kept
+        if v != v:
+            return v
+        if lo_r is not None and v < lo_r:
+            v = lo_r
+        if hi_r is not None and v > hi_r:
+            v = hi_r
+        return v
+
+    y = ops.clip(x, lo, hi)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, loop_map(one, x).astype(dtype))  # comparisons only: exact
+
+
+@given(hnp.array_shapes(min_dims=1, max_dims=4, max_side=4), dtypes, seeds)
+def test_sigmoid_matches_loop_oracle(shape, dtype, seed):
+    x = (np.random.default_rng(seed).standard_normal(shape) * 10).astype(dtype)  # |x| up to ~40
+    y = ops.sigmoid(x)
+    assert y.dtype == dtype
+    # float32: exp within an ulp or two, one division: 1e-6 relative is ~8 float32 ulps.
+    # float64: the oracle's 1/(1+exp(-x)) and the op's e/(1+e) for x < 0 differ by a few ulps.
+    np.testing.assert_allclose(y, loop_map(loop_sigmoid, x), rtol=1e-6 if dtype == F32 else 1e-14, atol=0)
+
+
+@given(hnp.array_shapes(min_dims=1, max_dims=4, max_side=4), dtypes, seeds, st.floats(-2, 2), st.floats(-1, 2))
+def test_hard_sigmoid_matches_loop_oracle(shape, dtype, seed, alpha, beta):
+    x = (np.random.default_rng(seed).standard_normal(shape) * 4).astype(dtype)
+    a, b = float(dtype(alpha)), float(dtype(beta))  # the op rounds alpha and beta to x's dtype
+    y = ops.hard_sigmoid(x, alpha, beta)
+    assert y.dtype == dtype
+    want = loop_map(lambda v: max(0.0, min(1.0, a * v + b)), x)
+    if dtype == F64:
+        np.testing.assert_array_equal(y, want)  # the same two double operations
+    else:
+        # float32 rounds a*x and then + b; where the result is not clipped, |a*x| <= 3, so each rounding
+        # is at most half an ulp of 4 (2.4e-7 / 2): atol 2**-22
+        np.testing.assert_allclose(y, want, rtol=0, atol=2.0**-22)
+
+
+@given(hnp.array_shapes(min_dims=1, max_dims=4, max_side=4), dtypes, seeds)
+def test_hard_swish_matches_loop_oracle(shape, dtype, seed):
+    x = (np.random.default_rng(seed).standard_normal(shape) * 3).astype(dtype)
+    y = ops.hard_swish(x)
+    assert y.dtype == dtype
+    want = loop_map(lambda v: v * max(0.0, min(1.0, v / 6 + 0.5)), x)
+    # outside [-3, 3] both are exactly 0 or x; inside, float32 rounds alpha = 1/6, alpha*x, + 1/2 and the
+    # product of values <= 3: a few ulps of 3 (2.4e-7 each), under 1e-6. float64: the same, ulps of 1e-16.
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-6 if dtype == F32 else 1e-14)
+
+
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), dtypes, seeds)
+def test_global_avg_pool_matches_loop_oracle(N, C, H, W, dtype, seed):
+    x = np.random.default_rng(seed).standard_normal((N, C, H, W)).astype(dtype)
+    want = np.empty((N, C, 1, 1))
+    for n in range(N):
+        for c in range(C):
+            acc = 0.0
+            for h in range(H):
+                for w in range(W):
+                    acc += float(x[n, c, h, w])
+            want[n, c, 0, 0] = acc / (H * W)
+    y = ops.global_avg_pool(x)
+    assert y.dtype == dtype and y.shape == (N, C, 1, 1)
+    # both sum in float64 (in other orders) and round once: float32 results may differ by one ulp (2**-23)
+    np.testing.assert_allclose(y, want, rtol=2.0**-23 if dtype == F32 else RTOL64, atol=1e-12)
+
+
+@given(hnp.array_shapes(min_dims=1, max_dims=4, max_side=3), dtypes, seeds, st.booleans(), st.data())
+def test_reduce_mean_matches_loop_oracle(shape, dtype, seed, keepdims, data):
+    r = len(shape)
+    picked = data.draw(st.lists(st.integers(0, r - 1), unique=True, max_size=r))
+    axes = None if not picked and data.draw(st.booleans()) else [a - r if data.draw(st.booleans()) else a for a in picked]
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    y = ops.reduce_mean(x, axes, keepdims=keepdims)
+    want = loop_mean(x, axes, keepdims)
+    assert y.dtype == dtype and y.shape == want.shape
+    np.testing.assert_allclose(y, want, rtol=2.0**-23 if dtype == F32 else RTOL64, atol=1e-12)  # as global_avg_pool
+
+
+@st.composite
+def reshape_cases(draw):
+    """(x, shape spec, allowzero, the target shape the spec means)."""
+    xshape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=3))
+    size = int(np.prod(xshape))
+    k = draw(st.integers(1, 4))
+    if size:
+        target = [1] * k
+        n, p = size, 2
+        while n > 1:  # spread the prime factors of size over the k axes
+            while n % p == 0:
+                target[draw(st.integers(0, k - 1))] *= p
+                n //= p
+            p += 1
+    else:
+        target = [draw(st.integers(0, 3)) for _ in range(k)]
+        target[draw(st.integers(0, k - 1))] = 0
+    spec = list(target)
+    # a 0 must be spelled as a copy of x's axis (allowzero off) or literally (allowzero on)
+    literal_zero = any(d == 0 and (i >= len(xshape) or xshape[i] != 0) for i, d in enumerate(target))
+    allowzero = literal_zero or draw(st.booleans())
+    if not allowzero:
+        for i in range(min(k, len(xshape))):
+            if target[i] == xshape[i] and draw(st.booleans()):
+                spec[i] = 0  # copies x's axis i
+    if not (allowzero and 0 in spec) and draw(st.booleans()):
+        j = draw(st.integers(0, k - 1))
+        others = [target[i] for i in range(k) if i != j]
+        if spec[j] != 0 and int(np.prod(others)) > 0:
+            spec[j] = -1
+    x = np.random.default_rng(draw(seeds)).standard_normal(xshape).astype(draw(dtypes))
+    return x, spec, allowzero, tuple(target)
+
+
+@given(reshape_cases())
+def test_reshape_matches_loop_oracle(case):
+    x, spec, allowzero, target = case
+    y = ops.reshape(x, spec, allowzero=allowzero)
+    assert y.shape == target and y.dtype == x.dtype
+    np.testing.assert_array_equal(y, loop_reshape(x, target))  # a copy in C order: exact
+
+
+@given(st.integers(1, 2), st.integers(1, 3), st.lists(st.integers(1, 3), max_size=2), dtypes, seeds,
+       st.sampled_from([1e-5, 1e-3, 0.0]))
+def test_batch_norm_matches_loop_oracle(N, C, spatial, dtype, seed, eps):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, *spatial)).astype(dtype)
+    gamma, beta, mean = (rng.standard_normal(C).astype(dtype) for _ in range(3))
+    var = rng.uniform(0.1, 2, C).astype(dtype)
+    y = ops.batch_norm(x, gamma, beta, mean, var, eps=eps)
+    assert y.dtype == dtype
+    # the op evaluates the oracle's formula in the same order in float64, then rounds once: exact
+    np.testing.assert_array_equal(y, loop_batch_norm(x, gamma, beta, mean, var, eps).astype(dtype))
+
+
+# --------------------------------------------------------------------------
+# graph ops: bad input is a one-line ValueError naming the argument
+# --------------------------------------------------------------------------
+z4 = np.zeros((1, 2, 3, 3), F32)
+ones2 = np.ones(2, F32)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: ops.add(np.zeros((2, 3), F32), np.zeros(4, F32)), r"a shape \(2, 3\) and b shape \(4,\) do not broadcast"),
+    (lambda: ops.div(np.zeros((2, 3)), np.zeros((3, 2, 2))), r"a shape \(2, 3\) and b shape \(3, 2, 2\)"),
+    (lambda: ops.concat([]), "xs must hold at least one array"),
+    (lambda: ops.concat(z4), "xs must be a list or tuple of arrays, got ndarray"),
+    (lambda: ops.concat([z4, np.zeros((1, 2, 3, 4), F32)]), r"xs\[1\] shape \(1, 2, 3, 4\) must match xs\[0\]"),
+    (lambda: ops.concat([z4, np.zeros((1, 2, 3), F32)]), r"xs\[1\] shape \(1, 2, 3\)"),
+    (lambda: ops.concat([z4], axis=4), r"axis must be an int in \[-4, 3\]"),
+    (lambda: ops.concat([np.float32(1)], axis=0), "xs\\[0\\] must have at least one axis"),
+    (lambda: ops.clip(z4, np.nan, 1), "lo must be a non-NaN number"),
+    (lambda: ops.clip(z4, 0, np.ones(2)), "hi must be a real number"),
+    (lambda: ops.clip(z4, True), "lo must be a real number"),
+    (lambda: ops.hard_sigmoid(z4, alpha=np.inf), "alpha must be a finite number"),
+    (lambda: ops.hard_sigmoid(z4, beta="0.5"), "beta must be a real number"),
+    (lambda: ops.global_avg_pool(np.zeros((2, 3, 4), F32)), r"x must be 4-D \(N, C, H, W\)"),
+    (lambda: ops.global_avg_pool(np.zeros((1, 2, 0, 3), F32)), "x must have H, W >= 1"),
+    (lambda: ops.reduce_mean(z4, [4]), r"axes must lie in \[-4, 3\]"),
+    (lambda: ops.reduce_mean(z4, [1, -3]), "axes must name each axis once"),
+    (lambda: ops.reduce_mean(z4, [1.0]), "axes must be an int or a sequence of ints"),
+    (lambda: ops.reduce_mean(z4, [1], keepdims=2), "keepdims must be a bool"),
+    (lambda: ops.reduce_mean(np.zeros((2, 0), F32), [1]), "include an empty axis"),
+    (lambda: ops.reshape(z4, [-1, -1]), "at most one -1"),
+    (lambda: ops.reshape(z4, [-2, 9]), "at most one -1"),
+    (lambda: ops.reshape(z4, [1.5, 12]), "shape must be a sequence of ints"),
+    (lambda: ops.reshape(z4, [1, 2, 9, 0, 0]), r"shape\[4\] = 0 copies x's axis 4"),
+    (lambda: ops.reshape(z4, [0, -1], allowzero=True), "both 0 and -1 when allowzero"),
+    (lambda: ops.reshape(z4, [5, -1]), r"cannot infer -1 for x shape \(1, 2, 3, 3\)"),
+    (lambda: ops.reshape(z4, [2, 10]), r"shape \[2, 10\] holds 20 elements, x shape \(1, 2, 3, 3\) 18"),
+    (lambda: ops.reshape(z4, [1], allowzero=3), "allowzero must be a bool"),
+    (lambda: ops.batch_norm(np.zeros(3, F32), ones2, ones2, ones2, ones2), "x must be at least 2-D"),
+    (lambda: ops.batch_norm(z4, np.ones(3, F32), ones2, ones2, ones2), r"gamma must have shape \(2,\)"),
+    (lambda: ops.batch_norm(z4, ones2, ones2, ones2, -ones2), "var \\+ eps must be positive"),
+    (lambda: ops.batch_norm(z4, ones2, ones2, ones2, ones2, eps=np.nan), "eps must be a finite number"),
+])
+def test_graph_ops_bad_input_is_a_one_line_value_error(call, match):
+    with pytest.raises(ValueError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: ops.add(np.zeros(2, np.int32), np.zeros(2, F32)), "a must be float32 or float64, got dtype int32"),
+    (lambda: ops.concat([z4, np.zeros((1, 1, 3, 3), np.int8)]), r"xs\[1\] must be float32 or float64"),
+    (lambda: ops.sigmoid(np.zeros(2, np.int64)), "x must be float32 or float64"),
+    (lambda: ops.batch_norm(z4, np.ones(2, np.int64), ones2, ones2, ones2), "gamma must be float32 or float64"),
+])
+def test_graph_ops_integer_input_is_a_type_error(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()

@@ -75,7 +75,7 @@ def test_killed_writer_leaves_old_file_or_nothing(tmp_path, delay):
 
 
 SUBCOMMANDS = {
-    "info": ["{missing}"], "eval": ["{missing}"], "quantize": ["{missing}"], "compress": ["{missing}"],
+    "info": ["{missing}"], "import": ["{missing}"], "eval": ["{missing}"], "quantize": ["{missing}"], "compress": ["{missing}"],
     "train": ["--arch", "lenet5", "-o", "{model}"], "data": ["--source", "{missing}", "-o", "{out}"],
     "study": ["nosuchstudy"], "init": ["--arch", "vgg16", "-o", "{model}"],
     "golden": ["{missing}"], "verify": ["{missing}", "--backend", "sqref"],

@@ -41,6 +41,38 @@ def positive_int(text):
     return value
 
 
+def nonneg_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+MODEL_HELP = "a sqref model file (.h5), or a float ONNX model (.onnx: imported in memory, as `sqref import` does)"
+DATA_FORMS = ("the sqref data file (HDF5, MNIST-5k: its stored train/val/test split), a .npz holding float32 "
+              "inputs 'x' shaped (N, *model input shape) and optional integer labels 'y', or a .npy of float32 "
+              "inputs (docs/cli.md, 'Data files')")
+
+
+def add_data_option(p, *, default=None, what="data file"):
+    """--data FILE, as every command that reads inputs takes it."""
+    from sqref.data import DEFAULT_DATA
+
+    default = str(DEFAULT_DATA) if default is None else default
+    p.add_argument("--data", metavar="FILE", default=default,
+                   help=f"{what}: {DATA_FORMS} (default: %(default)s)")
+
+
+def add_split_seed_option(p):
+    p.add_argument("--split-seed", type=nonneg_int, default=0, metavar="N",
+                   help="seed of the split of a .npz/.npy into train (70%%: calibration, fine-tuning), val (10%%) "
+                        "and test (20%%), recorded in what the command writes; the sqref data file keeps its "
+                        "stored split (default: %(default)s)")
+
+
 def nonneg_float(text):
     try:
         value = float(text)

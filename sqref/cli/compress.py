@@ -8,11 +8,12 @@ import argparse
 
 import numpy as np
 
-from sqref.cli.args import UsageError, as_json, nonneg_float, positive_int, progress_enabled, table
+from sqref.cli.args import (MODEL_HELP, UsageError, add_data_option, add_split_seed_option, as_json, nonneg_float,
+                            positive_int, progress_enabled, table)
+from sqref.cli.models import agreement_text
 from sqref.clipping import RULES
 from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP
-from sqref.data import DEFAULT_DATA
-from sqref.jobs.compress import compress_file, quantize_file
+from sqref.jobs.compress import QUANTIZE_SPLITS, SPLITS, compress_file, quantize_file
 from sqref.jobs.report import alpha_text
 from sqref.quant import ROUNDINGS, SCHEMES
 from sqref.train import KEEP
@@ -27,10 +28,19 @@ def print_totals(total, qual):
           f"payload {total['payload_bytes']:,} B = {total['payload_ratio']:.1f}x  |  "
           f"file {total['file_bytes']:,} B = {total['file_ratio']:.1f}x  |  "
           f"Huffman-coded payload {total['huffman_payload_bytes']:,} B = {total['huffman_ratio']:.1f}x (extra column)")
-    if qual:
+    if not qual:
+        return
+    if qual["labels"]:
         print(f"{qual['split']} accuracy: float {100 * qual['float_accuracy']:.2f}%, compressed "
               f"{100 * qual['compressed_accuracy']:.2f}% (drop {qual['drop_points']:+.2f} points), "
               f"prediction agreement {100 * qual['agreement']:.2f}%")
+        top5 = "" if qual["top5_agreement"] is None else f"top-5 agreement {100 * qual['top5_agreement']:.2f}%, "
+        sqnr = (f"{qual['logit_sqnr_db']:.1f} dB" if qual["logit_sqnr_db"] is not None
+                else "- (identical logits)" if qual["identical_logits"] == qual["count"] else "- (not finite)")
+        print(f"  against the float model: {top5}logit SQNR {sqnr}")
+    else:
+        where = "all inputs" if qual["split"] == "all" else f"{qual['split']} split"
+        print(f"{where} ({qual['count']}, no labels): {agreement_text(qual)}")
 
 
 def _quantize_kwargs(args) -> dict:
@@ -41,7 +51,7 @@ def _quantize_kwargs(args) -> dict:
 def _common_kwargs(args) -> dict:
     return {**_quantize_kwargs(args), "output": args.output, "data": args.data, "split": args.split,
             "evaluate": not args.no_eval, "plot": args.plot, "overwrite": args.force,
-            "progress": progress_enabled(args)}
+            "split_seed": args.split_seed, "progress": progress_enabled(args)}
 
 
 def _bits_arg(text):
@@ -67,9 +77,9 @@ def cmd_quantize(args) -> dict:
 
 def cmd_compress(args) -> dict:
     if args.finetune and args.no_eval:
-        raise UsageError("--finetune trains on MNIST-5k; it cannot be combined with --no-eval")
+        raise UsageError("--finetune trains on the train split of --data; it cannot be combined with --no-eval")
     r = compress_file(args.model, **_common_kwargs(args), svd=not args.no_svd, rank=args.rank, energy=args.energy,
-                      ratio=args.ratio, max_drop=args.max_drop, svd_solver=args.svd_solver,
+                      ratio=args.ratio, max_drop=args.max_drop, svd_solver=args.svd_solver, svd_conv_1x1=args.svd_1x1,
                       finetune_epochs=args.finetune, finetune_lr=args.finetune_lr, distill=args.distill,
                       finetune_keep=args.finetune_keep)
     if not args.json:
@@ -99,7 +109,7 @@ def cmd_compress(args) -> dict:
     return as_json(r)
 
 
-def add_quant_options(p, *, default_bits):
+def add_quant_options(p, *, default_bits, splits, default_split, split_help):
     p.add_argument("--bits", type=_bits_arg, default=default_bits,
                    help="weight bits: an int in [2, 8], or per layer like 'conv=8,fc=4' or '8,conv1=4' "
                         "(default: %(default)s)")
@@ -110,8 +120,9 @@ def add_quant_options(p, *, default_bits):
     p.add_argument("--bias-bits", type=int, choices=[32, 16], default=32, help="bias storage (default: %(default)s)")
     p.add_argument("-o", "--output", help="file to write (default: derived from the model's name, in .)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="data file (default: %(default)s)")
-    p.add_argument("--split", default="test", choices=["val", "test"], help="split to report on (default: %(default)s)")
+    add_data_option(p)
+    p.add_argument("--split", default=default_split, choices=splits, help=split_help)
+    add_split_seed_option(p)
     p.add_argument("--plot", metavar="FILE.png", help="draw the weight histograms with the boundaries (FILE.png) "
                    "and the error per layer (FILE-errors.png); needs matplotlib")
 
@@ -119,26 +130,35 @@ def add_quant_options(p, *, default_bits):
 def register(sub, add):
     """Add the quantize and compress subcommands to the main parser."""
     p = add("quantize", "quantize a model's weights to k bits with a clipping rule and report the error per layer")
-    p.add_argument("model", help="a sqref model file (.h5)")
-    add_quant_options(p, default_bits=8)
-    p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation")
+    p.add_argument("model", help=MODEL_HELP)
+    add_quant_options(p, default_bits=8, splits=QUANTIZE_SPLITS, default_split=None,
+                      split_help="the inputs to report on: a split, or all of the file (default: test of the sqref "
+                                 "data file, all of a .npz/.npy: quantizing fits nothing to the data)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation (no data is read)")
     p.set_defaults(func=cmd_quantize)
 
     p = add("compress", "the paper end to end: SVD of the FC layers, k-bit weights, dynamic clipping "
                         "(no MODEL: the shipped data/lenet5.h5 with the paper's settings)")
-    p.add_argument("model", nargs="?", help="a sqref model file (default: data/lenet5.h5)")
-    add_quant_options(p, default_bits=8)
+    p.add_argument("model", nargs="?", help=f"{MODEL_HELP} (default: data/lenet5.h5)")
+    add_quant_options(p, default_bits=8, splits=SPLITS, default_split="test",
+                      split_help="split to report on; the rank search uses val and fine-tuning train and val "
+                                 "(default: %(default)s)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--rank", type=positive_int, help="SVD rank shared by the FC layers")
     g.add_argument("--energy", type=_unit_interval, help="keep the smallest rank holding this energy fraction")
     g.add_argument("--ratio", type=_open_unit_interval, help="keep at most this fraction of each FC layer's weights")
     g.add_argument("--max-drop", type=nonneg_float, default=None,
-                   help="smallest rank losing at most this many points on the validation split (default: 0.5 "
-                        "when no other rank option is given)")
+                   help="smallest rank losing at most this many points on the validation split: of accuracy, or "
+                        "without labels of top-1 agreement with the float model (100 x (1 - agreement)) (default: "
+                        "0.5 when no other rank option is given)")
     g.add_argument("--no-svd", action="store_true", help="quantize only")
+    p.add_argument("--svd-1x1", action="store_true",
+                   help="also factor every 1x1 convolution (groups 1, no padding) by SVD, into two 1x1 "
+                        "convolutions: it is a matrix applied at every pixel")
     p.add_argument("--svd-solver", choices=["exact", "randomized"], default="exact",
                    help="randomized: a fast approximate SVD for a small explicit --rank on large layers")
-    p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation (models not for MNIST)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation (the rank search of --max-drop "
+                   "still reads the validation split of --data)")
     p.add_argument("--finetune", type=positive_int, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
     p.add_argument("--finetune-lr", type=nonneg_float, default=0.002, help="fine-tuning learning rate (default: %(default)s)")
     p.add_argument("--distill", type=_distill_arg, metavar="T,ALPHA|none",

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import sys
 
-from sqref.cli.args import as_json, json_default, positive_int, progress_enabled, table
-from sqref.data import DEFAULT_DATA
+from sqref.cli.args import (MODEL_HELP, add_data_option, add_split_seed_option, as_json, json_default,
+                            positive_int, progress_enabled, table)
+from sqref.cli.models import agreement_text
 from sqref.integer.calibration import CALIBRATION_RULES
 from sqref.integer.model import ACCUMULATE
 from sqref.integer.requant import MODES
@@ -25,16 +26,24 @@ EXIT_MISMATCH = 1
 
 def cmd_golden(args) -> dict:
     r = golden_file(args.model, mode=args.mode, output=args.output, count=args.count, accumulate=args.accumulate,
-                    rule=args.rule, data=args.data, overwrite=args.force, progress=progress_enabled(args))
+                    rule=args.rule, data=args.data, inputs=args.inputs, calib=args.calib, split_seed=args.split_seed,
+                    overwrite=args.force, progress=progress_enabled(args))
     if not args.json:
-        print(f"{r.output}: {r.count} test images through {len(r.layers)} integer layers, mode {r.mode}, "
+        inp = r.inputs
+        kind = "images" if inp["format"] == "sqref-data" else "inputs"
+        what = "inputs" if inp["split"] == "all" else f"{inp['split']} {kind}"
+        print(f"{r.output}: {r.count} {what} of {inp['file']} through {len(r.layers)} integer layers, mode {r.mode}, "
               f"accumulate {r.accumulate}; {r.bytes:,} bytes")
         if args.accumulate == "auto":
             print(f"  accumulate auto: {_probe_text(r.accumulate_probe)}")
         print(f"  weights: {r.weights}")
-        print(f"  activations: uint8, calibrated with rule '{r.calibration['rule']}' on the "
-              f"{r.calibration['images']} train images; logits dequantized: accuracy {100 * r.accuracy:.1f}% "
-              "on these images")
+        cal = r.calibration
+        where = f"all of {cal['file']}" if cal["split"] == "all" else f"the {cal['split']} split of {cal['file']}"
+        quality = (f"accuracy {100 * r.accuracy:.1f}% on these inputs; " if r.accuracy is not None else "no labels; ")
+        print(f"  activations: uint8, calibrated with rule '{cal['rule']}' on {cal['images']} inputs ({where}); "
+              f"logits dequantized: {quality}{agreement_text(as_json(r), 'the float forward pass')}")
+        for note in r.notes:
+            print(f"note: {note}")
         print(f"  check it with: sqref verify {r.output} --backend {'|'.join(BACKENDS)}")
     return as_json(r)
 
@@ -81,19 +90,29 @@ def cmd_verify(args) -> dict:
 
 def register(sub, add):
     """Add the golden and verify subcommands to the main parser."""
-    p = add("golden", "write a bit-exact golden file: every integer layer's outputs on test images, with all "
-                      "quantization parameters (a float MODEL is quantized to 8 bits first)")
-    p.add_argument("model", help="a sqref model file (.h5), float or quantized")
+    p = add("golden", "write a bit-exact golden file: every integer layer's outputs on test images (or your own "
+                      "inputs), with all quantization parameters (a float MODEL is quantized to 8 bits first)")
+    p.add_argument("model", help=f"{MODEL_HELP}; float or quantized")
     p.add_argument("--mode", required=True, choices=MODES, help="requantization arithmetic (whose backend to model)")
     p.add_argument("-o", "--output", help="golden file to write (default: MODEL.golden.MODE.h5 in .)")
-    p.add_argument("--count", type=positive_int, default=100, help="first N test images (default: %(default)s)")
+    p.add_argument("--count", type=positive_int, default=None,
+                   help="record the first N inputs (default: 100, or all of them when there are fewer)")
     p.add_argument("--accumulate", choices=("auto", *ACCUMULATE), default="auto",
                    help="exact integer sums; int16-pairs: the saturation of onnxruntime/FBGEMM u8 x s8 kernels "
                         "on x86 without VNNI; auto: what the mode's backend does on this machine, probed "
                         "(default: %(default)s)")
     p.add_argument("--rule", choices=CALIBRATION_RULES, default="max",
-                   help="activation calibration rule, on the train split (default: %(default)s)")
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="data file (default: %(default)s)")
+                   help="activation calibration rule, on the calibration inputs (default: %(default)s)")
+    add_data_option(p, what="data file whose test split is recorded and whose train split calibrates, unless "
+                            "--inputs and --calib say otherwise")
+    p.add_argument("--inputs", metavar="FILE",
+                   help="the inputs the golden file records (the first --count), in the forms of --data: a "
+                        ".npz/.npy is used whole, the sqref data file gives its test split (default: the test "
+                        "split of --data)")
+    p.add_argument("--calib", metavar="FILE",
+                   help="the calibration inputs of the activation ranges, in the same forms; a .npz/.npy is used "
+                        "whole, the sqref data file gives its train split (default: the train split of --data)")
+    add_split_seed_option(p)
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_golden)
 

@@ -25,7 +25,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143, the shell's convention
 # Commands that read a sqref file named by a positional argument: --expect-sha256 pins it.
 PINNED_INPUT = {"info": "model", "eval": "model", "quantize": "model", "compress": "model", "golden": "model",
-                "verify": "golden"}
+                "verify": "golden", "import": "model"}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -113,6 +113,8 @@ def main(argv=None) -> int:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, EXIT_USAGE, want_json)
     except MemoryError:
         return _fail("out of memory", EXIT_INTERNAL, want_json)
+    except ImportError as exc:  # an optional dependency is missing (onnx for .onnx models): the environment's
+        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, EXIT_INTERNAL, want_json)
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), EXIT_INTERNAL, want_json)
     except Exception as exc:  # an internal failure: still one line, exit 1

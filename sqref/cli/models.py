@@ -1,10 +1,11 @@
-"""`sqref info`, `eval`, `train`, `init` and `data`: commands about one model or the data file.
-The work is sqref.jobs.models; these commands parse, call it and print."""
+"""`sqref info`, `eval`, `import`, `train`, `init` and `data`: commands about one model or the
+data file. The work is sqref.jobs.models; these commands parse, call it and print."""
 from __future__ import annotations
 
-from sqref.cli.args import as_json, nonneg_float, positive_int, progress_enabled, table
+from sqref.cli.args import (MODEL_HELP, add_data_option, add_split_seed_option, as_json, nonneg_float, positive_int,
+                            progress_enabled, table)
 from sqref.data import DEFAULT_DATA
-from sqref.jobs.models import data_file, describe_file, evaluate_file, init_file, train_file
+from sqref.jobs.models import EVAL_SPLITS, data_file, describe_file, evaluate_file, import_file, init_file, train_file
 from sqref.jobs.report import alpha_text
 from sqref.train import KEEP
 from sqref.zoo import ARCHITECTURES, FC_INIT_SCALE
@@ -34,16 +35,53 @@ def cmd_info(args) -> dict:
               f"= {t['payload_ratio']:.1f}x; file {t['file_bytes']:,} B = {t['file_ratio']:.1f}x")
         evaluation = r.meta.get("evaluation")
         if isinstance(evaluation, dict):
-            print(f"accuracy: {100 * evaluation['accuracy']:.2f}% on {evaluation['split']} "
-                  f"(source {100 * evaluation['source_accuracy']:.2f}%)" if evaluation.get("measured")
-                  else "accuracy: not measured (written with evaluation skipped)")
+            if not evaluation.get("measured"):
+                print("accuracy: not measured (written with evaluation skipped)")
+            elif evaluation.get("accuracy") is None:
+                print("accuracy: no labels; top-1 agreement with the source model "
+                      f"{100 * evaluation['agreement']:.2f}% "
+                      f"on {evaluation['split']}")
+            else:
+                print(f"accuracy: {100 * evaluation['accuracy']:.2f}% on {evaluation['split']} "
+                      f"(source {100 * evaluation['source_accuracy']:.2f}%)")
     return as_json(r)
 
 
+def agreement_text(r, what="the float model") -> str:
+    """'top-1 agreement with X 98.10%, top-5 99.90%, logit SQNR 31.2 dB' from a result's fields."""
+    text = f"top-1 agreement with {what} {100 * r['agreement']:.2f}%"
+    if r.get("top5_agreement") is not None:
+        text += f", top-5 {100 * r['top5_agreement']:.2f}%"
+    if r.get("logit_sqnr_db") is not None:
+        text += f", logit SQNR {r['logit_sqnr_db']:.1f} dB"
+    elif r.get("identical_logits"):
+        text += ", logits identical"
+    return text
+
+
 def cmd_eval(args) -> dict:
-    r = evaluate_file(args.model, data=args.data, split=args.split, progress=progress_enabled(args))
+    r = evaluate_file(args.model, data=args.data, split=args.split, reference=args.reference,
+                      split_seed=args.split_seed, progress=progress_enabled(args))
     if not args.json:
-        print(f"{r.model}: {r.split} accuracy {100 * r.accuracy:.2f}% ({r.correct}/{r.count}) in {r.seconds:.1f}s")
+        if r.split == "all":
+            where = f"all of {r.data['file']}:"
+        else:
+            where = r.split if r.data["format"] == "sqref-data" else f"{r.split} split of {r.data['file']}:"
+        if r.accuracy is not None:
+            print(f"{r.model}: {where} accuracy {100 * r.accuracy:.2f}% ({r.correct}/{r.count}) in {r.seconds:.1f}s")
+        else:
+            print(f"{r.model}: {where} {r.count} inputs, no labels, in {r.seconds:.1f}s")
+        if r.reference is not None:
+            ref = f" (its accuracy {100 * r.reference_accuracy:.2f}%)" if r.reference_accuracy is not None else ""
+            print(f"  {agreement_text(as_json(r), r.reference)}{ref}")
+    return as_json(r)
+
+
+def cmd_import(args) -> dict:
+    r = import_file(args.model, output=args.output, overwrite=args.force)
+    if not args.json:
+        print(f"{r.output}: imported from {r.model} (sha256 {r.model_sha256[:16]}...), input "
+              f"{tuple(r.input_shape)}, {r.classes} outputs, {r.params:,} parameters, {r.bytes:,} bytes")
     return as_json(r)
 
 
@@ -51,7 +89,7 @@ def cmd_train(args) -> dict:
     r = train_file(args.arch, output=args.output, data=args.data, seed=args.seed, fc_init_scale=args.fc_init_scale,
                    epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                    batch_size=args.batch_size, max_shift=args.max_shift, keep=args.keep, overwrite=args.force,
-                   progress=progress_enabled(args))
+                   split_seed=args.split_seed, progress=progress_enabled(args))
     if not args.json:
         print(f"{r.output}: {r.arch}, kept epoch {r.kept_epoch}, val {100 * r.val_accuracy:.2f}%, "
               f"test {100 * r.test_accuracy:.2f}%, {r.seconds:.0f}s")
@@ -80,17 +118,33 @@ def register(sub, add):
     p.add_argument("model", help="a sqref model file (.h5)")
     p.set_defaults(func=cmd_info)
 
-    p = add("eval", "accuracy of a model on a split of MNIST-5k")
-    p.add_argument("model", help="a sqref model file (.h5)")
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="data file (default: %(default)s)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: %(default)s")
+    p = add("eval", "accuracy of a model on a data file (MNIST-5k, or your .npz/.npy), and its agreement with a "
+                    "reference model")
+    p.add_argument("model", help=MODEL_HELP)
+    add_data_option(p)
+    p.add_argument("--split", default=None, choices=EVAL_SPLITS,
+                   help="the inputs to evaluate: a split, or all of the file (default: test of the sqref data file, "
+                        "all of a .npz/.npy)")
+    add_split_seed_option(p)
+    p.add_argument("--reference", metavar="MODEL",
+                   help="a float model (.h5 or .onnx) to compare with: top-1 and top-5 agreement and the mean logit "
+                        "SQNR of MODEL against it; required when the data has no labels")
     p.set_defaults(func=cmd_eval)
 
-    p = add("train", "train a model from a fixed seed on the MNIST-5k train split")
+    p = add("import", "import a float ONNX model (Conv, Gemm/MatMul, ReLU, pooling, BatchNorm, ...) and write it as "
+                      "a sqref model file")
+    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to import")
+    p.add_argument("-o", "--output", metavar="OUT.h5",
+                   help="model file to write (default: MODEL.h5 in the current directory); never the input")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_import)
+
+    p = add("train", "train a model from a fixed seed on the train split of MNIST-5k (or of a .npz with labels)")
     p.add_argument("--arch", required=True, choices=sorted(a for a in ARCHITECTURES if a != "small_vgg"))
     p.add_argument("-o", "--output", required=True, help="model file to write")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="data file (default: %(default)s)")
+    add_data_option(p, what="training data, with labels")
+    add_split_seed_option(p)
     p.add_argument("--seed", type=int, default=0)
     # Unset options take the architecture's recipe (sqref.zoo.RECIPES), which trained the shipped models.
     p.add_argument("--epochs", type=positive_int, help="default: the recipe's")
@@ -100,8 +154,9 @@ def register(sub, add):
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--shift", dest="max_shift", type=int, choices=range(0, 5), metavar="{0..4}",
                    help="random-shift augmentation in pixels")
-    p.add_argument("--fc-init-scale", type=nonneg_float, default=FC_INIT_SCALE,
-                   help="FC weights start this many times He-normal (default: %(default)s; see sqref/zoo.py)")
+    p.add_argument("--fc-init-scale", type=nonneg_float,
+                   help=f"FC weights start this many times He-normal (default: the recipe's, {FC_INIT_SCALE} for the "
+                        f"LeNets, 1.0 for the graph nets; see sqref/zoo.py)")
     p.add_argument("--keep", choices=KEEP,
                    help="keep the epoch with the best validation accuracy (the earliest or the latest of tied "
                         "epochs), or the last one")

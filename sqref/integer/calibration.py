@@ -183,7 +183,7 @@ def calibrate(model: Model, x, *, rule="max", p=clipping.PERCENTILE_P, clip_logi
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].astype(np.float64)
         _, inter = run(model, xb, return_intermediates=True)
-        for t, a in enumerate([xb] + inter):
+        for t, a in enumerate([xb, *inter.values()]):
             if not np.isfinite(a).all():
                 raise ValueError(f"calibration: the output of {names[t]!r} contains NaN or Inf")
             lo[t], hi[t] = min(lo[t], float(a.min())), max(hi[t], float(a.max()))

@@ -200,6 +200,17 @@ def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxru
     ``mode`` is recorded as run_integer's default (the integers do not depend on it).
     """
     check_mode(mode)
+    if not qmodel.is_chain:
+        raise ValueError("the integer path runs a chain of layers (one input, each layer reading the previous); "
+                         "this model is a graph")
+    for name, layer in zip(qmodel.names, qmodel.layers):
+        if isinstance(layer, (MaxPool2d, AvgPool2d)) and (
+                len(layer.padding) != 2 or tuple(layer.dilation) != (1, 1) or layer.ceil_mode
+                or not getattr(layer, "count_include_pad", True)):
+            raise ValueError(f"layer {name!r}: the integer pools take symmetric padding, no dilation, floor mode "
+                             f"and (average) padding counted; got {layer}")
+        if not isinstance(layer, (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten)):
+            raise ValueError(f"layer {name!r}: the integer path has no {layer.kind} layer")
     if tuple(calibration.names) != tuple(qmodel.names) or len(calibration.outputs) != len(qmodel.layers):
         raise ValueError(f"calibration is for layers {calibration.names}, the model has {qmodel.names}")
     infer_shapes(qmodel)

@@ -1,10 +1,14 @@
-"""Jobs about one model or the data file: evaluation (`evaluate`, `evaluate_file`), a model
-file's description (`describe_file`), training (`train_file`), untrained models (`init_file`)
-and the MNIST-5k data file (`data_file`). Silent unless ``progress=True``."""
+"""Jobs about one model or the data: loading a model (`load_model`: a sqref file or a float
+ONNX model imported in memory), evaluation (`evaluate`, `model_logits`, `evaluate_file`), a model
+file's description (`describe_file`), ONNX import (`import_file`), training (`train_file`),
+untrained models (`init_file`) and the MNIST-5k data file (`data_file`). Silent unless
+``progress=True``."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 
@@ -13,19 +17,87 @@ import numpy as np
 import sqref
 from sqref import zoo
 from sqref.accounting import sizes
-from sqref.data import DEFAULT_DATA, build_mnist5k, find_source, load_split
+from sqref.data import DEFAULT_DATA, build_mnist5k, find_source
 from sqref.fileformat import sample_bytes
-from sqref.jobs.paths import check_output_path
+from sqref.hdf5 import FileFormatError, file_sha256
+from sqref.inputs import ALL, SPLIT_SEED, SPLITS, SQREF_DATA, open_data, output_classes
+from sqref.jobs.paths import check_not_model_data, check_output_path
 from sqref.jobs.report import fraction, quant_fields, rounded_total, seconds
-from sqref.model import infer_shapes, layer_arrays, predict
+from sqref.model import infer_shapes, layer_arrays, predict, run
 from sqref.progress import Progress
 from sqref.train import KEEP, accuracy, train
 
-EVAL_SPLITS = ("train", "val", "test")
+ONNX_SUFFIX = ".onnx"
+
+
+def is_onnx(path) -> bool:
+    """Whether a model path names an ONNX model (by its extension, any case)."""
+    return os.fspath(path).lower().endswith(ONNX_SUFFIX)
+
+
+def _pins(path) -> list:
+    """The SHA-256 pins (sqref.hdf5.pinned_sha256, --expect-sha256) active for ``path``."""
+    from sqref.hdf5 import _PINS
+
+    real = os.path.realpath(path)
+    return [h for p, h in _PINS.get() if p == real]
+
+
+def import_onnx_file(path):
+    """A float ONNX model file as a sqref Model (sqref.backends.onnx_import.import_onnx), and the
+    SHA-256 of the bytes imported. With an active pin (--expect-sha256), the file is read
+    once, its hash checked and those very bytes imported; such a model may not keep its
+    weights in external data files, which the pin would not cover."""
+    from sqref.backends.onnx_import import OnnxImportError, import_onnx
+
+    path = os.fspath(path)
+    pins = _pins(path)
+    if not pins:
+        model = import_onnx(path)
+        return model, file_sha256(path)
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OnnxImportError(f"{path}: not a regular file")
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise OnnxImportError(f"{path}: no such file") from None
+    actual = hashlib.sha256(data).hexdigest()
+    for expected in pins:
+        if actual != expected:
+            raise FileFormatError(f"{path}: SHA-256 {actual} does not match the expected {expected}")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except DecodeError as exc:
+        raise OnnxImportError(f"{path}: not an ONNX model (protobuf could not decode it: {exc})") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise OnnxImportError(f"{path}: its weights are in external data files, which --expect-sha256 does not "
+                              "cover; import it without the pin (`sqref import`) and pin the .h5")
+    try:
+        return import_onnx(proto), actual
+    except OnnxImportError as exc:
+        message = str(exc)
+        raise OnnxImportError(path + message[len("ONNX model"):] if message.startswith("ONNX model") else message) \
+            from None
+
+
+def load_model(path):
+    """A sqref model file (sqref.load), or a float ONNX model (``.onnx``) imported in memory."""
+    return import_onnx_file(path)[0] if is_onnx(path) else sqref.load(path)
+
+
+EVAL_SPLITS = (*SPLITS, ALL)
 
 
 EVAL_BATCH = 250  # images per forward pass, at most
 EVAL_BUDGET = 2**30  # bytes of working memory per batch: fewer images per pass for a large model
+
+
+def _batch(model) -> int:
+    return max(1, min(EVAL_BATCH, EVAL_BUDGET // sample_bytes(model)))
 
 
 def evaluate(model, x, y, *, progress=False, label="eval") -> dict:
@@ -33,34 +105,103 @@ def evaluate(model, x, y, *, progress=False, label="eval") -> dict:
 
     Batches of EVAL_BATCH images, fewer when one image needs more than EVAL_BUDGET /
     EVAL_BATCH bytes of working memory (sqref.fileformat.sample_bytes)."""
-    batch = max(1, min(EVAL_BATCH, EVAL_BUDGET // sample_bytes(model)))
     bar = Progress(len(x), label, enabled=progress)
-    preds = predict(model, x, batch_size=batch, progress=bar.update)
+    preds = predict(model, x, batch_size=_batch(model), progress=bar.update)
     acc = float(np.mean(preds == y))
     bar.close(f"accuracy {100 * acc:.2f}%")
     return {"accuracy": acc, "correct": int(np.sum(preds == y)), "count": int(len(y)), "predictions": preds}
 
 
+def model_logits(model, x, *, progress=False, label="forward") -> np.ndarray:
+    """The model's outputs on x (float32 (N, classes)), in evaluate's batches, with a progress bar;
+    their argmax is sqref.model.predict's."""
+    batch = _batch(model)
+    bar = Progress(len(x), label, enabled=progress)
+    parts = []
+    for start in range(0, len(x), batch):
+        parts.append(np.asarray(run(model, x[start:start + batch]), np.float32))
+        bar.update(min(start + batch, len(x)))
+    bar.close()
+    return np.concatenate(parts)
+
+
+def resolve_split(split, source) -> str:
+    """The split a command reports on: as given, or by default 'test' of the sqref data file
+    and 'all' of a user's file (nothing is fit to it)."""
+    if split is not None:
+        return split
+    return "test" if source is None or source.kind == SQREF_DATA else ALL
+
+
 @dataclass(frozen=True)
 class EvalResult:
+    """``accuracy`` and ``correct`` are None without labels; the agreement figures are None
+    without a reference model (docs/cli.md, `sqref eval`)."""
+
     model: str
     split: str
-    accuracy: float
-    correct: int
+    accuracy: float | None
+    correct: int | None
     count: int
     seconds: float
+    labels: bool
+    reference: str | None
+    reference_accuracy: float | None
+    agreement: float | None
+    top5_agreement: float | None
+    logit_sqnr_db: float | None
+    identical_logits: int | None
+    data: dict
 
 
-def evaluate_file(model_path, *, data=DEFAULT_DATA, split="test", progress=False) -> EvalResult:
-    """Accuracy of a model file on a split of MNIST-5k."""
-    if split not in EVAL_SPLITS:
+def evaluate_file(model_path, *, data=DEFAULT_DATA, split=None, reference=None, split_seed=SPLIT_SEED,
+                  progress=False) -> EvalResult:
+    """Accuracy of a model (sqref file or .onnx) on a split of a data file (sqref.inputs: the
+    sqref data file, .npz or .npy; split None: 'test' of the sqref data file, 'all' of a user's
+    file); with ``reference`` (a float model), also the agreement of the model's logits with the
+    reference's (sqref.compress.logit_agreement). Data without labels needs a reference."""
+    from sqref.compress import logit_agreement
+
+    if split is not None and split not in EVAL_SPLITS:
         raise ValueError(f"split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
-    model = sqref.load(model_path)
-    x, y = load_split(data, split)
+    model = load_model(model_path)
+    ref = None if reference is None else load_model(reference)
+    if ref is not None and tuple(ref.input_shape) != tuple(model.input_shape):
+        raise ValueError(f"reference {os.fspath(reference)} takes inputs {tuple(ref.input_shape)}, the model "
+                         f"{tuple(model.input_shape)}")
+    source = open_data(data, model.input_shape, seed=split_seed)
+    split = resolve_split(split, source)
+    if not source.has_labels and ref is None:
+        raise ValueError(f"{source.path} has no labels (no array 'y'): give --reference FLOAT_MODEL to measure the "
+                         "agreement with it, or save labels as 'y' in a .npz")
+    x, y = source.split(split)
+    source.check_classes(output_classes(model, x))
     start = time.perf_counter()
-    result = evaluate(model, x, y, progress=progress)
-    return EvalResult(os.fspath(model_path), split, fraction(result["accuracy"]), result["correct"],
-                      result["count"], seconds(time.perf_counter() - start))
+    logits = model_logits(model, x, progress=progress, label=f"{os.path.basename(os.fspath(model_path))} on {split}")
+    preds = np.argmax(logits, axis=1)
+    correct = None if y is None else int(np.sum(preds == y))
+    acc = None if y is None else fraction(correct / len(y))
+    figures = dict.fromkeys(("reference_accuracy", "agreement", "top5_agreement", "logit_sqnr_db",
+                             "identical_logits"))
+    if ref is not None:
+        ref_logits = model_logits(ref, x, progress=progress, label=f"reference on {split}")
+        if ref_logits.shape != logits.shape:
+            raise ValueError(f"reference {os.fspath(reference)} has {ref_logits.shape[1]} outputs, the model "
+                             f"{logits.shape[1]}")
+        figures = agreement_fields(logit_agreement(ref_logits, logits))
+        figures["reference_accuracy"] = None if y is None else fraction(np.mean(np.argmax(ref_logits, 1) == y))
+    return EvalResult(os.fspath(model_path), split, acc, correct, int(len(x)), seconds(time.perf_counter() - start),
+                      y is not None, None if reference is None else os.fspath(reference),
+                      figures["reference_accuracy"], figures["agreement"], figures["top5_agreement"],
+                      figures["logit_sqnr_db"], figures["identical_logits"], source.record())
+
+
+def agreement_fields(m: dict) -> dict:
+    """sqref.compress.logit_agreement's figures, rounded as every job rounds them."""
+    return {"agreement": fraction(m["agreement"]),
+            "top5_agreement": None if m["top5_agreement"] is None else fraction(m["top5_agreement"]),
+            "logit_sqnr_db": None if m["logit_sqnr_db"] is None else round(m["logit_sqnr_db"], 2),
+            "identical_logits": m["identical_logits"]}
 
 
 @dataclass(frozen=True)
@@ -107,11 +248,12 @@ class TrainResult:
 TRAINED = tuple(sorted(a for a in zoo.ARCHITECTURES if a != "small_vgg"))
 
 
-def train_file(arch, *, output, data=DEFAULT_DATA, seed=0, fc_init_scale=zoo.FC_INIT_SCALE, epochs=None, lr=None,
+def train_file(arch, *, output, data=DEFAULT_DATA, seed=0, fc_init_scale=None, epochs=None, lr=None,
                momentum=None, weight_decay=None, batch_size=None, max_shift=None, keep=None, overwrite=False,
-               progress=False) -> TrainResult:
-    """Train ``arch`` from a fixed seed on the MNIST-5k train split (model selection on val) and
-    write it; options left None take the architecture's recipe (sqref.zoo.RECIPES)."""
+               split_seed=SPLIT_SEED, progress=False) -> TrainResult:
+    """Train ``arch`` from a fixed seed on the train split of a data file with labels (the MNIST-5k
+    file by default, or a .npz with x and y: sqref.inputs) with model selection on its val split,
+    and write it; options left None take the architecture's recipe (sqref.zoo.RECIPES)."""
     if arch not in TRAINED:
         raise ValueError(f"arch {arch!r}: expected one of {', '.join(TRAINED)}")
     if keep is not None and keep not in KEEP:
@@ -121,22 +263,72 @@ def train_file(arch, *, output, data=DEFAULT_DATA, seed=0, fc_init_scale=zoo.FC_
     given = {"epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "batch_size": batch_size,
              "max_shift": max_shift, "keep": keep}
     recipe.update({k: v for k, v in given.items() if v is not None})
+    recipe_scale = recipe.pop("fc_init_scale", zoo.FC_INIT_SCALE)
+    fc_init_scale = recipe_scale if fc_init_scale is None else fc_init_scale
     model = zoo.ARCHITECTURES[arch](seed, fc_init_scale=fc_init_scale)
-    train_xy, val_xy = load_split(data, "train"), load_split(data, "val")
+    source = open_data(data, model.input_shape, seed=split_seed)
+    if not source.has_labels:
+        raise ValueError(f"{source.path} has no labels: training needs a .npz with integer labels 'y'")
+    train_xy, val_xy, test_xy = (source.split(s) for s in SPLITS)
+    source.check_classes(output_classes(model, train_xy[0]))
     start = time.perf_counter()
     trained, history = train(model, train_xy, val_xy, seed=seed, progress=progress, **recipe)
     train_seconds = time.perf_counter() - start
-    test_acc = accuracy(trained, *load_split(data, "test"))
+    test_acc = accuracy(trained, *test_xy)
     kept = next(h for h in history if h["kept"])
+    if source.kind == SQREF_DATA:
+        described = {"preprocessing": "pixels / 255",
+                     "data": "MNIST-5k train split (3,500 images); model selection on the 500-image val split"}
+    else:
+        described = {"data": f"the train split of {os.path.basename(source.path)} ({len(train_xy[0])} samples); "
+                             f"model selection on its val split ({len(val_xy[0])})", "data_source": source.record()}
     meta = {"arch": arch, **recipe, "seed": seed, "fc_init_scale": fc_init_scale, "kept_epoch": kept["epoch"],
             "val_accuracy": fraction(kept["val_accuracy"]), "test_accuracy": fraction(test_acc),
-            "train_seconds": round(train_seconds, 1), "preprocessing": "pixels / 255",
-            "data": "MNIST-5k train split (3,500 images); model selection on the 500-image val split",
+            "train_seconds": round(train_seconds, 1), **described,
             "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
     trained = dataclasses.replace(trained, meta={**model.meta, **meta})
     sqref.save(trained, out, overwrite=overwrite)
     return TrainResult(out, arch, kept["epoch"], meta["val_accuracy"], meta["test_accuracy"],
                        seconds(time.perf_counter() - start), meta)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """The model file written from an ONNX model (docs/cli.md, `sqref import`)."""
+
+    output: str
+    model: str
+    model_sha256: str
+    input_shape: list
+    classes: int
+    params: int
+    bytes: int
+    seconds: float
+
+
+def import_output(onnx_path) -> str:
+    """'nets/m.onnx' -> 'm.h5', in the current directory."""
+    root, _ = os.path.splitext(os.path.basename(os.fspath(onnx_path)))
+    return f"{root}.h5"
+
+
+def import_file(onnx_path, *, output=None, overwrite=False) -> ImportResult:
+    """Import a float ONNX model (sqref.backends.onnx_import.import_onnx) and write it as a sqref model file
+    (atomically, never over the ONNX file); its meta records the ONNX file's name and SHA-256
+    under ``imported``."""
+    onnx_path = os.fspath(onnx_path)
+    if not os.path.lexists(onnx_path):  # before the output checks: MODEL.h5 would name it as the output
+        raise FileFormatError(f"{onnx_path}: no such file")
+    out = check_output_path(output or import_output(onnx_path), [onnx_path], force=overwrite)
+    check_not_model_data(out, onnx_path)
+    start = time.perf_counter()
+    model, digest = import_onnx_file(onnx_path)
+    model = dataclasses.replace(model, meta={**model.meta, "imported": {"file": os.path.basename(onnx_path),
+                                                                        "sha256": digest}})
+    classes = output_classes(model, np.zeros((1, *model.input_shape), np.float32))
+    sqref.save(model, out, overwrite=overwrite)
+    return ImportResult(out, onnx_path, digest, list(model.input_shape), classes, int(model.param_count()),
+                        os.path.getsize(out), seconds(time.perf_counter() - start))
 
 
 @dataclass(frozen=True)

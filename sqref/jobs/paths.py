@@ -34,6 +34,34 @@ def check_output_path(out, inputs=(), *, force: bool = False) -> str:
     return check_destination(out, overwrite=force)
 
 
+def onnx_data_files(model_path) -> list[str]:
+    """The external data files an ONNX model names (torch.onnx writes MODEL.onnx.data beside it),
+    or [] (not an ONNX model, or not readable: its import says why)."""
+    model_path = os.fspath(model_path)
+    if not model_path.lower().endswith(".onnx") or not os.path.isfile(model_path):
+        return []
+    try:
+        import onnx
+
+        proto = onnx.load(model_path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - any failure is reported by the import itself
+        return []
+    base = os.path.dirname(os.path.abspath(model_path))
+    return sorted({os.path.join(base, entry.value) for tensor in proto.graph.initializer
+                   if tensor.data_location == onnx.TensorProto.EXTERNAL
+                   for entry in tensor.external_data if entry.key == "location"})
+
+
+def check_not_model_data(out, model_path) -> None:
+    """Refuse an output that is one of an ONNX model's external data files (an input too);
+    only an existing file can be one, so nothing is parsed otherwise."""
+    if os.path.lexists(out):
+        for path in onnx_data_files(model_path):
+            if _same_file(path, out):
+                raise ValueError(f"output {out} is the input file {path} (the weights of {os.fspath(model_path)}); "
+                                 "refusing to overwrite it")
+
+
 def default_output(model_path, tag: str) -> str:
     """'lenet5.h5', 'q8' -> 'lenet5.q8.h5', in the current directory."""
     root, _ = os.path.splitext(os.path.basename(os.fspath(model_path)))

@@ -89,7 +89,7 @@ def layer_rows(before, after, size_rows) -> list[dict]:
 
 
 # Keys of a model's meta that describe that model itself: a derived model must not inherit them.
-OWN_KEYS = ("settings", "evaluation", "source", "rank_search", "finetune")
+OWN_KEYS = ("settings", "evaluation", "source", "rank_search", "finetune", "data_source")
 
 
 def derived_meta(meta: dict, *, source_path, source_meta: dict, settings: dict, qual: dict | None,
@@ -99,7 +99,8 @@ def derived_meta(meta: dict, *, source_path, source_meta: dict, settings: dict, 
     Keeps what still holds (architecture, training recipe, ``original_params``, ``svd``),
     records the settings, the source (file name, SHA-256, and its own accuracy figures,
     renamed under ``source`` so no stale figure looks like this model's) and this
-    model's measured accuracy in ``evaluation`` ({"measured": false} when skipped).
+    model's measured accuracy in ``evaluation`` ({"measured": false} when skipped; accuracies
+    null when the data has no labels) with its agreement with the source model.
     """
     stale = {k for k in source_meta if "accuracy" in k or k in OWN_KEYS}
     kept = {k: v for k, v in meta.items() if k not in stale}
@@ -108,5 +109,6 @@ def derived_meta(meta: dict, *, source_path, source_meta: dict, settings: dict, 
     evaluation = {"measured": False} if qual is None else {
         "measured": True, "split": qual["split"], "count": qual["count"], "accuracy": qual["compressed_accuracy"],
         "source_accuracy": qual["float_accuracy"], "drop_points": qual["drop_points"],
-        "agreement": qual["agreement"]}
+        "agreement": qual["agreement"], "labels": qual.get("labels", True),
+        **{k: qual.get(k) for k in ("top5_agreement", "logit_sqnr_db", "identical_logits")}}
     return {**kept, **(extra or {}), "settings": settings, "source": source, "evaluation": evaluation}
