@@ -365,3 +365,22 @@ def test_constant_subgraphs_are_folded():
     x = rng.random((2, 1, 4, 4), dtype=np.float32)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sqref.run(model, x), session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_norm_is_not_folded_into_a_conv_that_others_read():
+    """Conv -> Identity -> {BatchNormalization, Relu}: the conv's output is read twice
+    (through the Identity), so the batch norm stays a layer and both branches are right."""
+    rng = np.random.default_rng(3)
+    inits = {"w": rng.normal(size=(2, 1, 3, 3)).astype(np.float32), "g": np.float32([1.5, 0.5]),
+             "b": np.float32([0.1, -0.2]), "m": np.float32([0.3, -0.1]), "v": np.float32([2.0, 0.5])}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Identity", ["c"], ["i"]),
+             helper.make_node("BatchNormalization", ["i", "g", "b", "m", "v"], ["n"]),
+             helper.make_node("Relu", ["i"], ["r"]),
+             helper.make_node("Add", ["n", "r"], ["y"])]
+    proto = hand_model(nodes, inits, [2, 1, 5, 5])
+    model = import_onnx(proto)
+    assert [layer.kind for layer in model.layers] == ["conv2d", "batch_norm", "relu", "add"]
+    x = rng.random((2, 1, 5, 5), dtype=np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sqref.run(model, x), session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)

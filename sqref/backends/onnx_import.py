@@ -187,6 +187,13 @@ class _Importer:
         self.readers = readers
 
     # ---------------------------------------------------------------- helpers
+    def pass_through(self, out, t):
+        """ONNX tensor `out` is `t` (Identity, Dropout, a dropped Softmax): its
+        readers read `t`'s value, which matters to folding."""
+        t = self.resolve(t)
+        self.alias[out] = t
+        self.readers[t] = self.readers.get(t, 0) - 1 + self.readers.get(out, 0)
+
     def resolve(self, t):
         while t in self.alias:
             t = self.alias[t]
@@ -325,13 +332,13 @@ class _Importer:
         if op in ("Identity", "Dropout"):
             if op == "Dropout" and len(node.output) > 1 and node.output[1] and self.readers.get(node.output[1]):
                 raise ValueError(f"{where}: the Dropout mask output is not supported")
-            self.alias[node.output[0]] = self.resolve(x)
+            self.pass_through(node.output[0], x)
         elif op in ("Softmax", "LogSoftmax"):
             outputs = {o.name for o in self.graph.output}
             if node.output[0] not in outputs or self.readers.get(node.output[0], 0) != 1:
                 raise ValueError(f"{where}: {op} is supported only as a graph output (it is dropped: sqref models "
                                  f"output logits)")
-            self.alias[node.output[0]] = self.resolve(x)
+            self.pass_through(node.output[0], x)
         elif op == "Conv":
             w = self.const(node.input[1], where, "weight").astype(np.float32)
             if w.ndim != 4:
