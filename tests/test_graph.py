@@ -245,3 +245,14 @@ def test_ops_match_the_layers():
     np.testing.assert_array_equal(HardSigmoid(1 / 6, 0.5)(x), ops.hard_sigmoid(x, 1 / 6, 0.5))
     np.testing.assert_array_equal(GlobalAvgPool(keepdims=False)(x), [[0.625]])
     np.testing.assert_array_equal(Reshape((4,))(x), [[-4, -1, 0.5, 7]])
+
+
+def test_info_shows_what_each_layer_reads(tmp_path):
+    from sqref.jobs.models import describe_file
+
+    sqref.save(residual(), tmp_path / "g.h5")
+    info = describe_file(tmp_path / "g.h5")
+    assert not info.chain and info.outputs == ["fc"]
+    reads = {row["name"]: row["reads"] for row in info.layers}
+    assert reads["add"] == ["c2", "r1"] and reads["cat"] == ["relu6", "branch"]
+    assert describe_file(shipped("lenet5.h5")).chain

@@ -18,15 +18,17 @@ def _dash(v):
 def cmd_info(args) -> dict:
     r = describe_file(args.model)
     if not args.json:
-        print(f"{r.model}: input {tuple(r.input_shape)}, {len(r.layers)} layers")
-        print(table([{**row, "weight_shape": "x".join(map(str, row["weight_shape"] or [])) or "-",
+        print(f"{r.model}: input {tuple(r.input_shape)}, {len(r.layers)} layers"
+              + ("" if r.chain else f" in a graph, outputs {', '.join(r.outputs)}"))
+        columns = [("name", "layer"), ("kind", "kind")] + ([] if r.chain else [("reads", "reads")])
+        print(table([{**row, "reads": ", ".join(row["reads"]), "weight_shape": "x".join(map(str, row["weight_shape"] or [])) or "-",
                       "output_shape": "x".join(map(str, row["output_shape"])), "bits": row["bits"] or "-",
                       "rule": _dash(row["rule"]), "scheme": _dash(row["scheme"]), "rounding": _dash(row["rounding"]),
                       "per_channel": "-" if row["per_channel"] is None else
                       ("channel" if row["per_channel"] else "tensor"),
                       "alpha": alpha_text(row), "params": f"{row['params']:,}",
                       "payload_bytes": f"{row['payload_bytes']:,}"} for row in r.layers],
-                    [("name", "layer"), ("kind", "kind"), ("weight_shape", "weight"), ("output_shape", "output"),
+                    columns + [("weight_shape", "weight"), ("output_shape", "output"),
                      ("params", "params"), ("bits", "bits"), ("scheme", "scheme"), ("per_channel", "per"),
                      ("rounding", "rounding"), ("rule", "rule"), ("alpha", "alpha"), ("payload_bytes", "bytes")]))
         t = r.total

@@ -208,9 +208,11 @@ def agreement_fields(m: dict) -> dict:
 class InfoResult:
     model: str
     input_shape: list
-    layers: list
+    layers: list  # one row per layer, with the tensors it reads ("reads")
     total: dict
     meta: dict
+    chain: bool  # each layer reads the previous one
+    outputs: list  # the tensors the model returns
 
 
 def describe_file(model_path) -> InfoResult:
@@ -220,16 +222,17 @@ def describe_file(model_path) -> InfoResult:
     report = sizes(model, model_path)
     payload = {r["name"]: r for r in report["layers"]}
     rows = []
-    for name, layer, shape in zip(model.names, model.layers, shapes):
+    for name, layer, shape, reads in zip(model.names, model.layers, shapes, model.wiring):
         arrays = layer_arrays(layer)
         q = getattr(layer, "quant", None)
-        rows.append({"name": name, "kind": layer.kind,
+        rows.append({"name": name, "kind": layer.kind, "reads": list(reads),
                      "weight_shape": list(arrays["weight"].shape) if "weight" in arrays else None,
                      "output_shape": list(shape), "params": int(sum(a.size for a in arrays.values())),
                      "bits": None if "weight" not in arrays else (q.bits if q else 32), **quant_fields(q),
                      "payload_bytes": payload[name]["payload_bytes"] if name in payload else 0})
     total = {**rounded_total(report["total"]), "float32_bytes": 4 * report["total"]["params"]}
-    return InfoResult(os.fspath(model_path), list(model.input_shape), rows, total, model.meta)
+    return InfoResult(os.fspath(model_path), list(model.input_shape), rows, total, model.meta, model.is_chain,
+                      list(model.outputs))
 
 
 @dataclass(frozen=True)
