@@ -467,34 +467,43 @@ def atomic_text(path, text: str, *, overwrite: bool = False) -> None:
 # --------------------------------------------------------------------------
 # opening a file for reading
 # --------------------------------------------------------------------------
+def open_regular(path, expected: str, error=None):
+    """(binary file object, size) for `path`, which must be a regular file: a
+    missing file, a directory, a FIFO, socket or device (refused without
+    blocking on it) and an unreadable file raise `error` (FileFormatError by
+    default) in one line naming the path and `expected`, e.g. "a sqref file"."""
+    error = error or FileFormatError
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, expected {expected}") from None
+    except PermissionError:
+        raise error(f"{path}: permission denied") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise error(f"{path}: is a directory, expected {expected}")
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: is not a regular file (a FIFO, socket or device)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _open_source(path, sha256):
     """A binary file object for `path`, which must be a regular file (a FIFO or
     device is refused without blocking). With a pinned SHA-256, the bytes are
     read once, hashed, and parsed from memory: what was checked is what is read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise FileFormatError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise FileFormatError(f"{path}: is a directory, expected a sqref file") from None
-    except PermissionError:
-        raise FileFormatError(f"{path}: permission denied") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise FileFormatError(f"{path}: is a directory, expected a sqref file")
-        if not stat.S_ISREG(st.st_mode):
-            raise FileFormatError(f"{path}: is not a regular file (a FIFO, socket or device)")
-        os.set_blocking(fd, True)
-        fh = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    fh, size = open_regular(path, "a sqref file")
     pins = [h for p, h in _PINS.get() if p == os.path.realpath(path)]
     if sha256 is not None:
         pins.append(_check_hex(sha256))
     if not pins:
-        return fh, st.st_size
+        return fh, size
     with fh:
         data = fh.read()
     actual = hashlib.sha256(data).hexdigest()

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from sqref.hdf5 import MAX_FILE_BYTES, FileFormatError, file_sha256
+from sqref.hdf5 import MAX_FILE_BYTES, FileFormatError, file_sha256, open_regular
 
 SPLIT_SEED = 0
 SPLITS = ("train", "val", "test")
@@ -70,30 +69,13 @@ def split_indices(n: int, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
 
 
 def _open_regular(path: str, kind: str):
-    """A binary file object for a regular, non-empty file (a FIFO or device is refused
-    without blocking on it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{path}: is a directory, expected a .{kind} file") from None
-    except PermissionError:
-        raise InputFileError(f"{path}: permission denied") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise InputFileError(f"{path}: is a directory, expected a .{kind} file")
-        if not stat.S_ISREG(st.st_mode):
-            raise InputFileError(f"{path}: is not a regular file (a FIFO, socket or device)")
-        if st.st_size == 0:
-            raise InputFileError(f"{path}: empty file, expected a NumPy .{kind} "
-                                 f"{'archive (numpy.savez)' if kind == NPZ else 'array (numpy.save)'}")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    """A binary file object for a regular, non-empty file (sqref.hdf5.open_regular)."""
+    fh, size = open_regular(path, f"a .{kind} file", InputFileError)
+    if size == 0:
+        fh.close()
+        raise InputFileError(f"{path}: empty file, expected a NumPy .{kind} "
+                             f"{'archive (numpy.savez)' if kind == NPZ else 'array (numpy.save)'}")
+    return fh
 
 
 def _read_header(fp, where: str, what: str):

@@ -31,24 +31,22 @@ def progress_enabled(args) -> bool:
     return not getattr(args, "quiet", False)
 
 
-def positive_int(text):
+def _int_at_least(text, lo: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = lo - 1
+    if value < lo:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text):
+    return _int_at_least(text, 1, "a positive integer")
 
 
 def nonneg_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 MODEL_HELP = "a sqref model file (.h5), or a float ONNX model (.onnx: imported in memory, as `sqref import` does)"
