@@ -33,6 +33,9 @@ def integer_model(model, model_path, calib_x, *, rule="max", mode="onnxruntime",
     (imodel, provenance dict). A model with float weights is first quantized as the paper's
     default: ``quantize_model(bits=8, rule="dynamic", per tensor, symmetric)``; an already
     quantized one is used as it is. ``calibration``: what to record about the calibration data."""
+    if not model.is_chain:  # before calibrating: say it at once
+        raise ValueError(f"{model_path}: the integer path runs a chain of layers (one input, each layer reading "
+                         f"the previous); this model is a graph (sqref info shows what each layer reads)")
     quantized = [getattr(layer, "quant", None) is not None for layer in model.layers if isinstance(layer, PARAM_LAYERS)]
     if any(quantized) and not all(quantized):
         raise ValueError(f"{model_path}: some conv/linear layers are quantized and some are not")
