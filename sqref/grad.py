@@ -11,7 +11,7 @@ import numpy as np
 
 from sqref import ops
 from sqref.model import (INPUT, PARAM_LAYERS, Add, AvgPool2d, BatchNorm, Clip, Concat, Conv2d, Div, Flatten,
-                         GlobalAvgPool, HardSigmoid, HardSwish, Linear, MaxPool2d, Mul, ReLU, Reshape, Sigmoid,
+                         GlobalAvgPool, HardSigmoid, HardSwish, Linear, MaxPool2d, Mul, Pad, ReLU, Reshape, Sigmoid,
                          layer_arrays, run)
 from sqref.ops import col2im, im2col
 
@@ -213,6 +213,13 @@ def reshape_backward(x_shape, grad_y):
     return grad_y.reshape(x_shape)
 
 
+def pad2d_backward(x_shape, grad_y, pads):
+    """Gradient of y = pad2d(x, pads): the part of grad_y over x (the padding is a constant)."""
+    top, left = pads[0], pads[1]
+    H, W = x_shape[2], x_shape[3]
+    return np.ascontiguousarray(grad_y[:, :, top : top + H, left : left + W])
+
+
 def batch_norm_backward(x, grad_y, gamma, mean, var, eps=1e-5):
     """Gradients of inference-mode y = batch_norm(x, gamma, beta, mean, var, eps), statistics
     fixed (constants, as torch's batch_norm with training=False): returns
@@ -325,6 +332,8 @@ def layer_backward(layer, xs, grad_y):
         return [global_avg_pool_backward(x.shape, grad_y.reshape(x.shape[:2] + (1, 1)))], {}
     if isinstance(layer, (Flatten, Reshape)):
         return [reshape_backward(x.shape, grad_y)], {}
+    if isinstance(layer, Pad):
+        return [pad2d_backward(x.shape, grad_y, layer.pads)], {}
     if isinstance(layer, BatchNorm):
         gx, _, _ = batch_norm_backward(x, grad_y, layer.gamma, layer.mean, layer.var, eps=layer.eps)
         return [gx], {}
@@ -375,5 +384,5 @@ __all__ = [
     "avg_pool2d_backward", "softmax_cross_entropy", "check_distillation", "distillation_loss", "layer_backward", "model_gradients",
     "unbroadcast", "add_backward", "mul_backward", "div_backward", "concat_backward", "clip_backward", "sigmoid_backward",
     "hard_sigmoid_backward", "hard_swish_backward", "global_avg_pool_backward", "reduce_mean_backward", "reshape_backward",
-    "batch_norm_backward",
+    "batch_norm_backward", "pad2d_backward",
 ]

@@ -164,6 +164,21 @@ class Reshape:
 
 
 @dataclass(frozen=True)
+class Pad:
+    """pad2d with zeros: `pads` (top, left, bottom, right), e.g. TensorFlow's SAME
+    padding before a stride-2 convolution."""
+
+    pads: tuple[int, int, int, int]
+    kind = "pad"
+
+    def __call__(self, x):
+        return ops.pad2d(x, self.pads)
+
+    def hyper(self) -> dict:
+        return {"pads": self.pads}
+
+
+@dataclass(frozen=True)
 class Clip:
     """clip(x, lo, hi); ReLU6 is Clip(0.0, 6.0). An infinite bound is no bound."""
 
@@ -287,7 +302,7 @@ class Concat:
         return {"axis": self.axis}
 
 
-LAYER_TYPES = (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool, Flatten, Reshape, Clip, Sigmoid,
+LAYER_TYPES = (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool, Flatten, Reshape, Pad, Clip, Sigmoid,
                HardSigmoid, HardSwish, BatchNorm, Add, Mul, Div, Concat)
 PARAM_LAYERS = (Conv2d, Linear)  # the layers with weights to train, quantize and factor
 # the fields of each layer type that hold arrays (the others are hyperparameters)
@@ -565,7 +580,7 @@ def _broadcast(where, a, b):
 def _layer_output_shape(name, layer, inputs):
     where = f"layer {name!r} ({layer.kind})"
     shape = inputs[0]
-    if isinstance(layer, (Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool, BatchNorm)) and len(shape) != 3:
+    if isinstance(layer, (Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool, BatchNorm, Pad)) and len(shape) != 3:
         raise ValueError(f"{where} needs a (C, H, W) input, got {shape}")
     if isinstance(layer, Conv2d):
         if layer.weight.ndim != 4:
@@ -607,6 +622,11 @@ def _layer_output_shape(name, layer, inputs):
         return (shape[0],) + geometry[4]
     if isinstance(layer, GlobalAvgPool):
         return (shape[0], 1, 1) if layer.keepdims else (shape[0],)
+    if isinstance(layer, Pad):
+        if len(layer.pads) != 4 or min(layer.pads) < 0:
+            raise ValueError(f"{where}: pads {layer.pads} must be 4 integers >= 0 (top, left, bottom, right)")
+        top, left, bottom, right = layer.pads
+        return (shape[0], top + shape[1] + bottom, left + shape[2] + right)
     if isinstance(layer, Flatten):
         return (int(np.prod(shape, dtype=np.int64)),)
     if isinstance(layer, Reshape):

@@ -664,6 +664,24 @@ def reduce_mean(x, axes, keepdims=True):
     return np.asarray(x.mean(axis=axes, keepdims=keepdims, dtype=np.float64)).astype(x.dtype)
 
 
+def pad2d(x, pads, value=0.0):
+    """Constant padding of H and W, as ONNX Pad (mode "constant") on an NCHW tensor and
+    torch.nn.functional.pad(x, (left, right, top, bottom), value=value).
+
+    Shapes: x (N, C, H, W) -> (N, C, top + H + bottom, left + W + right); pads
+    (top, left, bottom, right), each >= 0 (ONNX's [begin..., end...] order for H, W).
+    TensorFlow's SAME padding of a stride-2 convolution is such an asymmetric pad
+    (one more row and column at the end) followed by an unpadded convolution.
+    """
+    x = _check_float("x", x)
+    _check_ndim("x", x, 4, "N, C, H, W")
+    if not isinstance(pads, (tuple, list)) or len(pads) != 4 or any(
+            isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0 for p in pads):
+        raise ValueError(f"pads must be 4 integers >= 0 (top, left, bottom, right), got {pads!r}")
+    top, left, bottom, right = (int(p) for p in pads)
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=x.dtype.type(value))
+
+
 def reshape(x, shape, allowzero=False):
     """x with a new shape, as ONNX Reshape; ``shape`` is the full target shape (batch axis
     included): a sequence of ints or a 1-D int array.

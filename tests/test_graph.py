@@ -11,7 +11,7 @@ from sqref import ops
 from sqref.data import shipped
 from sqref.hdf5 import FileFormatError
 from sqref.model import (INPUT, Add, AvgPool2d, BatchNorm, Clip, Concat, Conv2d, Div, Flatten, GlobalAvgPool,
-                         HardSigmoid, HardSwish, Linear, MaxPool2d, Model, Mul, ReLU, Reshape, Sigmoid, infer_shapes,
+                         HardSigmoid, HardSwish, Linear, MaxPool2d, Model, Mul, Pad, ReLU, Reshape, Sigmoid, infer_shapes,
                          substitute, tensor_shapes, toposort)
 
 
@@ -141,7 +141,7 @@ def test_every_layer_type_round_trips(tmp_path):
               HardSwish(), MaxPool2d((3, 3), (2, 2), (0, 0, 1, 1), dilation=(1, 1), ceil_mode=True),
               AvgPool2d((2, 2), (1, 1), (1, 0, 0, 1), dilation=(1, 1), ceil_mode=False, count_include_pad=False),
               Sigmoid(), HardSigmoid(1 / 6, 0.5), Add(const=rng.random((4, 1, 1), dtype=np.float32)),
-              Div(const=np.float32([3.0])), Clip(-np.inf, 2.5), Reshape((4, 16)), Flatten(),
+              Div(const=np.float32([3.0])), Clip(-np.inf, 2.5), Pad((0, 0, 0, 0)), Reshape((4, 16)), Flatten(),
               Linear(rng.random((3, 64), dtype=np.float32), None))
     model = Model(layers, (3, 7, 7))
     path = tmp_path / "all.h5"
@@ -256,3 +256,16 @@ def test_info_shows_what_each_layer_reads(tmp_path):
     reads = {row["name"]: row["reads"] for row in info.layers}
     assert reads["add"] == ["c2", "r1"] and reads["cat"] == ["relu6", "branch"]
     assert describe_file(shipped("lenet5.h5")).chain
+
+
+def test_pad_is_onnx_pad_and_its_gradient_is_the_slice():
+    from sqref import grad
+
+    x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)  # [[0, 1], [2, 3]]
+    y = Pad((0, 1, 1, 0))(x)  # one column before, one row after
+    np.testing.assert_array_equal(y[0, 0], [[0, 0, 1], [0, 2, 3], [0, 0, 0]])
+    g = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    np.testing.assert_array_equal(grad.pad2d_backward(x.shape, g, (0, 1, 1, 0))[0, 0], [[1, 2], [4, 5]])
+    assert infer_shapes(Model((Pad((1, 2, 3, 4)),), (3, 5, 5))) == [(3, 9, 11)]
+    with pytest.raises(ValueError, match="pads must be 4 integers"):
+        ops.pad2d(x, (1, 1))

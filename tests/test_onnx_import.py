@@ -150,8 +150,8 @@ def test_gemm_alpha_beta_and_global_average_pool():
     ([helper.make_node("Sub", ["s", "x"], ["y"])], {"s": np.ones(1, np.float32)}, "constant first operand"),
     ([helper.make_node("Concat", ["x", "x"], ["y"], axis=0)], {}, "would join batches"),
     ([helper.make_node("ReduceMean", ["x"], ["y"], axes=[1])], {}, "spatial axes"),
-    ([helper.make_node("Conv", ["x", "w"], ["y"], pads=[0, 0, 1, 1])], {"w": np.ones((1, 1, 2, 2), np.float32)},
-     "must be symmetric"),
+    ([helper.make_node("Conv", ["x", "w"], ["y"])], {"w": np.ones((1, 1, 2), np.float32)}, "only 2-D convolutions"),
+    ([helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect")], {"p": np.zeros(8, np.int64)}, "only Pad with zeros"),
     ([helper.make_node("Add", ["x", "x"], ["y"]), helper.make_node("Relu", ["z"], ["w"])], {}, "dangling"),
     ([helper.make_node("Relu", ["y"], ["z"]), helper.make_node("Relu", ["z"], ["y"])], {}, "cycle"),
 ])
@@ -384,3 +384,25 @@ def test_a_batch_norm_is_not_folded_into_a_conv_that_others_read():
     x = rng.random((2, 1, 5, 5), dtype=np.float32)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sqref.run(model, x), session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_tensorflow_same_padding_imports_as_pad_then_conv():
+    """torch's F.pad before an unpadded stride-2 conv (how TensorFlow's SAME is written) exports as Pad."""
+    class Same(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 3, 3, stride=2)
+
+        def forward(self, x):
+            return self.conv(torch.nn.functional.pad(x, (0, 1, 0, 1)))
+
+    torch.manual_seed(7)
+    module = Same().eval()
+    x = torch.randn(1, 2, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(module, (x,), dynamo=True, verbose=False).model_proto
+    model = import_onnx(proto)
+    assert [layer.kind for layer in model.layers] == ["pad", "conv2d"] and model.layers[0].pads == (0, 0, 1, 1)
+    with torch.no_grad():
+        np.testing.assert_allclose(sqref.run(model, x.numpy()), module(x).numpy(), rtol=1e-5, atol=1e-6)

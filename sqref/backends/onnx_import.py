@@ -42,12 +42,12 @@ import numpy as np
 
 from sqref.fileformat import check_model
 from sqref.model import (INPUT, Add, AvgPool2d, BatchNorm, Clip, Concat, Conv2d, Div, Flatten, GlobalAvgPool,
-                         HardSigmoid, HardSwish, Linear, MaxPool2d, Model, Mul, ReLU, Reshape, Sigmoid, toposort)
+                         HardSigmoid, HardSwish, Linear, MaxPool2d, Model, Mul, Pad, ReLU, Reshape, Sigmoid, toposort)
 from sqref.ops import fold_batchnorm
 
 IMPORTED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid",
                 "HardSwish", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
-                "Flatten", "Reshape", "Concat", "BatchNormalization", "Identity", "Dropout", "Softmax",
+                "Flatten", "Reshape", "Concat", "Pad", "BatchNormalization", "Identity", "Dropout", "Softmax",
                 "LogSoftmax")
 MIN_OPSET = 13  # older opsets carry Clip's bounds and others as attributes; the tests use 13 to 21 and onnx's newest
 MAX_ONNX_BYTES = 2**31  # protobuf's own limit for one message
@@ -177,6 +177,7 @@ class _Importer:
         self.layers = []  # [sqref name, layer, [ONNX tensors read], ONNX tensor written]
         self.made_by = {}  # ONNX tensor -> index in self.layers
         self.names = set()
+        self.synthetic = set()  # layers the import adds that no ONNX node writes
         readers = {}  # tensor -> how many nodes read its values (Shape and CastLike's model read only its type)
         for node in self.graph.node:
             reads = [] if node.op_type == "Shape" else node.input[:1] if node.op_type == "CastLike" else node.input
@@ -345,10 +346,19 @@ class _Importer:
                 raise ValueError(f"{where}: only 2-D convolutions are supported, weight shape {w.shape}")
             b = self.optional_const(node, 2, where, "bias")
             strides, dilations = tuple(attrs.get("strides", [1, 1])), tuple(attrs.get("dilations", [1, 1]))
-            pads = self.pads(node, attrs, where, w.shape[2:], strides, dilations, symmetric=True)
-            layer = Conv2d(w, None if b is None else b.astype(np.float32), strides, pads, dilations,
+            top, left, bottom, right = self.pads(node, attrs, where, w.shape[2:], strides, dilations, symmetric=False)
+            name = self.layer_name(node, node.input[1])
+            if (top, left) != (bottom, right):  # asymmetric (TensorFlow's SAME, fused by exporters): a Pad first
+                ph, pw = min(top, bottom), min(left, right)
+                pad = Pad((top - ph, left - pw, bottom - ph, right - pw))
+                self.layers.append([self.unique((name or "conv") + ".pad"), pad, [self.resolve(x)], None])
+                x, top, left = self.layers[-1][0], ph, pw
+                self.made_by[x] = len(self.layers) - 1
+                self.layers[-1][3] = x
+                self.synthetic.add(x)  # no ONNX tensor holds the padded input
+            layer = Conv2d(w, None if b is None else b.astype(np.float32), strides, (top, left), dilations,
                            int(attrs.get("group", 1)))
-            self.add_layer(node, layer, [x], self.layer_name(node, node.input[1]))
+            self.add_layer(node, layer, [x], name)
         elif op == "Gemm":
             if attrs.get("transA", 0):
                 raise ValueError(f"{where}: Gemm with transA=1 is not supported (the data must be the left operand)")
@@ -417,6 +427,18 @@ class _Importer:
             self.add_layer(node, Flatten(), [x])
         elif op == "Reshape":
             self.reshape(node, attrs, where)
+        elif op == "Pad":
+            mode = _text(attrs.get("mode", "constant"))
+            pads = [int(v) for v in self.const(node.input[1], where, "pads").reshape(-1)]
+            value = self.optional_const(node, 2, where, "constant_value")
+            if len(node.input) > 3 and node.input[3]:
+                raise ValueError(f"{where}: Pad with an axes input is not supported")
+            if mode != "constant" or (value is not None and float(np.asarray(value).reshape(-1)[0]) != 0.0):
+                raise ValueError(f"{where}: only Pad with zeros (mode constant, value 0) is supported, got mode "
+                                 f"{mode!r}")
+            if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+                raise ValueError(f"{where}: Pad must pad only H and W of an (N, C, H, W) tensor by >= 0, got {pads}")
+            self.add_layer(node, Pad((pads[2], pads[3], pads[6], pads[7])), [x])
         elif op == "Concat":
             shape = self.full_shape(x)
             axis = int(attrs["axis"])
@@ -554,7 +576,7 @@ class _Importer:
             missing = [t for t in reads if t not in names]
             if missing:
                 raise ValueError(f"layer {name!r} reads {missing[0]!r}, a constant where sqref needs a tensor")
-        self.tensor_map = {e[0]: e[3] for e in keep}
+        self.tensor_map = {e[0]: e[3] for e in keep if e[0] not in self.synthetic}
         return Model(tuple(e[1] for e in keep), shapes[0], tuple(e[0] for e in keep),
                      {"source": "onnx", "producer": self.proto.producer_name,
                       "producer_version": self.proto.producer_version, "opset": self.opset},

