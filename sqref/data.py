@@ -20,7 +20,7 @@ from sqref.hdf5 import FileFormatError, atomic_h5, dataset_shape, open_h5, read_
 
 SHIPPED_PACKAGE = "sqref.shipped"  # the top-level data/ folder, installed as package data (setup.cfg)
 SHIPPED_FILES = ("lenet5.h5", "lenet300.h5", "resnet_mini.h5", "mobilenet_mini.h5", "mnist5k.h5", "mnist-heldout.h5",
-                 "README.md")
+                 "fashion-mnist-test.h5", "README.md")
 CHECKOUT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
@@ -187,6 +187,76 @@ def build_mnist_heldout(source, out, *, reference=None, overwrite: bool = False)
     return {"source": str(source), "source_sha256": digest, "matches_pinned": digest == HELDOUT_SOURCE_SHA256,
             "out": os.fspath(out), "train": 0, "val": 0, "test": int(rows.size),
             "per_class": np.bincount(labels[rows], minlength=10).tolist()}
+
+
+# Fashion-MNIST (Zalando, MIT licence) as the Debian package dataset-fashion-mnist installs it
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_SOURCE_NAME = "Fashion-MNIST IDX files (Debian package dataset-fashion-mnist 0.0~git20200523.55506a9-1)"
+FASHION_SHA256 = {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+# a seeded per-class subset of the 60,000 training images: training on all of them
+# with sqref's NumPy trainer on 2 cores takes hours; val comes from the rest
+FASHION_SUBSET = {"train": 1000, "val": 200}  # images per class
+
+
+def read_idx(path) -> np.ndarray:
+    """A gzipped IDX file (the MNIST family's format: magic 0x0000 08 ndim, big-endian
+    sizes, then uint8 data) as a uint8 array, its sizes checked against its length."""
+    import gzip
+
+    raw = gzip.open(path, "rb").read()
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08 or not 1 <= raw[3] <= 3:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: {data.size} bytes of data for shape {shape}")
+    return data.reshape(shape)
+
+
+def build_fashion_mnist(source_dir, out, *, test_only: bool = False, overwrite: bool = False) -> dict:
+    """Fashion-MNIST as a data file: the official 10,000-image test split, and unless
+    `test_only` a seeded per-class subset of the 60,000 training images (FASHION_SUBSET:
+    1,000 per class to train, 200 others to validate). Each source file's SHA-256 is
+    recorded and compared with FASHION_SHA256. Arrays are stored gzip-compressed."""
+    source_dir = Path(source_dir)
+    digests = {name: hashlib.sha256((source_dir / name).read_bytes()).hexdigest() for name in FASHION_SHA256}
+    test_x, test_y = read_idx(source_dir / "t10k-images-idx3-ubyte.gz"), read_idx(source_dir / "t10k-labels-idx1-ubyte.gz")
+    splits = {"test": (test_x, test_y, np.arange(len(test_y)))}
+    if not test_only:
+        x, y = read_idx(source_dir / "train-images-idx3-ubyte.gz"), read_idx(source_dir / "train-labels-idx1-ubyte.gz")
+        rng = np.random.default_rng(SPLIT_SEED)
+        parts = {"train": [], "val": []}
+        for label in range(10):
+            rows = rng.permutation(np.flatnonzero(y == label))
+            parts["train"].append(rows[: FASHION_SUBSET["train"]])
+            parts["val"].append(rows[FASHION_SUBSET["train"]: FASHION_SUBSET["train"] + FASHION_SUBSET["val"]])
+        for name, p in parts.items():
+            rows = np.sort(np.concatenate(p))
+            splits[name] = (x[rows], y[rows], rows)
+    for name, (x, y, _) in splits.items():
+        if x.shape[1:] != (28, 28) or len(x) != len(y) or y.max() > 9:
+            raise ValueError(f"{source_dir}: the {name} images {x.shape} and labels do not fit")
+    with atomic_h5(out, overwrite=overwrite) as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["source"] = FASHION_SOURCE_NAME
+        f.attrs["source_sha256"] = " ".join(f"{n}:{d}" for n, d in digests.items())
+        f.attrs["split_seed"] = SPLIT_SEED
+        f.attrs["licence"] = "Fashion-MNIST by Zalando Research, MIT"
+        for name, (x, y, rows) in splits.items():
+            write_array(f, f"x_{name}", x, compress=True)
+            write_array(f, f"y_{name}", y.astype(np.uint8), compress=True)
+            write_array(f, f"rows_{name}", rows.astype(np.int64), compress=True)
+    return {"source": str(source_dir), "source_sha256": digests["t10k-images-idx3-ubyte.gz"],
+            "matches_pinned": digests == FASHION_SHA256, "out": os.fspath(out),
+            **{name: int(len(v[1])) if name in splits else 0 for name, v in
+               ((n, splits.get(n, (None, ()))) for n in ("train", "val", "test"))}}
 
 
 def load_split(path=None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:

@@ -280,9 +280,15 @@ def check_structure(f, where: str, file_size: int) -> None:
 # --------------------------------------------------------------------------
 # arrays with checksums
 # --------------------------------------------------------------------------
-def write_array(group: h5py.Group, name: str, a: np.ndarray) -> None:
+def write_array(group: h5py.Group, name: str, a: np.ndarray, *, compress: bool = False) -> None:
+    """Write `a` with its `sha256` attribute; with `compress`, gzip in chunks of at most
+    MAX_CHUNK_BYTES (what check_structure accepts on reading)."""
     a = np.asarray(a, order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
-    ds = group.create_dataset(name, data=a)
+    if compress and a.ndim and a.size:
+        rows = max(1, min(a.shape[0], MAX_CHUNK_BYTES // max(1, a[:1].nbytes)))
+        ds = group.create_dataset(name, data=a, chunks=(rows, *a.shape[1:]), compression="gzip", shuffle=True)
+    else:
+        ds = group.create_dataset(name, data=a)
     ds.attrs["sha256"] = array_sha256(a)
 
 

@@ -149,3 +149,39 @@ def test_paired_drop_interval():
     drop, lo, hi = paired_drop_interval(ref, model)
     assert drop == 1.0 and 0.3 <= lo < 1.0 < hi <= 1.8
     assert paired_drop_interval(ref, model) == (drop, lo, hi)  # seeded
+
+
+def test_shipped_fashion_mnist_test_split():
+    import h5py
+
+    from sqref.data import FASHION_SHA256, load_split
+
+    x, y = load_split(DATA_DIR / "fashion-mnist-test.h5", "test")
+    assert x.shape == (10000, 1, 28, 28) and np.array_equal(np.bincount(y), [1000] * 10)
+    with h5py.File(DATA_DIR / "fashion-mnist-test.h5", "r") as f:
+        assert f["x_test"].compression == "gzip"
+        recorded = dict(item.split(":") for item in f.attrs["source_sha256"].split())
+    assert recorded == FASHION_SHA256
+
+
+def test_fashion_builder_against_its_pinned_sources(tmp_path):
+    from sqref.data import FASHION_DIR, build_fashion_mnist, load_split
+
+    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    summary = build_fashion_mnist(FASHION_DIR, tmp_path / "f.h5")
+    assert summary["matches_pinned"] and (summary["train"], summary["val"], summary["test"]) == (10000, 2000, 10000)
+    for a, b in zip(load_split(tmp_path / "f.h5", "test"), load_split(DATA_DIR / "fashion-mnist-test.h5", "test")):
+        assert np.array_equal(a, b)
+    train_labels = set(load_split(tmp_path / "f.h5", "train")[1].tolist())
+    assert train_labels == set(range(10))
+
+
+def test_idx_reader_refuses_a_wrong_length(tmp_path):
+    from sqref.data import read_idx
+
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\0\0\x08\x01" + (5).to_bytes(4, "big") + b"abc")
+    with pytest.raises(ValueError, match="3 bytes of data for shape"):
+        read_idx(bad)

