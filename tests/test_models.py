@@ -37,3 +37,13 @@ def test_shipped_graph_models_have_the_zoo_structure(name):
     assert not shipped.is_chain
     assert [a.shape for a in map(lambda layer: getattr(layer, "weight", None), shipped.layers) if a is not None] == \
         [a.shape for a in map(lambda layer: getattr(layer, "weight", None), fresh.layers) if a is not None]
+
+
+@pytest.mark.parametrize("name, params, floor", [("fashion_lenet5", 431_080, 0.87), ("fashion_resnet_mini", 19_642, 0.82)])
+def test_shipped_fashion_models_reach_their_reported_accuracy(name, params, floor):
+    """Trained on the Fashion-MNIST subset (data/README.md), judged on the shipped 10,000-image test split."""
+    model = sqref.load(DATA_DIR / f"{name}.h5")
+    x, y = load_split(DATA_DIR / "fashion-mnist-test.h5", "test")
+    accuracy = float(np.mean(predict(model, x) == y))
+    assert model.param_count() == params and model.meta["seed"] == 0
+    assert accuracy == pytest.approx(model.meta["test_accuracy"], abs=1e-12) and accuracy >= floor
