@@ -24,6 +24,10 @@ Every task runs the same way wherever it runs:
   before the task runs, and `fn` receives it as `seed=` if it takes a `seed`
   argument (and the task does not set one itself).
 
+The LocalCluster's workers also run without Dask's MALLOC_TRIM_THRESHOLD_=65536,
+which made NumPy's large temporaries 3x slower (docs/scale.md: how to do the
+same for `dask worker`s on other hosts).
+
 Dask retries a task whose worker died (up to `distributed.scheduler.allowed-failures`
 times, 3 by default), so a killed worker changes no result, only the time.
 """
@@ -33,6 +37,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+import os
 
 import numpy as np
 
@@ -46,8 +51,13 @@ class TaskError(RuntimeError):
 
 def task_seed(task: dict) -> int:
     """A 32-bit seed from the task's parameters (not its position): the first 4 bytes of the
-    SHA-256 of the parameters as sorted JSON."""
-    text = json.dumps(task, sort_keys=True, separators=(",", ":"), default=repr)
+    SHA-256 of the parameters as sorted JSON (so they must be JSON values: str, int, float,
+    bool, None, lists and dicts of them; ValueError otherwise)."""
+    try:
+        text = json.dumps(task, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"task parameters must be JSON values (str, int, float, bool, None, lists, dicts) "
+                         f"to derive the task's seed: {exc}") from None
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
@@ -59,15 +69,26 @@ def _blas_one_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def _takes_seed(fn) -> bool:
+    try:
+        return "seed" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
 def run_one(fn, task: dict):
     """Run one task as every runner does: one BLAS thread, its own seed."""
     seed = task_seed(task)
     kwargs = dict(task)
-    if "seed" not in kwargs and "seed" in inspect.signature(fn).parameters:
+    if "seed" not in kwargs and _takes_seed(fn):
         kwargs["seed"] = seed
+    state = np.random.get_state()  # restored after: in-process, the caller's generator is left as it was
     np.random.seed(seed)
-    with _blas_one_thread():
-        return fn(**kwargs)
+    try:
+        with _blas_one_thread():
+            return fn(**kwargs)
+    finally:
+        np.random.set_state(state)
 
 
 def _check(fn, tasks, workers, scheduler) -> list[dict]:
@@ -77,6 +98,7 @@ def _check(fn, tasks, workers, scheduler) -> list[dict]:
     for index, task in enumerate(tasks):
         if not isinstance(task, dict) or not all(isinstance(key, str) for key in task):
             raise ValueError(f"task {index} must be a dict of parameters with str keys, got {task!r}")
+        task_seed(task)  # JSON parameters: checked before anything runs
     if workers is not None and scheduler is not None:
         raise ValueError("give either workers (a local cluster) or scheduler (an existing one), not both")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -117,18 +139,37 @@ def run_tasks(fn, tasks, *, workers=None, scheduler=None, progress=None) -> list
 def local_cluster(workers: int):
     """A dask.distributed LocalCluster on this machine: `workers` processes of one thread
     each (and one BLAS thread), on 127.0.0.1, no dashboard. Use it as a context manager."""
+    import dask
     from dask.distributed import LocalCluster
 
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address=None, env=dict(ONE_THREAD))
+    # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536: glibc then maps and unmaps every
+    # large NumPy temporary, and the clipping study's cells ran 3x slower (in system time).
+    # The nanny sets the workers' variables in this process's environment before it spawns them
+    # (so they hold when NumPy loads there); they are put back here afterwards.
+    saved = dict(os.environ)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                dashboard_address=None, env=dict(ONE_THREAD))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @contextlib.contextmanager
-def connect(address: str, timeout: float = CONNECT_TIMEOUT):
+def connect(address: str, timeout: float | None = None):
     """A Client of the scheduler at `address`, once it has a worker; ValueError in one line
-    if nothing answers there, or no worker joins, within `timeout` seconds."""
+    if nothing answers there, or no worker joins, within `timeout` seconds (CONNECT_TIMEOUT)."""
     from dask.distributed import Client
+    from distributed.comm import parse_address, parse_host_port
 
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
+    try:  # a malformed address, before a Client exists (it would spend seconds closing)
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"no Dask scheduler at {address}: {exc} (expected tcp://HOST:PORT)") from None
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, ValueError, TypeError) as exc:  # refused, timed out (TimeoutError is an OSError), bad address
@@ -152,7 +193,7 @@ def _run_on(client, fn, tasks, progress) -> list:
     where = {future.key: index for index, future in enumerate(futures)}
     results, done = [None] * len(tasks), 0
     try:
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             index = where[future.key]
             try:
                 results[index] = future.result()

@@ -176,3 +176,17 @@ def test_a_new_page_can_be_updated(tmp_path, fake, monkeypatch, capsys):
 
 def test_label_needs_update():
     assert main(["study", "clipping", "--label", "x"]) == 2
+
+
+def test_which_studies_run_on_a_cluster():
+    # a study runs on a Dask cluster once it takes workers and scheduler (sqref.parallel.run_tasks)
+    assert results.distributed_studies(STUDIES) == ["clipping"]
+    with pytest.raises(ValueError, match="study 'paper' runs in-process only"):
+        results.run_studies({"paper": STUDIES["paper"]}, workers=2)
+
+
+def test_workers_on_a_study_not_yet_converted_is_one_line(capsys):
+    assert main(["study", "all", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("sqref: error: --workers runs only these studies on a Dask cluster so far: clipping; "
+                   "'paper' runs in-process only (drop --workers)\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from sqref import plots
-from sqref.cli.args import UsageError, progress_enabled
+from sqref.cli.args import UsageError, positive_int, progress_enabled
 from sqref.hdf5 import atomic_text
 from sqref.jobs.paths import check_output_path, save_figure
 from sqref.studies import STUDIES, results
@@ -23,7 +23,12 @@ HELP = """Run a study, then print its markdown, write it to a new file, or updat
 --update fails in one line (exit 2, FILE untouched) if a section's markers are missing or unbalanced; it
 checks them before the study runs and reads FILE again when it writes. -o --force replaces a file, but
 never one with study markers (use --update), so a regenerated table never deletes text written by hand.
-Progress with an ETA goes to stderr (which study of how many, then the study's cells) unless -q."""
+Progress with an ETA goes to stderr (which study of how many, then the study's cells) unless -q.
+
+--workers N runs a study's cells on a Dask LocalCluster of N processes on this machine, --scheduler ADDR on
+an existing cluster (`dask scheduler`, then `dask worker ADDR` on each host, with the same sqref version);
+the output is byte for byte the same as in-process (docs/scale.md). Needs the `distributed` extra:
+pip install "sqref[distributed]". Studies that run on a cluster so far: see --workers below."""
 
 
 def register(sub, add):
@@ -41,6 +46,12 @@ def register(sub, add):
                                    "a study, e.g. finetune OPENBLAS_NUM_THREADS=2 in docs/results.md)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the tradeoff study's accuracy curves (needs matplotlib)")
     p.add_argument("--force", action="store_true", help="replace an existing output file (-o, --plot)")
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=positive_int, metavar="N",
+                         help="run the study's cells on a Dask LocalCluster of N worker processes (one thread each; "
+                              f"studies: {', '.join(results.distributed_studies(STUDIES))})")
+    cluster.add_argument("--scheduler", metavar="ADDR",
+                         help="run the study's cells on the Dask cluster whose scheduler is at ADDR (tcp://HOST:PORT)")
     p.set_defaults(func=cmd_study)
 
 
@@ -50,6 +61,18 @@ def cmd_study(args) -> dict:
         raise UsageError("--plot draws the accuracy curves of the tradeoff study: use it with 'tradeoff' or 'all'")
     if args.label is not None and (args.update is None or args.name == "all"):
         raise UsageError("--label selects a labelled section to --update: use it with one study and --update FILE")
+    if args.workers is not None or args.scheduler is not None:
+        option = "--workers" if args.workers is not None else "--scheduler"
+        able = results.distributed_studies(STUDIES)
+        unable = [name for name in names if name not in able]
+        if unable:
+            raise UsageError(f"{option} runs only these studies on a Dask cluster so far: {', '.join(able) or 'none'}"
+                             f"; {unable[0]!r} runs in-process only (drop {option})")
+        try:
+            import dask.distributed  # noqa: F401  (fail now, in one line, not after the first study)
+        except ImportError:
+            raise UsageError(f"{option} needs Dask: pip install \"sqref[distributed]\" "
+                             "(or pip install \"dask[distributed]\")") from None
     keys = {name: results.section_key(name, args.label) for name in names}
     plot = check_output_path(args.plot, force=args.force) if args.plot else None
     out = check_output_path(args.output, force=args.force) if args.output else None
@@ -60,7 +83,7 @@ def cmd_study(args) -> dict:
         results.check_page(args.update, keys.values())  # fail now, not after an hour of fine-tuning
     curves = []
     sections = results.run_studies({name: STUDIES[name] for name in names}, progress=progress_enabled(args),
-                                   collect=curves)
+                                   collect=curves, workers=args.workers, scheduler=args.scheduler)
     text = (results.RESULTS_HEADER if args.name == "all" else "") + "\n".join(sections.values())
     if plot:
         save_figure(plots.accuracy_curves(curves, title="LeNet-5: test accuracy vs payload ratio"), plot)
@@ -72,4 +95,5 @@ def cmd_study(args) -> dict:
         atomic_text(out, page, overwrite=args.force)
     elif not args.json:
         print(text)
-    return {"study": args.name, "markdown": text, "output": args.output, "updated": args.update}
+    return {"study": args.name, "markdown": text, "output": args.output, "updated": args.update,
+            "workers": args.workers, "scheduler": args.scheduler}

@@ -16,6 +16,7 @@ copy of a study, run under other conditions, updated with `--label`.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import sys
@@ -137,11 +138,21 @@ def update_page(path, sections: dict[str, str]) -> None:
             fh.write(text)
 
 
-def run_studies(studies: dict, *, progress=False, collect=None, stream=None) -> dict[str, str]:
+def distributed_studies(studies: dict) -> list[str]:
+    """The names of the studies whose cells can run on a Dask cluster: those that take
+    `workers` and `scheduler` (and hand their cells to sqref.parallel.run_tasks)."""
+    return [name for name, study in studies.items()
+            if {"workers", "scheduler"} <= set(inspect.signature(study).parameters)]
+
+
+def run_studies(studies: dict, *, progress=False, collect=None, stream=None, workers=None,
+                scheduler=None) -> dict[str, str]:
     """Run each {name: study function} in order; returns {name: markdown}.
     With `progress`, each study shows its own progress bar and, when there
     are several, a line 'sqref study 2/9: paper' on `stream` (stderr) first.
-    `collect` (a list) goes to the tradeoff study, for its accuracy curves."""
+    `collect` (a list) goes to the tradeoff study, for its accuracy curves;
+    `workers` or `scheduler` (sqref.parallel.run_tasks) to every study, which
+    must then be one of distributed_studies."""
     stream = sys.stderr if stream is None else stream
     out = {}
     for index, (name, study) in enumerate(studies.items()):
@@ -149,5 +160,9 @@ def run_studies(studies: dict, *, progress=False, collect=None, stream=None) -> 
             stream.write(f"sqref study {index + 1}/{len(studies)}: {name}\n")
             stream.flush()
         kwargs = {"collect": collect} if name == "tradeoff" and collect is not None else {}
+        if workers is not None or scheduler is not None:
+            if name not in distributed_studies({name: study}):
+                raise ValueError(f"study {name!r} runs in-process only: it takes no workers or scheduler")
+            kwargs.update(workers=workers, scheduler=scheduler)
         out[name] = study(progress=progress, **kwargs)
     return out
