@@ -14,23 +14,34 @@ from a tie where a reciprocal multiply and a division round differently.
 Multipliers and scales are float32-representable, so every mode sees the same
 value. hypothesis is imported when a strategy is first built.
 
-How a backend author uses it, in their own test suite::
+How a backend author uses it, in their own test suite: draw complete
+QLinearMatMul cases, build the one-node ONNX model, run it in the backend
+(onnxruntime here) and compare bit for bit with sqref's answer in the
+backend's mode::
 
-    import numpy as np
+    import onnxruntime as ort
     from hypothesis import given
-    from sqref.integer import requant
-    from sqref.testing import assert_bit_exact, requant_cases
+    from sqref.testing import assert_bit_exact, one_node_model, qlinear_matmul_cases
 
-    @given(requant_cases(dtype="uint8"))
-    def test_my_requant_matches_onnxruntime(case):
-        acc, multiplier, zero_point, qmin, qmax = case
-        got = my_backend.requantize(acc, multiplier, zero_point)      # uint8
-        want = requant.requantize(acc, multiplier=multiplier, zero_point=zero_point,
-                                  qmin=qmin, qmax=qmax, mode="onnxruntime")
-        assert_bit_exact(got, want.astype(np.uint8), err_msg=f"M={multiplier}")
+    @given(qlinear_matmul_cases(a_dtype="uint8", b_dtype="uint8", mode="onnxruntime"))
+    def test_onnxruntime_qlinear_matmul(case):
+        model = one_node_model("QLinearMatMul", case["inputs"], ["y"])
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = session.run(None, case["inputs"])[0]
+        assert_bit_exact(got, case["expected"], err_msg=str(case["inputs"]["y_scale"]))
+
+uint8 weights keep the example true on every CPU: with int8 weights,
+onnxruntime's u8 x s8 kernels saturate int16 pairs on x86 without VNNI;
+pass ``accumulate=sqref.backends.probe.resolve_accumulate("onnxruntime")[0]``
+to model whichever this machine does. ``requant_cases`` and
+``quantize_cases`` draw the requantization and QUANTIZE steps alone, for a
+backend that exposes them (compare with ``sqref.integer.requant.requantize``
+and ``quantize_linear``).
 
 Oracle of the strategies: tests/test_requant.py asserts that each category
-really produces ties, boundary outputs and mode disagreements.
+really produces ties, boundary outputs and mode disagreements;
+tests/test_testing.py that the QLinear cases plant ties, reach accumulators
+past 2**24 and build models that onnxruntime and the ONNX evaluator run.
 """
 from __future__ import annotations
 
@@ -38,7 +49,8 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["assert_bit_exact", "codes", "qparams", "multipliers", "requant_cases", "quantize_cases"]
+__all__ = ["assert_bit_exact", "codes", "qparams", "multipliers", "requant_cases", "quantize_cases", "one_node_model",
+           "qlinear_conv_cases", "qlinear_matmul_cases"]
 
 _RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
@@ -359,5 +371,345 @@ def quantize_cases(dtype=None, *, max_size=8, allow_nan=False, kinds=None):
         with np.errstate(over="ignore"):
             xs = np.array(x, dtype=np.float32)
         return xs, scale, zp, qmin, qmax
+
+    return draw_case()
+
+
+# ------------------------------------------------------------ ONNX models and QLinear cases
+
+
+def one_node_model(op_type, inputs, outputs=("y",), *, initializers=(), opset=21, ir_version=10, domain="",
+                   **attrs):
+    """A ModelProto with one node, for running an op in a backend (onnx is imported here).
+
+    inputs        dict name -> array (a graph input of its dtype and shape), (dtype, shape)
+                  (a graph input without data; a shape entry may be None or a name), or None
+                  (an omitted optional input: the node gets ""). The node's inputs are the
+                  dict's keys in order, so give them in the op's order.
+    outputs       the node's output names; a dict name -> dtype or (dtype, shape) types them,
+                  otherwise ONNX shape inference does (a ValueError if it cannot).
+    initializers  names among ``inputs`` (arrays) stored as initializers (constants) rather
+                  than graph inputs: a backend may take another kernel for constant weights.
+    opset, ir_version: 21 and 10 by default (sqref.backends.onnx's export); ``attrs``
+    are the node's attributes (helper.make_node's keywords).
+    """
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError as e:  # pragma: no cover - exercised only without onnx
+        raise ImportError("one_node_model needs the onnx package: pip install onnx") from e
+    initializers = tuple(initializers)
+    for name in initializers:
+        if name not in inputs or not isinstance(inputs[name], np.ndarray | np.generic):
+            raise ValueError(f"initializer {name!r} must be one of the inputs, given as an array")
+    graph_inputs, inits = [], []
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[0], (int, np.integer)):
+            dtype, shape = value
+            graph_inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)),
+                                                              shape))
+            continue
+        a = np.asarray(value)
+        if name in initializers:
+            inits.append(numpy_helper.from_array(a, name))
+        else:
+            graph_inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                                              a.shape))
+    names = list(outputs)
+    node = helper.make_node(op_type, [n if inputs[n] is not None else "" for n in inputs], names, domain=domain or None,
+                            **attrs)
+    typed = outputs if isinstance(outputs, dict) else {}
+    outs = []
+    for name in names:
+        spec = typed.get(name)
+        if spec is None:
+            outs.append(onnx.ValueInfoProto(name=name))
+            continue
+        dtype, shape = spec if isinstance(spec, tuple) else (spec, None)
+        outs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape))
+    graph = helper.make_graph([node], op_type, graph_inputs, outs, initializer=inits)
+    opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = ir_version
+    inferred = {o.name: o.type for o in onnx.shape_inference.infer_shapes(model).graph.output}
+    for out in model.graph.output:  # what inference knows fills what the caller left out
+        t = out.type.tensor_type
+        if not t.elem_type:
+            if not inferred[out.name].tensor_type.elem_type:
+                raise ValueError(f"ONNX shape inference cannot type output {out.name!r} of {op_type}: give outputs as "
+                                 f"a dict name -> dtype")
+            out.type.CopyFrom(inferred[out.name])
+        elif not t.HasField("shape") and inferred[out.name].tensor_type.HasField("shape"):
+            t.shape.CopyFrom(inferred[out.name].tensor_type.shape)
+    return model
+
+
+def _np_dtype(name, value, allowed=("uint8", "int8")):
+    if value is None:
+        return None
+    d = np.dtype(value)
+    if d.name not in allowed:
+        raise ValueError(f"{name} must be one of {allowed} or None, got {value!r}")
+    return d
+
+
+def _scales(st, rng_draw, n, *, float16):
+    """n positive scales: a power of two, a 24-bit mantissa (float32 only) or an 11-bit mantissa
+    (float16-representable), in [2**-12, 2**1) (float16: [2**-7, 2**1), so products stay normal)."""
+    lo = -7 if float16 else -12
+    kinds = ["pow2", "f16"] + ([] if float16 else ["f32"])
+    out = []
+    for _ in range(n):
+        kind, e = rng_draw(st.sampled_from(kinds)), rng_draw(st.integers(lo, 0))
+        if kind == "pow2":
+            out.append(2.0**e)
+        elif kind == "f16":
+            out.append(rng_draw(st.integers(2**10, 2**11 - 1)) * 2.0 ** (e - 10))
+        else:
+            out.append(rng_draw(st.integers(2**23, 2**24 - 1)) * 2.0 ** (e - 23))
+    return out
+
+
+def _output_scale(st, draw, acc, base, *, tie):
+    """y_scale such that M = base / y_scale spreads |acc| over a drawn number of output steps;
+    with ``tie`` it is base * 2**k, so M = 2**-k exactly and acc * M hits .5 for acc = 2**(k-1) mod 2**k."""
+    peak = max(1, int(np.abs(acc).max()) if acc.size else 1)
+    spread = draw(st.sampled_from([2, 20, 100, 300]))
+    if tie:
+        return base * 2.0 ** int(np.clip(np.ceil(np.log2(peak / spread)), 1, 40))
+    return base * peak / spread * draw(st.floats(0.5, 2.0))
+
+
+def _aligned(st, draw, array, zero_points):
+    """Most codes at one type limit and the zero points at the other: |code - zero point| = 255 with one
+    sign, so that a K-term sum passes 2**24 once K > 258 (float32 would round it)."""
+    lo, hi = (int(v) for v in DTYPE_RANGES[array.dtype.type])
+    top = draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    out = np.where(rng.random(array.shape) < 0.9, hi if top else lo, array).astype(array.dtype)
+    return out, [lo if top else hi] * len(zero_points)
+
+
+def _tie_zero_point(st, draw, ry, tie):
+    """y's zero point; with a planted tie, odd half the time (rounding before or after adding an odd
+    zero point is what separates onnxruntime from the ONNX evaluator)."""
+    z = draw(_zero_points(st, *ry))
+    if tie and z % 2 == 0 and draw(st.booleans()):
+        z += 1 if z < ry[1] else -1
+    return z
+
+
+def _plant_matmul_tie(st, draw, a, b, b_zp, acc, a_scale, b_scale, y_scale, dtype):
+    """a with one or two codes of one row changed so that one output's accumulator is an exact .5 tie.
+
+    With M = 2**-k at output (i, j) the accumulator must be 2**(k-1) mod 2**k. Changing a[i, u] by
+    delta moves it by delta * d_u, d_u = b[u, j] - zb[j]; an odd d_u is invertible mod 2**k, so
+    delta is determined mod 2**k and is tried at each odd position, then in pairs (delta1 over
+    the code range, delta2 solved). Row 0 carries the scale the tie was planned with.
+    """
+    lo, hi = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    idx = tuple(draw(st.integers(0, d - 1)) for d in batch)
+    j = draw(st.integers(0, b.shape[-1] - 1))
+    sb = np.broadcast_to(b_scale, batch + (1, b.shape[-1]))[idx + (0, j)] if b_scale.ndim else b_scale
+    t = y_scale.dtype.type
+    m = float(t(t(t(a_scale.ravel()[0]) * t(sb)) / y_scale))
+    k = -int(np.log2(m)) if m > 0 and 2.0 ** round(np.log2(m)) == m else 0
+    if not 1 <= k <= 24:
+        return a
+    mod = 2**k
+    bi = np.broadcast_to(b, batch + b.shape[-2:])[idx].astype(np.int64)
+    zb = int(np.broadcast_to(b_zp, batch + (1, b.shape[-1]))[idx + (0, j)] if b_zp.ndim else b_zp)
+    d = bi[:, j] - zb
+    odd = [u for u in range(len(d)) if d[u] % 2]
+    if not odd:
+        return a
+    target = (2 ** (k - 1) - int(np.broadcast_to(acc, batch + acc.shape[-2:])[idx + (0, j)])) % mod
+    a = a.copy()
+    row = a[idx + (0,)] if a.ndim > 2 else a[0]  # a view: edits land in a
+
+    def fit(u, delta):  # delta or delta - 2**k within the code range at position u
+        for v in (delta, delta - mod):
+            if lo <= int(row[u]) + v <= hi:
+                return v
+        return None
+
+    order = draw(st.permutations(odd))
+    for u in order:
+        v = fit(u, target * pow(int(d[u]) % mod, -1, mod) % mod)
+        if v is not None:
+            row[u] = int(row[u]) + v
+            return a
+    for u1, u2 in zip(order, order[1:]):
+        deltas = np.arange(lo - int(row[u1]), hi - int(row[u1]) + 1)
+        rest = (target - deltas * int(d[u1])) % mod * pow(int(d[u2]) % mod, -1, mod) % mod
+        for v1, r in zip(deltas.tolist(), rest.tolist()):
+            v2 = fit(u2, r)
+            if v2 is not None:
+                row[u1], row[u2] = int(row[u1]) + v1, int(row[u2]) + v2
+                return a
+    return a
+
+
+def qlinear_matmul_cases(a_dtype=None, b_dtype=None, *, y_dtype=None, scale_dtype="float32", per_row=False,
+                         per_column=None, mode="onnxruntime", accumulate="exact", max_k=700):
+    """Strategy for complete QLinearMatMul cases: a dict with
+    ``inputs`` (name -> array, in ONNX's order: a, a_scale, a_zero_point, b, b_scale,
+    b_zero_point, y_scale, y_zero_point), ``attrs`` ({}), ``expected`` (sqref.integer.qlinear
+    .qlinear_matmul in ``mode`` with ``accumulate``), ``mode`` and ``accumulate``.
+
+    a_dtype, b_dtype: "uint8", "int8" or None (drawn); y_dtype None: a's dtype
+    (onnxruntime's constraint; ONNX allows either). scale_dtype "float32" (values are
+    sometimes float16-representable), "float16" or None (drawn). per_row: a's scale and
+    zero point per row (onnxruntime refuses it); per_column None: drawn.
+    Drawn on purpose: codes and zero points at the type limits; K past 514, where float32 sums
+    of products would round, half of those with codes and zero points at opposite limits so
+    that |acc| passes 2**24 (onnxruntime's float32(acc) then rounds); batch dimensions; and
+    half the time y_scale = s_a s_b 2**k, a power-of-two M, with one or two codes of a's row 0
+    changed so that one output is exactly a .5 tie.
+    """
+    st = _strategies()
+    from sqref.integer import qlinear
+
+    fixed = [_np_dtype("a_dtype", a_dtype), _np_dtype("b_dtype", b_dtype), _np_dtype("y_dtype", y_dtype)]
+    if scale_dtype not in ("float32", "float16", None):
+        raise ValueError(f"scale_dtype must be 'float32', 'float16' or None, got {scale_dtype!r}")
+
+    @st.composite
+    def draw_case(draw):
+        ta = fixed[0] if fixed[0] is not None else np.dtype(draw(st.sampled_from(["uint8", "int8"])))
+        tb = fixed[1] if fixed[1] is not None else np.dtype(draw(st.sampled_from(["uint8", "int8"])))
+        ty = fixed[2] if fixed[2] is not None else ta
+        f16 = (scale_dtype or draw(st.sampled_from(["float32", "float16"]))) == "float16"
+        batch = draw(st.sampled_from([(), (), (2,), (1, 2)]))
+        m, n = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        big = max_k > 514 and not f16  # float16 scales cannot spread |acc| past 2**24 over the output range
+        k = draw(st.one_of(st.integers(1, min(24, max_k)), st.integers(515, max_k))) if big else \
+            draw(st.integers(1, min(24, max_k)))
+        a = draw(codes(batch + (m, k), ta.type))
+        b = draw(codes(batch[-1:] + (k, n), tb.type))  # b broadcasts over a's leading batch axis
+        cols = draw(st.booleans()) if per_column is None else per_column
+        ra, rb, ry = (qlinear.QUANT_RANGES[t] for t in (ta, tb, ty))
+        za = [draw(_zero_points(st, *ra)) for _ in range(m if per_row else 1)]
+        # per column: (N,) for a 2-D b, b's batch shape + (1, N) for a batched b (ONNX's N-D form;
+        # onnxruntime refuses a 1-D one there), each batch element its own columns
+        col_shape = (b.shape[:-2] + (1, n) if b.ndim > 2 else (n,)) if cols else ()
+        n_cols = int(np.prod(col_shape))
+        zb = [draw(_zero_points(st, *rb)) for _ in range(n_cols)]
+        if k > 514 and draw(st.booleans()):  # |acc| past 2**24
+            a, za = _aligned(st, draw, a, za)
+            b, zb = _aligned(st, draw, b, zb)
+        tie = draw(st.booleans())
+        sa = _scales(st, draw, m if per_row else 1, float16=f16)
+        sb = _scales(st, draw, 1, float16=f16)
+        if cols:  # power-of-two ratios between columns keep every column's M a power of two
+            sb = ([sb[0] * 2.0 ** draw(st.integers(-2, 2)) for _ in range(n_cols)] if tie else
+                  _scales(st, draw, n_cols, float16=f16))
+        ft = np.float16 if f16 else np.float32
+        a_scale = np.array(sa, ft).reshape((m, 1) if per_row else ())
+        b_scale = np.array(sb, ft).reshape(col_shape)
+        a_zp = np.array(za, ta).reshape((m, 1) if per_row else ())
+        b_zp = np.array(zb, tb).reshape(col_shape)
+        acc = qlinear.matmul_integer(a, b, a_zp, b_zp)
+        base = float(ft(float(a_scale.ravel()[0]) * float(b_scale.ravel()[0])))
+        lo, hi = (2.0**-14, 6e4) if f16 else (2.0**-40, 2.0**40)
+        y_scale = np.array(np.clip(_output_scale(st, draw, acc, base, tie=tie), lo, hi), ft)
+        if tie:
+            a = _plant_matmul_tie(st, draw, a, b, b_zp, acc, a_scale, b_scale, y_scale, ta)
+        y_zp = np.array(_tie_zero_point(st, draw, ry, tie), ty)
+        inputs = {"a": a, "a_scale": a_scale, "a_zero_point": a_zp, "b": b, "b_scale": b_scale, "b_zero_point": b_zp,
+                  "y_scale": y_scale, "y_zero_point": y_zp}
+        expected = qlinear.qlinear_matmul(*inputs.values(), mode=mode, accumulate=accumulate)
+        return {"inputs": inputs, "attrs": {}, "expected": expected, "mode": mode, "accumulate": accumulate}
+
+    return draw_case()
+
+
+def qlinear_conv_cases(x_dtype=None, w_dtype=None, *, y_dtype=None, per_channel=None, bias=None,
+                       mode="onnxruntime", accumulate="exact", max_k=630):
+    """Strategy for complete QLinearConv cases: a dict with ``inputs`` (name -> array, in ONNX's
+    order: x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B; B is
+    None without a bias), ``attrs`` (kernel_shape, strides, pads, dilations, group),
+    ``expected`` (sqref.integer.qlinear.qlinear_conv in ``mode`` with ``accumulate``), ``mode``
+    and ``accumulate``.
+
+    x_dtype, w_dtype: "uint8", "int8" or None (drawn); y_dtype None: x's dtype. per_channel
+    (w_scale and w_zero_point, with unequal zero points) and bias: None = drawn. Scales are
+    float32 (QLinearConv's type), sometimes float16-representable.
+    Drawn on purpose: grouped and depthwise convs, strides, dilations, asymmetric pads,
+    codes and zero points at the type limits, C/group * KH * KW past 514 (float32 sums of
+    products would round; half of those aligned at opposite limits, |acc| past 2**24), and,
+    half the time, a power-of-two M with a bias per channel chosen so that one output lands
+    exactly on a .5 tie inside the output range.
+    """
+    st = _strategies()
+    from sqref.integer import qlinear
+
+    fixed = [_np_dtype("x_dtype", x_dtype), _np_dtype("w_dtype", w_dtype), _np_dtype("y_dtype", y_dtype)]
+
+    @st.composite
+    def draw_case(draw):
+        tx = fixed[0] if fixed[0] is not None else np.dtype(draw(st.sampled_from(["uint8", "int8"])))
+        tw = fixed[1] if fixed[1] is not None else np.dtype(draw(st.sampled_from(["uint8", "int8"])))
+        ty = fixed[2] if fixed[2] is not None else tx
+        shape = draw(st.sampled_from(["small", "small", "depthwise", "large_k"] if max_k > 514 else
+                                     ["small", "small", "depthwise"]))
+        kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        if shape == "depthwise":
+            group = draw(st.integers(1, 8))
+            cg, kg = 1, 1
+        elif shape == "large_k":
+            group, kg = 1, draw(st.integers(1, 2))
+            kh = kw = 3
+            cg = draw(st.integers(-(-515 // 9), max_k // 9))
+        else:
+            group, cg, kg = draw(st.sampled_from([1, 1, 2, 3])), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+        dil = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+        strides = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+        pads = [draw(st.integers(0, 2)) for _ in range(4)] if shape != "large_k" else [0, 0, 0, 0]
+        h = max(1, dil[0] * (kh - 1) + 1 - pads[0] - pads[2] + draw(st.integers(0, 3)))
+        w_ = max(1, dil[1] * (kw - 1) + 1 - pads[1] - pads[3] + draw(st.integers(0, 3)))
+        x = draw(codes((draw(st.integers(1, 2)), cg * group, h, w_), tx.type))
+        w = draw(codes((kg * group, cg, kh, kw), tw.type))
+        m_out = w.shape[0]
+        chan = draw(st.booleans()) if per_channel is None else per_channel
+        rx, rw, ry = (qlinear.QUANT_RANGES[t] for t in (tx, tw, ty))
+        zx = draw(_zero_points(st, *rx))
+        zw = [draw(_zero_points(st, *rw)) for _ in range(m_out if chan else 1)]
+        if shape == "large_k" and draw(st.booleans()):  # |acc| past 2**24
+            x, (zx,) = _aligned(st, draw, x, [zx])
+            w, zw = _aligned(st, draw, w, zw)
+        zx = np.array(zx, tx)
+        zw = np.array(zw, tw).reshape((m_out,) if chan else ())
+        tie = draw(st.booleans())
+        sx = _scales(st, draw, 1, float16=False)[0]
+        sw0 = _scales(st, draw, 1, float16=False)[0]
+        sw = ([sw0 * 2.0 ** draw(st.integers(-2, 2)) for _ in range(m_out)] if tie else
+              _scales(st, draw, m_out, float16=False)) if chan else [sw0]
+        w_scale = np.array(sw, np.float32).reshape((m_out,) if chan else ())
+        attrs = dict(kernel_shape=[kh, kw], strides=strides, pads=pads, dilations=dil, group=group)
+        geo = {k: v for k, v in attrs.items() if k != "kernel_shape"}
+        acc = qlinear.conv_integer(x, w, zx, zw, **geo).astype(np.int64)
+        with_bias = (tie or draw(st.booleans())) if bias is None else bias
+        base = float(np.float32(np.float32(sx) * np.float32(sw0)))
+        y_scale = np.float32(np.clip(_output_scale(st, draw, acc, base, tie=tie), 2.0**-40, 2.0**40))
+        y_zp = np.array(_tie_zero_point(st, draw, ry, tie), ty)
+        b = None
+        if with_bias:
+            b = np.array([draw(st.integers(-(2**16), 2**16)) for _ in range(m_out)], np.int64)
+            for c in range(m_out if tie else 0):  # move one output per channel onto a tie t + 1/2, t + z_y in range
+                mc = float(np.float32(np.float32(np.float32(sx) * np.float32(sw[c if chan else 0])) / y_scale))
+                step = 1 / mc  # M = 2**-k: acc = t * 2**k + 2**(k-1) gives t + 1/2 exactly
+                if 2 <= step <= 2**22 and step == int(step):
+                    n, oh, ow = (draw(st.integers(0, d - 1)) for d in (acc.shape[0],) + acc.shape[2:])
+                    t = draw(st.integers(ry[0] - int(y_zp), ry[1] - int(y_zp) - 1))
+                    b[c] = t * int(step) + int(step) // 2 - acc[n, c, oh, ow]
+            b = np.clip(b, -(2**31), 2**31 - 1).astype(np.int32)
+        inputs = {"x": x, "x_scale": np.array(sx, np.float32), "x_zero_point": zx, "w": w, "w_scale": w_scale,
+                  "w_zero_point": zw, "y_scale": np.array(y_scale, np.float32), "y_zero_point": y_zp, "B": b}
+        expected = qlinear.qlinear_conv(*inputs.values(), **geo, mode=mode, accumulate=accumulate)
+        return {"inputs": inputs, "attrs": attrs, "expected": expected, "mode": mode, "accumulate": accumulate}
 
     return draw_case()

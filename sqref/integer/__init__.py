@@ -8,6 +8,9 @@
     oracle       loop-nest oracles of the kernels: the source of truth in tests
     golden       golden files: the integer outputs of every layer, in HDF5
     verify       a golden file recomputed by a backend and compared bit for bit
+    qlinear      one function per ONNX integer op (qlinear_conv, qlinear_matmul, conv_integer,
+                 matmul_integer, quantize_linear, dequantize_linear, dynamic_quantize_linear):
+                 any signs and zero points, each backend's arithmetic (mode); import it from there
 
 The names below are the integer path's everyday API; golden files and
 verification are imported from their modules (sqref.integer.golden,
