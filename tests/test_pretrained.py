@@ -8,6 +8,7 @@ import pytest
 
 import sqref
 from sqref import pretrained
+from sqref.ops import same_pads
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
@@ -24,7 +25,7 @@ class ConvBN(nn.Module):
 
     def forward(self, x):
         if self.padding == "same":
-            (t, b), (l, r) = (pretrained.same_pads(s, self.k, self.stride) for s in x.shape[2:])
+            (t, b), (l, r) = (same_pads(s, self.k, self.stride) for s in x.shape[2:])
         else:
             t = b = l = r = (self.k - 1) // 2
         return self.bn(self.conv(F.pad(x, (l, r, t, b))))
@@ -99,10 +100,10 @@ def test_converted_lite0_equals_torch_on_random_weights(padding):
 
 
 def test_same_pads_literal():
-    assert pretrained.same_pads(224, 3, 2) == (0, 1)  # (112 - 1) * 2 + 3 - 224 = 1: the extra row at the end
-    assert pretrained.same_pads(224, 5, 2) == (1, 2)
-    assert pretrained.same_pads(112, 3, 1) == (1, 1)
-    assert pretrained.same_pads(7, 5, 1) == (2, 2)
+    assert same_pads(224, 3, 2) == (0, 1)  # (112 - 1) * 2 + 3 - 224 = 1: the extra row at the end
+    assert same_pads(224, 5, 2) == (1, 2)
+    assert same_pads(112, 3, 1) == (1, 1)
+    assert same_pads(7, 5, 1) == (2, 2)
 
 
 def test_the_published_weights_classify_real_images():

@@ -43,7 +43,7 @@ import numpy as np
 from sqref.fileformat import check_model
 from sqref.model import (INPUT, Add, AvgPool2d, BatchNorm, Clip, Concat, Conv2d, Div, Flatten, GlobalAvgPool,
                          HardSigmoid, HardSwish, Linear, MaxPool2d, Model, Mul, Pad, ReLU, Reshape, Sigmoid, toposort)
-from sqref.ops import fold_batchnorm
+from sqref.ops import fold_batchnorm, same_pads
 
 IMPORTED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid",
                 "HardSwish", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
@@ -309,9 +309,7 @@ class _Importer:
                 raise ValueError(f"{where}: auto_pad={auto} needs the input's static shape")
             pads = [0, 0, 0, 0]
             for axis, (size, k, s, d) in enumerate(zip(shape[2:], kernel, strides, dilations)):
-                total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
-                small, large = total // 2, total - total // 2
-                pads[axis], pads[axis + 2] = (small, large) if auto == "SAME_UPPER" else (large, small)
+                pads[axis], pads[axis + 2] = same_pads(size, k, s, d, upper=auto == "SAME_UPPER")
         else:
             raise ValueError(f"{where}: auto_pad={auto!r} is not an ONNX value")
         if len(pads) != 4:
