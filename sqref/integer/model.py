@@ -186,6 +186,25 @@ def _weight_codes(layer, name):
     return codes, scale
 
 
+def check_integer_structure(model: Model, where: str = "") -> None:
+    """What the integer path can run, from the model's structure alone (nothing is
+    quantized or calibrated yet): a chain of conv, linear, ReLU, pool and flatten
+    layers, pools with symmetric padding, no dilation, floor mode and (average)
+    padding counted. One-line ValueError otherwise, prefixed by `where`."""
+    prefix = f"{where}: " if where else ""
+    if not model.is_chain:
+        raise ValueError(f"{prefix}the integer path runs a chain of layers (one input, each layer reading the "
+                         f"previous); this model is a graph (sqref info shows what each layer reads)")
+    for name, layer in zip(model.names, model.layers):
+        if isinstance(layer, (MaxPool2d, AvgPool2d)) and (
+                len(layer.padding) != 2 or tuple(layer.dilation) != (1, 1) or layer.ceil_mode
+                or not getattr(layer, "count_include_pad", True)):
+            raise ValueError(f"{prefix}layer {name!r}: the integer pools take symmetric padding, no dilation, floor "
+                             f"mode and (average) padding counted; got {layer}")
+        if not isinstance(layer, (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten)):
+            raise ValueError(f"{prefix}layer {name!r}: the integer path has no {layer.kind} layer")
+
+
 def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxruntime") -> IntegerModel:
     """The IntegerModel of a weight-quantized model and its calibration.
 
@@ -200,17 +219,7 @@ def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxru
     ``mode`` is recorded as run_integer's default (the integers do not depend on it).
     """
     check_mode(mode)
-    if not qmodel.is_chain:
-        raise ValueError("the integer path runs a chain of layers (one input, each layer reading the previous); "
-                         "this model is a graph")
-    for name, layer in zip(qmodel.names, qmodel.layers):
-        if isinstance(layer, (MaxPool2d, AvgPool2d)) and (
-                len(layer.padding) != 2 or tuple(layer.dilation) != (1, 1) or layer.ceil_mode
-                or not getattr(layer, "count_include_pad", True)):
-            raise ValueError(f"layer {name!r}: the integer pools take symmetric padding, no dilation, floor mode "
-                             f"and (average) padding counted; got {layer}")
-        if not isinstance(layer, (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten)):
-            raise ValueError(f"layer {name!r}: the integer path has no {layer.kind} layer")
+    check_integer_structure(qmodel)
     if tuple(calibration.names) != tuple(qmodel.names) or len(calibration.outputs) != len(qmodel.layers):
         raise ValueError(f"calibration is for layers {calibration.names}, the model has {qmodel.names}")
     infer_shapes(qmodel)

@@ -17,7 +17,7 @@ from sqref.data import DEFAULT_DATA
 from sqref.hdf5 import file_sha256
 from sqref.integer import golden
 from sqref.integer.calibration import CALIBRATION_RULES, calibrate
-from sqref.integer.model import ACCUMULATE, build_integer_model
+from sqref.integer.model import ACCUMULATE, build_integer_model, check_integer_structure
 from sqref.integer.requant import MODES
 from sqref.integer.verify import BACKENDS, verify
 from sqref.inputs import ALL, SPLIT_SEED, SQREF_DATA, open_data, output_classes
@@ -33,9 +33,7 @@ def integer_model(model, model_path, calib_x, *, rule="max", mode="onnxruntime",
     (imodel, provenance dict). A model with float weights is first quantized as the paper's
     default: ``quantize_model(bits=8, rule="dynamic", per tensor, symmetric)``; an already
     quantized one is used as it is. ``calibration``: what to record about the calibration data."""
-    if not model.is_chain:  # before calibrating: say it at once
-        raise ValueError(f"{model_path}: the integer path runs a chain of layers (one input, each layer reading "
-                         f"the previous); this model is a graph (sqref info shows what each layer reads)")
+    check_integer_structure(model, os.fspath(model_path))  # before quantizing and calibrating: say it at once
     quantized = [getattr(layer, "quant", None) is not None for layer in model.layers if isinstance(layer, PARAM_LAYERS)]
     if any(quantized) and not all(quantized):
         raise ValueError(f"{model_path}: some conv/linear layers are quantized and some are not")
