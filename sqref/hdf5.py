@@ -95,6 +95,13 @@ def _check_hex(sha256) -> str:
 _PINS: contextvars.ContextVar = contextvars.ContextVar("sqref_pins", default=())
 
 
+def active_pins(path, sha256=None) -> list[str]:
+    """The SHA-256s the bytes of `path` must have: those of the active pinned_sha256
+    contexts for its real path, and `sha256` when given."""
+    pins = [h for p, h in _PINS.get() if p == os.path.realpath(os.fspath(path))]
+    return pins + [_check_hex(sha256)] if sha256 is not None else pins
+
+
 @contextlib.contextmanager
 def pinned_sha256(path, sha256: str):
     """While active, any sqref file read from `path` (same real path) must have
@@ -505,9 +512,7 @@ def _open_source(path, sha256):
     device is refused without blocking). With a pinned SHA-256, the bytes are
     read once, hashed, and parsed from memory: what was checked is what is read."""
     fh, size = open_regular(path, "a sqref file")
-    pins = [h for p, h in _PINS.get() if p == os.path.realpath(path)]
-    if sha256 is not None:
-        pins.append(_check_hex(sha256))
+    pins = active_pins(path, sha256)
     if not pins:
         return fh, size
     with fh:

@@ -32,17 +32,10 @@ import os
 import numpy as np
 
 from sqref import integer
+from sqref.backends import onnx_package
 
 OPSET = 21
 IR_VERSION = 10
-
-
-def _onnx():
-    try:
-        import onnx
-    except ImportError as exc:  # pragma: no cover - exercised only without onnx
-        raise ImportError("sqref.backends.onnx needs the onnx package: pip install onnx") from exc
-    return onnx
 
 
 # ----------------------------------------------------------------------------- export
@@ -62,7 +55,7 @@ def export_onnx(imodel: integer.IntegerModel, path=None, *, input_dtype="float32
                   exact (run_integer(accumulate="exact")).
     Returns the onnx.ModelProto (checked by onnx.checker).
     """
-    onnx = _onnx()
+    onnx = onnx_package()
     from onnx import TensorProto, helper, numpy_helper
 
     if weight_dtype not in ("int8", "uint8"):

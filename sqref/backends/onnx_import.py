@@ -34,13 +34,16 @@ file, and for an unsupported node its name, its op and the supported list.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import stat
 
 import numpy as np
 
+from sqref.backends import onnx_package
 from sqref.fileformat import check_model
+from sqref.hdf5 import FileFormatError, active_pins, open_regular
 from sqref.model import (INPUT, Add, AvgPool2d, BatchNorm, Clip, Concat, Conv2d, Div, Flatten, GlobalAvgPool,
                          HardSigmoid, HardSwish, Linear, MaxPool2d, Model, Mul, Pad, ReLU, Reshape, Sigmoid, toposort)
 from sqref.ops import fold_batchnorm, same_pads
@@ -60,52 +63,66 @@ class OnnxImportError(ValueError):
     """An ONNX model sqref cannot import: one line naming the file and the problem."""
 
 
-def _onnx():
-    try:
-        import onnx
-    except ImportError as exc:  # pragma: no cover - exercised only without onnx
-        raise ImportError("importing ONNX models needs the onnx package: pip install onnx") from exc
-    return onnx
-
-
-def import_onnx(source, *, tensor_map: bool = False):
-    """A float ONNX model (a path or a ModelProto) as a sqref Model; with
-    `tensor_map`, (model, {layer name: the ONNX tensor its output equals}),
-    to compare every intermediate tensor with another runtime.
-
-    Refused, each with one line: a file that is not a regular file or not ONNX
-    protobuf, tensors in external files outside the model's folder, an
-    invalid graph, unsupported or malformed nodes, and a model that sqref.save
-    would refuse (the imported model can always be saved and loaded again).
-    """
+def read_onnx(path):
+    """(ModelProto, SHA-256 of the bytes read) of an ONNX file, read once: the hash is
+    of the very bytes decoded. A regular file only (a FIFO is refused without blocking),
+    at most MAX_ONNX_BYTES. With an active pin (sqref.hdf5.pinned_sha256,
+    --expect-sha256) the bytes must have that hash, and weights kept in external data
+    files, which the pin would not cover, are refused; without one, external data is
+    read from regular files inside the model's folder (_check_external_data)."""
     from google.protobuf.message import DecodeError
 
-    onnx = _onnx()
-    name = "ONNX model" if isinstance(source, onnx.ModelProto) else os.fspath(source)
+    onnx = onnx_package()
+    path = os.fspath(path)
+    fh, size = open_regular(path, "an ONNX model", OnnxImportError)
+    with fh:
+        if size > MAX_ONNX_BYTES:
+            raise OnnxImportError(f"{path}: {size} bytes, more than protobuf's {MAX_ONNX_BYTES}")
+        data = fh.read()
+    digest = hashlib.sha256(data).hexdigest()
+    pins = active_pins(path)
+    for expected in pins:
+        if digest != expected:
+            raise FileFormatError(f"{path}: SHA-256 {digest} does not match the expected {expected}")
     try:
-        if not isinstance(source, onnx.ModelProto):
-            st = os.stat(name)
-            if not stat.S_ISREG(st.st_mode):
-                raise OnnxImportError(f"{name}: not a regular file")
-            if st.st_size > MAX_ONNX_BYTES:
-                raise OnnxImportError(f"{name}: {st.st_size} bytes, more than protobuf's {MAX_ONNX_BYTES}")
-            source = onnx.load(name, load_external_data=False)
-            external = [t for t in source.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-            if external:
-                _check_external_data(external, os.path.dirname(os.path.abspath(name)), name)
-                onnx.load_external_data_for_model(source, os.path.dirname(os.path.abspath(name)))
-        elif any(t.data_location == onnx.TensorProto.EXTERNAL for t in source.graph.initializer):
-            raise OnnxImportError("ONNX model: initializers keep data in external files; pass the file's path")
+        proto = onnx.load_model_from_string(data)
+    except DecodeError as exc:
+        raise OnnxImportError(f"{path}: not an ONNX model (protobuf could not decode it: {exc})") from None
+    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external and pins:
+        raise OnnxImportError(f"{path}: its weights are in external data files, which --expect-sha256 does not "
+                              "cover; import it without the pin (`sqref import`) and pin the .h5")
+    if external:
+        base = os.path.dirname(os.path.abspath(path))
+        _check_external_data(external, base, path)
+        onnx.load_external_data_for_model(proto, base)
+    return proto, digest
+
+
+def import_onnx(source, *, tensor_map: bool = False, name: str | None = None):
+    """A float ONNX model (a path, read by read_onnx, or a ModelProto) as a sqref
+    Model; with `tensor_map`, (model, {layer name: the ONNX tensor its output
+    equals}), to compare every intermediate tensor with another runtime. `name`
+    is what error messages call a ModelProto (default "ONNX model").
+
+    Refused, each with one line: what read_onnx refuses, an invalid graph,
+    unsupported or malformed nodes, and a model that sqref.save would refuse
+    (the imported model can always be saved and loaded again).
+    """
+    onnx = onnx_package()
+    is_proto = isinstance(source, onnx.ModelProto)
+    name = (name or "ONNX model") if is_proto else os.fspath(source)
+    if not is_proto:
+        source, _ = read_onnx(source)  # its errors are already one line
+    try:
+        if is_proto and any(t.data_location == onnx.TensorProto.EXTERNAL for t in source.graph.initializer):
+            raise OnnxImportError(f"{name}: initializers keep data in external files; pass the file's path")
         importer = _Importer(source)
         model = importer.model()
         check_model(model, "imported model")
         return (model, importer.tensor_map) if tensor_map else model
     except OnnxImportError:
         raise
-    except FileNotFoundError:
-        raise OnnxImportError(f"{name}: no such file") from None
-    except DecodeError as exc:
-        raise OnnxImportError(f"{name}: not an ONNX model (protobuf could not decode it: {exc})") from None
     except onnx.checker.ValidationError as exc:
         raise OnnxImportError(f"{name}: invalid ONNX model: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError, OSError, RuntimeError) as exc:
@@ -148,7 +165,7 @@ class _Importer:
     """One import: the state of the four steps (module docstring)."""
 
     def __init__(self, model):
-        onnx = _onnx()
+        onnx = onnx_package()
         from onnx import numpy_helper
 
         self.proto = model

@@ -6,9 +6,7 @@ untrained models (`init_file`) and the MNIST-5k data file (`data_file`). Silent 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import stat
 import time
 from dataclasses import dataclass
 
@@ -36,53 +34,13 @@ def is_onnx(path) -> bool:
     return os.fspath(path).lower().endswith(ONNX_SUFFIX)
 
 
-def _pins(path) -> list:
-    """The SHA-256 pins (sqref.hdf5.pinned_sha256, --expect-sha256) active for ``path``."""
-    from sqref.hdf5 import _PINS
-
-    real = os.path.realpath(path)
-    return [h for p, h in _PINS.get() if p == real]
-
-
 def import_onnx_file(path):
-    """A float ONNX model file as a sqref Model (sqref.backends.onnx_import.import_onnx), and the
-    SHA-256 of the bytes imported. With an active pin (--expect-sha256), the file is read
-    once, its hash checked and those very bytes imported; such a model may not keep its
-    weights in external data files, which the pin would not cover."""
-    from sqref.backends.onnx_import import OnnxImportError, import_onnx
+    """A float ONNX model file as a sqref Model, and the SHA-256 of the very bytes imported
+    (sqref.backends.onnx_import.read_onnx: an active pin, --expect-sha256, is checked there)."""
+    from sqref.backends.onnx_import import import_onnx, read_onnx
 
-    path = os.fspath(path)
-    pins = _pins(path)
-    if not pins:
-        model = import_onnx(path)
-        return model, file_sha256(path)
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise OnnxImportError(f"{path}: not a regular file")
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        raise OnnxImportError(f"{path}: no such file") from None
-    actual = hashlib.sha256(data).hexdigest()
-    for expected in pins:
-        if actual != expected:
-            raise FileFormatError(f"{path}: SHA-256 {actual} does not match the expected {expected}")
-    try:
-        proto = onnx.load_model_from_string(data)
-    except DecodeError as exc:
-        raise OnnxImportError(f"{path}: not an ONNX model (protobuf could not decode it: {exc})") from None
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        raise OnnxImportError(f"{path}: its weights are in external data files, which --expect-sha256 does not "
-                              "cover; import it without the pin (`sqref import`) and pin the .h5")
-    try:
-        return import_onnx(proto), actual
-    except OnnxImportError as exc:
-        message = str(exc)
-        raise OnnxImportError(path + message[len("ONNX model"):] if message.startswith("ONNX model") else message) \
-            from None
+    proto, digest = read_onnx(path)
+    return import_onnx(proto, name=os.fspath(path)), digest
 
 
 def load_model(path):
