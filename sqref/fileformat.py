@@ -51,7 +51,8 @@ LAYER_CLASSES = {cls.kind: cls for cls in LAYER_TYPES}
 # with values in [lo, hi], or ("float", 1) a float64 array of one value.
 HYPER_SPEC = {
     "stride": ((2,), 0, 2**20), "dilation": ((2,), 0, 2**20), "kernel_size": ((2,), 0, 2**20),
-    "padding": ((2, 4), 0, 2**20), "pads": ((4,), 0, 2**20), "groups": ((1,), 0, 2**20), "axis": ((1,), 1, 3), "shape": ((1, 2, 3), 1, 2**31),
+    "padding": ((2, 4), 0, 2**20), "pads": ((4,), 0, 2**20), "groups": ((1,), 0, 2**20), "axis": ((1,), 1, 3),
+    "shape": ((1, 2, 3), 1, 2**31),
     "ceil_mode": ((1,), 0, 1), "count_include_pad": ((1,), 0, 1), "keepdims": ((1,), 0, 1),
     "lo": "float", "hi": "float", "alpha": "float", "beta": "float", "eps": "float",
 }
@@ -321,7 +322,7 @@ def _read_layer(g, where, version, *, phantom=False):
     cls = LAYER_CLASSES[kind]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
-    for key in cls.__dataclass_fields__:
+    for key in fields:
         if key == "quant" or key in ARRAY_FIELDS.get(cls, ()):
             continue
         default = fields[key].default
