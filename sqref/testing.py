@@ -50,7 +50,7 @@ from collections import Counter
 import numpy as np
 
 __all__ = ["assert_bit_exact", "codes", "qparams", "multipliers", "requant_cases", "quantize_cases", "one_node_model",
-           "qlinear_conv_cases", "qlinear_matmul_cases"]
+           "qlinear_conv_cases", "qlinear_matmul_cases", "qlinear_add_cases"]
 
 _RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
@@ -711,5 +711,69 @@ def qlinear_conv_cases(x_dtype=None, w_dtype=None, *, y_dtype=None, per_channel=
                   "w_zero_point": zw, "y_scale": np.array(y_scale, np.float32), "y_zero_point": y_zp, "B": b}
         expected = qlinear.qlinear_conv(*inputs.values(), **geo, mode=mode, accumulate=accumulate)
         return {"inputs": inputs, "attrs": attrs, "expected": expected, "mode": mode, "accumulate": accumulate}
+
+    return draw_case()
+
+
+def _broadcast_pair(st, draw):
+    """Two shapes that broadcast: equal, one with 1s, one a trailing part, or a scalar-like (1,) / ()."""
+    a = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
+    kind = draw(st.sampled_from(["same", "ones", "trailing", "scalar"]))
+    if kind == "same":
+        b = a
+    elif kind == "ones":
+        b = tuple(d if draw(st.booleans()) else 1 for d in a)
+    elif kind == "trailing":
+        b = a[draw(st.integers(0, len(a) - 1)):]
+    else:
+        b = draw(st.sampled_from([(1,), ()]))
+    return (b, a) if draw(st.booleans()) else (a, b)
+
+
+def qlinear_add_cases(dtype=None, *, op="QLinearAdd", mode="onnxruntime"):
+    """Strategy for complete com.microsoft QLinearAdd or QLinearMul cases: a dict with ``op``,
+    ``inputs`` (name -> array, in the op's order: a, a_scale, a_zero_point, b, b_scale,
+    b_zero_point, c_scale, c_zero_point), ``attrs`` ({}), ``expected``
+    (sqref.integer.qlinear_elementwise in ``mode``), ``mode`` and ``kind``.
+
+    dtype "uint8", "int8" or None (drawn). Shapes broadcast (equal, with 1s, trailing, a
+    scalar b or a). Scales are float32 scalars of three kinds ("kind"): "tie": powers of
+    two whose ratios s_a / s_c, s_b / s_c (QLinearMul: s_a s_b / s_c) are 2**-k, so every
+    float32 step is exact and sums land on .5 on purpose; "f16": float16-representable
+    mantissas; "saturate": s_c up to 2**10 times smaller than the inputs' scales, so most
+    outputs saturate. Zero points favour the type limits.
+    """
+    st = _strategies()
+    from sqref.integer import qlinear_elementwise
+
+    if op not in ("QLinearAdd", "QLinearMul"):
+        raise ValueError(f"op must be 'QLinearAdd' or 'QLinearMul', got {op!r}")
+    fixed = _np_dtype("dtype", dtype)
+    fn = qlinear_elementwise.qlinear_add if op == "QLinearAdd" else qlinear_elementwise.qlinear_mul
+
+    @st.composite
+    def draw_case(draw):
+        t = fixed if fixed is not None else np.dtype(draw(st.sampled_from(["uint8", "int8"])))
+        lo, hi = _range(t.name)
+        sa_shape, sb_shape = _broadcast_pair(st, draw)
+        a = draw(codes(sa_shape, t.type))
+        b = draw(codes(sb_shape, t.type))
+        za, zb, zc = (draw(_zero_points(st, lo, hi)) for _ in range(3))
+        kind = draw(st.sampled_from(["tie", "tie", "f16", "saturate"]))
+        if kind == "tie":
+            sc = 2.0 ** draw(st.integers(-10, 0))
+            sa, sb = (sc * 2.0 ** -draw(st.integers(0 if op == "QLinearAdd" else -4, 4)) for _ in range(2))
+        elif kind == "f16":
+            sa, sb, sc = (draw(st.integers(2**10, 2**11 - 1)) * 2.0 ** (draw(st.integers(-12, 0)) - 10)
+                          for _ in range(3))
+        else:
+            sa, sb = (draw(_binary(st, -8, -1)) for _ in range(2))
+            sc = min(sa, sb) * 2.0 ** -draw(st.integers(0, 10)) * (1 if op == "QLinearAdd" else min(sa, sb))
+        f32 = np.float32
+        inputs = {"a": a, "a_scale": np.array(sa, f32), "a_zero_point": np.array(za, t), "b": b,
+                  "b_scale": np.array(sb, f32), "b_zero_point": np.array(zb, t), "c_scale": np.array(sc, f32),
+                  "c_zero_point": np.array(zc, t)}
+        expected = fn(*inputs.values(), mode=mode)
+        return {"op": op, "inputs": inputs, "attrs": {}, "expected": expected, "mode": mode, "kind": kind}
 
     return draw_case()

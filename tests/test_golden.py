@@ -8,6 +8,7 @@ in its native mode.
 """
 import hashlib
 import json
+import shutil
 import os
 
 import h5py
@@ -21,7 +22,7 @@ from sqref.integer.verify import verify
 from sqref.jobs.integer import prepare
 from sqref.integer import golden
 from sqref.data import DATA_DIR
-from sqref.hdf5 import FileFormatError
+from sqref.hdf5 import FileFormatError, manifest_sha256
 
 LENET300 = os.fspath(DATA_DIR / "lenet300.h5")
 LENET5 = os.fspath(DATA_DIR / "lenet5.h5")
@@ -63,7 +64,7 @@ def test_regenerating_a_golden_file_is_byte_identical(tmp_path, capsys):
 def test_format_fields_and_checksums(lenet300_golden):
     g, path = lenet300_golden
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "sqref-golden" and f.attrs["format_version"] == 2 and "manifest_sha256" in f.attrs
+        assert f.attrs["format"] == "sqref-golden" and f.attrs["format_version"] == 3 and "manifest_sha256" in f.attrs
         assert f.attrs["mode"] == "onnxruntime" and f.attrs["accumulate"] == g.accumulate  # probed
         assert f.attrs["sqref_version"] and int(f.attrs["count"]) == 50
         meta = json.loads(f.attrs["meta"])
@@ -73,6 +74,7 @@ def test_format_fields_and_checksums(lenet300_golden):
         assert all(isinstance(d.attrs.get("sha256"), str) for d in datasets)
         fc1 = f["layers/0001"]
         assert fc1.attrs["type"] == "linear" and fc1.attrs["relu"] == 1
+        assert json.loads(fc1.attrs["inputs"]) == [g.imodel.names[0]]  # the tensor it reads
         assert fc1["weight"].dtype == np.int8 and fc1["bias"].dtype == np.int32 and fc1["output"].dtype == np.uint8
         assert fc1["y_zero_point"][()] == 0  # the fused ReLU's output: lo = 0
 
@@ -86,6 +88,21 @@ def test_round_trip_and_sqref_verifies_exactly(lenet300_golden):
     assert back.logits.tobytes() == g.logits.tobytes()
     report = verify(back, "sqref")
     assert report["match"] and all(r["match"] for r in report["tensors"])
+
+
+def test_a_version_2_file_reads_as_a_chain(lenet300_golden, tmp_path):
+    # version 2 = version 3 without the layers' "inputs": every layer reads the previous one
+    g, path = lenet300_golden
+    old = tmp_path / "v2.h5"
+    shutil.copy(path, old)
+    with h5py.File(old, "r+") as f:
+        f.attrs["format_version"] = 2
+        for group in f["layers"].values():
+            del group.attrs["inputs"]
+        f.attrs["manifest_sha256"] = manifest_sha256(f)  # as sqref 0.1 wrote version 2
+    back = golden.read_golden(old)
+    assert back.imodel.is_chain and back.imodel.wiring == g.imodel.wiring
+    assert verify(back, "sqref")["match"]
 
 
 def test_a_changed_output_is_reported_exactly(lenet300_golden, tmp_path):

@@ -18,6 +18,13 @@ Export (``export_onnx``) writes the integer model as onnxruntime runs it:
     max_pool2d      MaxPool on uint8
     avg_pool2d      com.microsoft QLinearAveragePool (count_include_pad=1)
     flatten         Flatten(axis=1)
+    pad             Pad (constant z_x) on uint8
+    clip            fused: nothing (the producer's clamp and saturation); else Clip on uint8
+                    with the quantized bounds
+    add             com.microsoft QLinearAdd (+ Max(y, z_y) for a fused ReLU with z_y > 0)
+    global pool     com.microsoft QLinearGlobalAveragePool (+ Flatten without keepdims)
+
+A graph model's layers read the tensors named in its wiring ("input" is input_q).
 
 Every layer's output is a graph output named after the layer (uint8), next
 to ``input_q`` (the quantized input) and ``logits``, so a backend can be
@@ -84,10 +91,10 @@ def export_onnx(imodel: integer.IntegerModel, path=None, *, input_dtype="float32
         nodes.append(helper.make_node("QuantizeLinear", ["input", s, z], ["input_q"], name="quantize_input"))
     else:
         graph_input = helper.make_tensor_value_info("input_q", TensorProto.UINT8, shape)
-    current = "input_q"
     outputs.append(helper.make_tensor_value_info("input_q", TensorProto.UINT8, shape))
 
-    for name, layer, out_shape in zip(imodel.names, imodel.layers, integer.output_shapes(imodel)):
+    for name, layer, out_shape, reads in zip(imodel.names, imodel.layers, integer.output_shapes(imodel), imodel.wiring):
+        current, *rest = ["input_q" if r == "input" else r for r in reads]
         if isinstance(layer, (integer.IntConv2d, integer.IntLinear)):
             xs, xz = qparams(f"{name}_x", layer.x)
             ys, yz = qparams(f"{name}_y", layer.y)
@@ -134,12 +141,38 @@ def export_onnx(imodel: integer.IntegerModel, path=None, *, input_dtype="float32
                                           strides=list(layer.stride), pads=[ph, pw, ph, pw], count_include_pad=1))
         elif isinstance(layer, integer.IntFlatten):
             nodes.append(helper.make_node("Flatten", [current], [name], name=name, axis=1))
+        elif isinstance(layer, integer.IntPad):
+            top, left, bottom, right = layer.pads
+            pads = const(f"{name}_pads", [0, 0, top, left, 0, 0, bottom, right], np.int64)
+            z = const(f"{name}_zp", layer.x.zero_point, np.uint8)
+            nodes.append(helper.make_node("Pad", [current, pads, z], [name], name=name, mode="constant"))
+        elif isinstance(layer, integer.IntClip):
+            if layer.fused:
+                nodes.append(helper.make_node("Identity", [current], [name], name=name))
+            else:
+                lo, hi = const(f"{name}_lo", layer.q_lo, np.uint8), const(f"{name}_hi", layer.q_hi, np.uint8)
+                nodes.append(helper.make_node("Clip", [current, lo, hi], [name], name=name))
+        elif isinstance(layer, integer.IntAdd):
+            (a_s, a_z), (b_s, b_z) = qparams(f"{name}_a", layer.a), qparams(f"{name}_b", layer.b)
+            ys, yz = qparams(f"{name}_y", layer.y)
+            raw = f"{name}_requant" if layer.relu and layer.y.zero_point > 0 else name
+            nodes.append(helper.make_node("QLinearAdd", [current, a_s, a_z, rest[0], b_s, b_z, ys, yz], [raw],
+                                          name=name, domain="com.microsoft"))
+            if raw != name:
+                nodes.append(helper.make_node("Max", [raw, yz], [name], name=f"{name}_relu"))
+        elif isinstance(layer, integer.IntGlobalAvgPool):
+            xs, xz = qparams(f"{name}_x", layer.x)
+            ys, yz = qparams(f"{name}_y", layer.y)
+            pooled = name if layer.keepdims else f"{name}_4d"
+            nodes.append(helper.make_node("QLinearGlobalAveragePool", [current, xs, xz, ys, yz], [pooled], name=name,
+                                          domain="com.microsoft", channels_last=0))
+            if not layer.keepdims:
+                nodes.append(helper.make_node("Flatten", [pooled], [name], name=f"{name}_flatten", axis=1))
         else:
             raise TypeError(f"layer {name!r}: no ONNX export for {type(layer).__name__}")
         outputs.append(helper.make_tensor_value_info(name, TensorProto.UINT8, ["N", *out_shape]))
-        current = name
 
-    last = imodel.layers[-1].y
+    last, current = imodel.layers[-1].y, imodel.names[-1]
     s, z = qparams("logits", last)
     nodes.append(helper.make_node("DequantizeLinear", [current, s, z], ["logits"], name="dequantize_logits"))
     outputs.insert(0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", *out_shape]))
@@ -193,13 +226,15 @@ def run_onnx_reference(imodel: integer.IntegerModel, x, *, weight_dtype="int8"):
     """Run the exported model in ONNX's reference evaluator: returns (logits float32, {output name: array}).
 
     x as run_onnxruntime. The reference evaluator has no com.microsoft ops, so a model
-    with an average pool (exported as QLinearAveragePool) is a ValueError.
+    with an average pool, an add or a global average pool is a ValueError.
     """
     from onnx.reference import ReferenceEvaluator
 
-    if any(isinstance(layer, integer.IntAvgPool2d) for layer in imodel.layers):
-        raise ValueError("the ONNX reference evaluator has no quantized average pool (com.microsoft "
-                         "QLinearAveragePool); verify this model with another backend")
+    contrib = sorted({layer.kind for layer in imodel.layers
+                      if isinstance(layer, (integer.IntAvgPool2d, integer.IntAdd, integer.IntGlobalAvgPool))})
+    if contrib:
+        raise ValueError(f"the ONNX reference evaluator has no quantized {', '.join(contrib)} (onnxruntime's "
+                         f"com.microsoft contrib ops); verify this model with onnxruntime")
     x = np.asarray(x)
     input_dtype = "uint8" if x.dtype == np.uint8 else "float32"
     model = export_onnx(imodel, input_dtype=input_dtype, weight_dtype=weight_dtype)

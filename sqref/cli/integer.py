@@ -44,7 +44,7 @@ def cmd_golden(args) -> dict:
               f"logits dequantized: {quality}{agreement_text(as_json(r), 'the float forward pass')}")
         for note in r.notes:
             print(f"note: {note}")
-        print(f"  check it with: sqref verify {r.output} --backend {'|'.join(BACKENDS)}")
+        print(f"  check it with: sqref verify {r.output} --backend {'|'.join(r.backends)}")
     return as_json(r)
 
 

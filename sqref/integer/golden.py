@@ -1,7 +1,8 @@
 """Golden files: the integer outputs of every layer, with everything needed to recompute them.
 
-A golden file (HDF5, ``format = "sqref-golden"``, ``format_version = 2``: 1 plus the manifest;
-docs/integer.md has the field table) holds the uint8 input codes of some
+A golden file (HDF5, ``format = "sqref-golden"``, ``format_version = 3``: 2 plus the
+tensors each layer reads, for graph models; 2 was 1 plus the manifest; docs/integer.md has
+the field table) holds the uint8 input codes of some
 images, every layer's uint8 outputs and the dequantized logits under one
 requantization mode and accumulation, and the whole IntegerModel: int8
 weight codes, float32 weight scales, int32 (and the float) biases, every
@@ -30,7 +31,9 @@ from sqref.integer import requant
 from sqref.integer.calibration import ActParams
 
 FORMAT_NAME = "sqref-golden"
-FORMAT_VERSION = 2  # 2 = 1 + the required manifest_sha256 (sqref.hdf5); 1 is still read
+READ_VERSIONS = (1, 2, 3)
+# 3 = 2 + each layer's "inputs"; 2 = 1 + the required manifest_sha256 (sqref.hdf5); 1 and 2 are read as chains
+FORMAT_VERSION = 3
 BACKENDS = ("sqref", "onnxruntime", "torch", "tflite")
 
 
@@ -73,7 +76,8 @@ def make_golden(imodel, x, *, mode=None, accumulate="auto", labels=None, meta=No
     inputs = integer.quantize_input(imodel, x, mode=mode)
     logits, outputs = integer.run_integer(imodel, inputs, mode=mode, accumulate=accumulate, return_intermediates=True,
                                           progress=progress)
-    imodel = integer.IntegerModel(imodel.layers, imodel.names, imodel.input_shape, imodel.input, mode, imodel.meta)
+    imodel = integer.IntegerModel(imodel.layers, imodel.names, imodel.input_shape, imodel.input, mode, imodel.meta,
+                                  imodel.wiring)
     return Golden(imodel, inputs, tuple(outputs), logits, mode, accumulate,
                   None if labels is None else np.asarray(labels, np.uint8), meta)
 
@@ -107,13 +111,26 @@ def write_golden(golden: Golden, path, *, overwrite=False) -> None:
             write_array(f, "labels", golden.labels)
         layers = f.create_group("layers")
         layers.attrs["count"] = len(im.layers)
-        for index, (name, layer, out) in enumerate(zip(im.names, im.layers, golden.outputs)):
+        for index, (name, layer, out, reads) in enumerate(zip(im.names, im.layers, golden.outputs, im.wiring)):
             lg = layers.create_group(f"{index:04d}")
             lg.attrs["type"] = layer.kind
             lg.attrs["name"] = name
+            lg.attrs["inputs"] = json.dumps(list(reads))
             write_array(lg, "output", out)
             _write_act(lg, "x", layer.x)
-            if isinstance(layer, (integer.IntConv2d, integer.IntLinear)):
+            if isinstance(layer, integer.IntAdd):
+                _write_act(lg, "b", layer.b)
+                _write_act(lg, "y", layer.y)
+                lg.attrs["relu"] = int(layer.relu)
+            elif isinstance(layer, integer.IntGlobalAvgPool):
+                _write_act(lg, "y", layer.y)
+                lg.attrs["keepdims"] = int(layer.keepdims)
+            elif isinstance(layer, integer.IntPad):
+                lg.attrs["pads"] = np.asarray(layer.pads, np.int64)
+            elif isinstance(layer, integer.IntClip):
+                lg.attrs["fused"] = int(layer.fused)
+                lg.attrs["codes"] = np.asarray([layer.q_lo, layer.q_hi], np.int64)
+            elif isinstance(layer, (integer.IntConv2d, integer.IntLinear)):
                 _write_act(lg, "y", layer.y)
                 lg.attrs["relu"] = int(layer.relu)
                 write_array(lg, "weight", layer.weight)
@@ -158,7 +175,7 @@ def _read_act(g, prefix, where) -> ActParams:
 def read_golden(path) -> Golden:
     """Read and validate a golden file: checksums, dtypes, and every stored output's
     shape against the shapes the stored model produces."""
-    with open_h5(path, FORMAT_NAME) as f:
+    with open_h5(path, FORMAT_NAME, versions=READ_VERSIONS) as f:
         where = os.fspath(path)
         mode, accumulate = str_attr(f, "mode", where), str_attr(f, "accumulate", where)
         try:
@@ -184,14 +201,23 @@ def read_golden(path) -> Golden:
         if not isinstance(count, (int, np.integer)) or not 0 < count <= 10_000 \
                 or set(groups) != {f"{i:04d}" for i in range(count)}:
             raise FileFormatError(f"{where}: layer groups do not match count {count!r}")
-        layers, names, outputs = [], [], []
+        layers, names, outputs, wiring = [], [], [], []
+        version = int_attr(f, "format_version", where)
         for index in range(int(count)):
             g = groups[f"{index:04d}"]
             lw = f"{where}: layer {index}"
             layers.append(_read_layer(g, lw))
             names.append(str_attr(g, "name", lw))
             outputs.append(read_array(g, "output", lw, dtypes={"uint8"}))
-    imodel = integer.IntegerModel(tuple(layers), tuple(names), tuple(int(v) for v in shape), p_in, mode)
+            if version >= 3:
+                wiring.append(_read_inputs(g, lw))
+    if len(set(names)) != len(names) or "input" in names:
+        raise FileFormatError(f"{where}: layer names must be unique and not 'input'")
+    try:
+        imodel = integer.IntegerModel(tuple(layers), tuple(names), tuple(int(v) for v in shape), p_in, mode,
+                                      wiring=tuple(wiring))
+    except ValueError as exc:
+        raise FileFormatError(f"{where}: {exc}") from None
     try:
         shapes = integer.output_shapes(imodel)
     except (ValueError, TypeError, IndexError) as exc:
@@ -207,9 +233,30 @@ def read_golden(path) -> Golden:
     return Golden(imodel, inputs, tuple(outputs), logits, mode, accumulate, labels, meta)
 
 
+def _read_inputs(g, where):
+    try:
+        reads = json.loads(str_attr(g, "inputs", where))
+    except ValueError:
+        raise FileFormatError(f"{where}: attribute 'inputs' is not valid JSON") from None
+    if not isinstance(reads, list) or not 1 <= len(reads) <= 2 or not all(isinstance(r, str) for r in reads):
+        raise FileFormatError(f"{where}: attribute 'inputs' must be a list of 1 or 2 tensor names, got {reads!r}")
+    return tuple(reads)
+
+
 def _read_layer(g, where):
     kind = str_attr(g, "type", where)
     x = _read_act(g, "x", where)
+    if kind == "add":
+        return integer.IntAdd(x, _read_act(g, "b", where), _read_act(g, "y", where), bool(int_attr(g, "relu", where)))
+    if kind == "global_avg_pool":
+        return integer.IntGlobalAvgPool(x, _read_act(g, "y", where), bool(int_attr(g, "keepdims", where)))
+    if kind == "pad":
+        return integer.IntPad(x, _ints(g, "pads", where, 4))
+    if kind == "clip":
+        q_lo, q_hi = _ints(g, "codes", where, 2)
+        if not 0 <= q_lo <= q_hi <= 255:
+            raise FileFormatError(f"{where}: clip codes must satisfy 0 <= lo <= hi <= 255, got {(q_lo, q_hi)}")
+        return integer.IntClip(x, bool(int_attr(g, "fused", where)), q_lo, q_hi)
     if kind in ("conv2d", "linear"):
         y = _read_act(g, "y", where)
         w = read_array(g, "weight", where, dtypes={"int8"})

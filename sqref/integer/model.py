@@ -3,10 +3,12 @@
 A weight-quantized sqref model (sqref.qmodel) plus 8-bit activation
 parameters from calibration (sqref.integer.calibration) become an
 ``IntegerModel``: a tuple of small frozen dataclasses (IntConv2d, IntLinear,
-IntMaxPool2d, IntAvgPool2d, IntFlatten, IntReLU) holding int8 weight codes,
-float32 weight scales, int32 biases and uint8 activation parameters. The
-kernels that run them are in sqref.integer.kernels, the loop that runs a
-model in sqref.integer.run.
+IntMaxPool2d, IntAvgPool2d, IntFlatten, IntReLU, and for graph models IntAdd,
+IntGlobalAvgPool, IntPad, IntClip) holding int8 weight codes, float32 weight
+scales, int32 biases and uint8 activation parameters, and the wiring of the
+float model (which tensors each layer reads). The kernels that run them are
+in sqref.integer.kernels and sqref.integer.qlinear_elementwise /
+qlinear_pool, the loop that runs a model in sqref.integer.run.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sqref.integer import requant
-from sqref.integer.calibration import ActParams, Calibration
-from sqref.model import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU, infer_shapes
+from sqref.integer.calibration import ACT_QMAX, ActParams, Calibration
+from sqref.model import (INPUT, Add, AvgPool2d, Clip, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, Model, Pad,
+                         ReLU, chain_wiring, infer_shapes)
 from sqref.ops import output_size
 
 ACCUMULATE = ("exact", "int16-pairs")
@@ -139,11 +142,70 @@ class IntReLU:
         return self.x
 
 
+@dataclass(frozen=True)
+class IntAdd:
+    """Elementwise sum of two uint8 tensors, as onnxruntime's com.microsoft QLinearAdd (TFLite ADD in mode
+    "tflite"): y = round((s_a (a - z_a) + s_b (b - z_b)) / s_y) + z_y, the backend's float or fixed-point
+    steps (sqref.integer.qlinear_elementwise.qlinear_add). relu: clamp at z_y (a fused ReLU or ReLU6)."""
+
+    a: ActParams
+    b: ActParams
+    y: ActParams
+    relu: bool = False
+    kind = "add"
+
+    @property
+    def x(self):
+        return self.a
+
+
+@dataclass(frozen=True)
+class IntGlobalAvgPool:
+    """Global average pool of uint8 codes, as onnxruntime's com.microsoft QLinearGlobalAveragePool
+    (sqref.integer.qlinear_pool.qlinear_global_average_pool); (C, H, W) -> (C, 1, 1), or (C,) without keepdims."""
+
+    x: ActParams
+    y: ActParams
+    keepdims: bool = True
+    kind = "global_avg_pool"
+
+
+@dataclass(frozen=True)
+class IntPad:
+    """Zero padding of uint8 codes: the pad value is z_x, the code of real 0. pads (top, left, bottom, right)."""
+
+    x: ActParams
+    pads: tuple
+    kind = "pad"
+
+    @property
+    def y(self):
+        return self.x
+
+
+@dataclass(frozen=True)
+class IntClip:
+    """clip(x, lo, hi) on the codes: clamp to [q_lo, q_hi], the bounds quantized as QuantizeLinear does
+    (qlinear_elementwise.quantize_bound). fused: the producing layer already clamps (identity here)."""
+
+    x: ActParams
+    fused: bool
+    q_lo: int
+    q_hi: int
+    kind = "clip"
+
+    @property
+    def y(self):
+        return self.x
+
+
 @dataclass(frozen=True, eq=False)
 class IntegerModel:
-    """A sequential integer model: ``layers`` (Int* above) applied to uint8 input codes.
+    """An integer model: ``layers`` (Int* above) applied to uint8 input codes.
 
     input   the ActParams of the model input; mode: the default mode of run_integer.
+    wiring  per layer, the names of the tensors it reads ("input" or earlier layers), as
+            sqref.model.Model.wiring; () = a chain. The output is the last layer's tensor.
     """
 
     layers: tuple
@@ -152,6 +214,21 @@ class IntegerModel:
     input: ActParams
     mode: str = "onnxruntime"
     meta: dict = field(default_factory=dict)
+    wiring: tuple = ()
+
+    def __post_init__(self):
+        wiring = tuple(tuple(reads) for reads in self.wiring) or chain_wiring(self.names)
+        if len(wiring) != len(self.layers):
+            raise ValueError(f"wiring has {len(wiring)} entries for {len(self.layers)} layers")
+        object.__setattr__(self, "wiring", wiring)
+
+    @property
+    def is_chain(self) -> bool:
+        return self.wiring == chain_wiring(self.names)
+
+    @property
+    def outputs(self) -> tuple:
+        return self.names[-1:]
 
 
 def quantize_bias(bias, x_scale, w_scale):
@@ -186,23 +263,54 @@ def _weight_codes(layer, name):
     return codes, scale
 
 
+INTEGER_LAYERS = (Conv2d, Linear, ReLU, Clip, MaxPool2d, AvgPool2d, Flatten, Pad, Add, GlobalAvgPool)
+
+
 def check_integer_structure(model: Model, where: str = "") -> None:
     """What the integer path can run, from the model's structure alone (nothing is
-    quantized or calibrated yet): a chain of conv, linear, ReLU, pool and flatten
-    layers, pools with symmetric padding, no dilation, floor mode and (average)
-    padding counted. One-line ValueError otherwise, prefixed by `where`."""
+    quantized or calibrated yet): one input and one output, and conv, linear, ReLU,
+    clip, pool, flatten, zero pad, add (of two tensors) and global average pool
+    layers, wired as a chain or a graph; pools with symmetric padding, no dilation,
+    floor mode and (average) padding counted. One-line ValueError otherwise, prefixed by `where`."""
     prefix = f"{where}: " if where else ""
-    if not model.is_chain:
-        raise ValueError(f"{prefix}the integer path runs a chain of layers (one input, each layer reading the "
-                         f"previous); this model is a graph (sqref info shows what each layer reads)")
+    if model.extra_inputs or len(model.outputs) != 1 or model.outputs[0] != model.names[-1]:
+        raise ValueError(f"{prefix}the integer path runs models with one input and one output, the last layer; "
+                         f"this one has inputs {list(model.input_names)} and outputs {list(model.outputs)}")
     for name, layer in zip(model.names, model.layers):
         if isinstance(layer, (MaxPool2d, AvgPool2d)) and (
                 len(layer.padding) != 2 or tuple(layer.dilation) != (1, 1) or layer.ceil_mode
                 or not getattr(layer, "count_include_pad", True)):
             raise ValueError(f"{prefix}layer {name!r}: the integer pools take symmetric padding, no dilation, floor "
                              f"mode and (average) padding counted; got {layer}")
-        if not isinstance(layer, (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten)):
-            raise ValueError(f"{prefix}layer {name!r}: the integer path has no {layer.kind} layer")
+        if not isinstance(layer, INTEGER_LAYERS) or (isinstance(layer, Add) and layer.const is not None):
+            what = "add of a constant" if isinstance(layer, Add) else f"{layer.kind} layer"
+            raise ValueError(f"{prefix}layer {name!r}: the integer path has no {what}")
+
+
+def _fusable(qmodel, calibration, readers, index):
+    """The index of the ReLU or clip that layer `index` (a conv, linear or add) can absorb as its
+    output clamp, or None. It must be the tensor's only reader, the tensor no model output,
+    and (a clip) its bounds must quantize to [z_y, >= 255] on its own output grid: then the
+    clamp at z_y and the uint8 saturation are the whole clip."""
+    reads = readers.get(qmodel.names[index], [])
+    if len(reads) != 1 or qmodel.names[index] in qmodel.outputs:
+        return None
+    j = reads[0]
+    layer, y = qmodel.layers[j], calibration.outputs[j]
+    if isinstance(layer, ReLU):
+        return j
+    if isinstance(layer, Clip) and _clip_codes(layer, y) == (y.zero_point, ACT_QMAX):
+        return j
+    return None
+
+
+def _clip_codes(layer: Clip, p: ActParams) -> tuple:
+    """The clip's bounds as codes of grid p (an infinite bound: the uint8 limit)."""
+    # imported here: qlinear_elementwise imports sqref.integer.qlinear, which imports this module
+    from sqref.integer.qlinear_elementwise import quantize_bound
+    lo = 0 if layer.lo == -np.inf else quantize_bound(layer.lo, p.scale, p.zero_point, np.uint8)
+    hi = ACT_QMAX if layer.hi == np.inf else quantize_bound(layer.hi, p.scale, p.zero_point, np.uint8)
+    return lo, hi
 
 
 def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxruntime") -> IntegerModel:
@@ -210,12 +318,14 @@ def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxru
 
     Per Conv2d/Linear: the int8 codes and float32 scales of ``layer.quant``
     (symmetric, any k <= 8), the int32 bias (quantize_bias), input parameters
-    = the previous tensor's, output parameters = the layer's calibration, or,
-    when a ReLU follows, the ReLU's (lo = 0) with ``relu=True``: the ReLU is
-    fused as the clamp at z_y and the ReLU layer becomes an identity.
-    Pools, flatten and unfused ReLUs keep their input's parameters (max pool
-    and ReLU commute with the quantization; avg pool keeps the scale so no
-    rescale is needed; TFLite requires it).
+    = those of the tensor it reads, output parameters = the layer's calibration,
+    or, when a ReLU (or a clip that quantizes to [z_y, 255]) is the only reader,
+    that layer's, with ``relu=True``: it is fused as the clamp at z_y and
+    becomes an identity. An Add fuses the same way. A global average pool gets
+    its own calibrated output parameters, as onnxruntime's quantizer gives them.
+    Pools, pads, flatten and unfused ReLUs and clips keep their input's
+    parameters (max pool, pad, ReLU and clip commute with the quantization; avg
+    pool keeps the scale so no rescale is needed; TFLite requires it).
     ``mode`` is recorded as run_integer's default (the integers do not depend on it).
     """
     check_mode(mode)
@@ -223,25 +333,40 @@ def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxru
     if tuple(calibration.names) != tuple(qmodel.names) or len(calibration.outputs) != len(qmodel.layers):
         raise ValueError(f"calibration is for layers {calibration.names}, the model has {qmodel.names}")
     infer_shapes(qmodel)
+    readers = {}
+    for i, reads in enumerate(qmodel.wiring):
+        for r in reads:
+            readers.setdefault(r, []).append(i)
+    params = {INPUT: calibration.input}  # each tensor's ActParams
+    fused = set()  # indices of the ReLUs and clips absorbed by the layer they read
     layers = []
-    x = calibration.input
-    for i, (name, layer) in enumerate(zip(qmodel.names, qmodel.layers)):
-        if isinstance(layer, (Conv2d, Linear)):
-            codes, w_scale = _weight_codes(layer, name)
-            fuse = i + 1 < len(qmodel.layers) and isinstance(qmodel.layers[i + 1], ReLU)
-            y = calibration.outputs[i + 1] if fuse else calibration.outputs[i]
-            b = np.zeros(codes.shape[0], np.float32) if layer.bias is None else np.asarray(layer.bias, np.float32)
-            common = dict(weight=codes, w_scale=w_scale, bias=quantize_bias(b, x.scale, w_scale), bias_float=b,
-                          x=x, y=y, relu=fuse)
-            if isinstance(layer, Conv2d):
-                layers.append(IntConv2d(**common, stride=tuple(layer.stride), padding=tuple(layer.padding),
-                                        dilation=tuple(layer.dilation), groups=int(layer.groups)))
+    for i, (name, layer, reads) in enumerate(zip(qmodel.names, qmodel.layers, qmodel.wiring)):
+        x = params[reads[0]]
+        if isinstance(layer, (Conv2d, Linear, Add)):
+            j = _fusable(qmodel, calibration, readers, i)
+            y = calibration.outputs[i] if j is None else calibration.outputs[j]
+            if j is not None:
+                fused.add(j)
+            if isinstance(layer, Add):
+                layers.append(IntAdd(x, params[reads[1]], y, relu=j is not None))
             else:
-                layers.append(IntLinear(**common))
-            x = y
+                codes, w_scale = _weight_codes(layer, name)
+                b = np.zeros(codes.shape[0], np.float32) if layer.bias is None else np.asarray(layer.bias, np.float32)
+                common = dict(weight=codes, w_scale=w_scale, bias=quantize_bias(b, x.scale, w_scale), bias_float=b,
+                              x=x, y=y, relu=j is not None)
+                if isinstance(layer, Conv2d):
+                    layers.append(IntConv2d(**common, stride=tuple(layer.stride), padding=tuple(layer.padding),
+                                            dilation=tuple(layer.dilation), groups=int(layer.groups)))
+                else:
+                    layers.append(IntLinear(**common))
         elif isinstance(layer, ReLU):
-            fused = i > 0 and isinstance(qmodel.layers[i - 1], (Conv2d, Linear))
-            layers.append(IntReLU(x, fused))
+            layers.append(IntReLU(x, i in fused))
+        elif isinstance(layer, Clip):
+            layers.append(IntClip(x, i in fused, *_clip_codes(layer, x)))
+        elif isinstance(layer, GlobalAvgPool):
+            layers.append(IntGlobalAvgPool(x, calibration.outputs[i], bool(layer.keepdims)))
+        elif isinstance(layer, Pad):
+            layers.append(IntPad(x, tuple(int(p) for p in layer.pads)))
         elif isinstance(layer, MaxPool2d):
             layers.append(IntMaxPool2d(tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding), x))
         elif isinstance(layer, AvgPool2d):
@@ -250,25 +375,45 @@ def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxru
             layers.append(IntFlatten(x))
         else:
             raise TypeError(f"layer {name!r}: no integer version of {type(layer).__name__}")
+        params[name] = layers[-1].y
     meta = {"calibration_rule": calibration.rule, "calibration_images": calibration.images}
-    return IntegerModel(tuple(layers), tuple(qmodel.names), tuple(qmodel.input_shape), calibration.input, mode, meta)
+    return IntegerModel(tuple(layers), tuple(qmodel.names), tuple(qmodel.input_shape), calibration.input, mode, meta,
+                        tuple(qmodel.wiring))
+
+
+def layer_output_shape(layer, shape) -> tuple:
+    """The output shape (no batch axis) of one integer layer given its (first) input's shape."""
+    if isinstance(layer, IntConv2d):
+        K, _, KH, KW = layer.weight.shape
+        return (K,) + tuple(output_size(shape[1 + a], (KH, KW)[a], stride=layer.stride[a], padding=layer.padding[a],
+                                        dilation=layer.dilation[a]) for a in range(2))
+    if isinstance(layer, IntLinear):
+        return (layer.weight.shape[0],)
+    if isinstance(layer, (IntMaxPool2d, IntAvgPool2d)):
+        return (shape[0],) + tuple(output_size(shape[1 + a], layer.kernel_size[a], stride=layer.stride[a],
+                                               padding=layer.padding[a]) for a in range(2))
+    if isinstance(layer, IntFlatten):
+        return (int(np.prod(shape)),)
+    if isinstance(layer, IntGlobalAvgPool):
+        return (shape[0], 1, 1) if layer.keepdims else (shape[0],)
+    if isinstance(layer, IntPad):
+        top, left, bottom, right = layer.pads
+        return (shape[0], shape[1] + top + bottom, shape[2] + left + right)
+    return tuple(shape)  # ReLU, clip, add: the input's shape
 
 
 def output_shapes(imodel: IntegerModel) -> list:
-    """Each layer's output shape without the batch axis (as sqref.model.infer_shapes)."""
-    shape = tuple(imodel.input_shape)
-    shapes = []
-    for layer in imodel.layers:
-        if isinstance(layer, IntConv2d):
-            K, _, KH, KW = layer.weight.shape
-            shape = (K,) + tuple(output_size(shape[1 + a], (KH, KW)[a], stride=layer.stride[a], padding=layer.padding[a],
-                                             dilation=layer.dilation[a]) for a in range(2))
-        elif isinstance(layer, IntLinear):
-            shape = (layer.weight.shape[0],)
-        elif isinstance(layer, (IntMaxPool2d, IntAvgPool2d)):
-            shape = (shape[0],) + tuple(output_size(shape[1 + a], layer.kernel_size[a], stride=layer.stride[a],
-                                                    padding=layer.padding[a]) for a in range(2))
-        elif isinstance(layer, IntFlatten):
-            shape = (int(np.prod(shape)),)
-        shapes.append(shape)
-    return shapes
+    """Each layer's output shape without the batch axis (as sqref.model.infer_shapes).
+    ValueError where the wiring or an add's operand shapes do not fit."""
+    shapes = {INPUT: tuple(imodel.input_shape)}
+    out = []
+    for name, layer, reads in zip(imodel.names, imodel.layers, imodel.wiring):
+        missing = [r for r in reads if r not in shapes]
+        if missing or len(reads) != (2 if isinstance(layer, IntAdd) else 1):
+            raise ValueError(f"layer {name!r} ({layer.kind}) reads {list(reads)}: "
+                             f"not earlier tensors of the right number")
+        if isinstance(layer, IntAdd) and shapes[reads[0]] != shapes[reads[1]]:
+            raise ValueError(f"layer {name!r} adds tensors of shapes {shapes[reads[0]]} and {shapes[reads[1]]}")
+        shapes[name] = layer_output_shape(layer, shapes[reads[0]])
+        out.append(shapes[name])
+    return out

@@ -10,6 +10,12 @@ a quantized model (docs/integer.md).
     max pool     directly on the codes (max commutes with the monotone quantization)
     avg pool     rounded as the mode's backend rounds it (kernels.avg_pool2d_codes)
     flatten      a reshape of the codes
+    pad          the codes padded with z_x (real 0)
+    clip         a clamp of the codes to the quantized bounds (identity when fused)
+    add          com.microsoft QLinearAdd (mode "onnxruntime") or TFLite ADD (modes "tflite",
+                 "tflite-single"): sqref.integer.qlinear_elementwise.qlinear_add
+    global pool  com.microsoft QLinearGlobalAveragePool (mode "onnxruntime" only):
+                 sqref.integer.qlinear_pool.qlinear_global_average_pool
 
 Modes are sqref.integer.requant.MODES: "onnxruntime" (default), "onnx-reference",
 "tflite", "tflite-single", "fbgemm". A mode fixes the requantization, the
@@ -28,15 +34,33 @@ from sqref.integer import requant
 from sqref.integer.calibration import ACT_QMAX, ACT_QMIN, Calibration
 from sqref.integer.kernels import (avg_pool2d_codes, conv2d_accumulate, linear_accumulate, max_pool2d_codes,
                                    requantize_layer)
-from sqref.integer.model import (QUANTIZE_MODE, IntAvgPool2d, IntConv2d, IntegerModel, IntFlatten, IntLinear,
-                                 IntMaxPool2d, IntReLU, build_integer_model, check_accumulate, check_mode)
-from sqref.model import Model
+from sqref.integer.model import (QUANTIZE_MODE, IntAdd, IntAvgPool2d, IntClip, IntConv2d, IntegerModel, IntFlatten,
+                                 IntGlobalAvgPool, IntLinear, IntMaxPool2d, IntPad, IntReLU, build_integer_model,
+                                 check_accumulate, check_mode)
+from sqref.integer.qlinear_elementwise import qlinear_add
+from sqref.integer.qlinear_pool import qlinear_global_average_pool
+from sqref.model import INPUT, Model, last_reads
+
+# The arithmetic of add and global average pool in each mode: the backend op it models (None: no such op).
+ADD_MODE = {"onnxruntime": "onnxruntime", "tflite": "tflite", "tflite-single": "tflite"}
+GLOBAL_POOL_MODE = {"onnxruntime": "onnxruntime"}
 
 BATCH = 250  # run_integer processes this many images at a time (results do not depend on it)
 
 
-def apply_layer(layer, q, *, mode, accumulate="exact"):
-    """One integer layer on uint8 codes -> uint8 codes (see the module docstring)."""
+def _act(p):
+    """An ActParams as the qlinear functions take it: float32 scale, uint8 zero point."""
+    return np.float32(p.scale), np.uint8(p.zero_point)
+
+
+def _mode_of(table, mode, what):
+    if table.get(mode) is None:
+        raise ValueError(f"mode {mode!r} has no {what}: it runs in modes {sorted(table)}")
+    return table[mode]
+
+
+def apply_layer(layer, q, *more, mode, accumulate="exact"):
+    """One integer layer on uint8 codes -> uint8 codes (see the module docstring); an add takes two."""
     if isinstance(layer, IntConv2d):
         depthwise = layer.weight.shape[1] == 1 and layer.weight.shape[0] == layer.groups
         acc_mode = "exact" if (depthwise and mode == "onnxruntime") else accumulate  # ORT's depthwise kernel is exact
@@ -54,6 +78,19 @@ def apply_layer(layer, q, *, mode, accumulate="exact"):
         return q.reshape(q.shape[0], -1)
     if isinstance(layer, IntReLU):
         return q if layer.fused else np.maximum(q, np.uint8(layer.x.zero_point))
+    if isinstance(layer, IntClip):
+        return q if layer.fused else np.clip(q, np.uint8(layer.q_lo), np.uint8(layer.q_hi))
+    if isinstance(layer, IntPad):
+        top, left, bottom, right = layer.pads
+        return np.pad(q, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=np.uint8(layer.x.zero_point))
+    if isinstance(layer, IntAdd):
+        y = qlinear_add(q, *_act(layer.a), more[0], *_act(layer.b), *_act(layer.y),
+                        mode=_mode_of(ADD_MODE, mode, "add"))
+        return np.maximum(y, np.uint8(layer.y.zero_point)) if layer.relu else y
+    if isinstance(layer, IntGlobalAvgPool):
+        y = qlinear_global_average_pool(q, *_act(layer.x), *_act(layer.y),
+                                        mode=_mode_of(GLOBAL_POOL_MODE, mode, "global average pool"))
+        return y if layer.keepdims else y.reshape(y.shape[:2])
     raise TypeError(f"unknown integer layer {type(layer).__name__}")
 
 
@@ -89,19 +126,24 @@ def run_integer(imodel: IntegerModel, x, *, mode=None, return_intermediates=Fals
     check_accumulate(accumulate, mode)
     q_in = quantize_input(imodel, x, mode=mode)
     per_layer = [[] for _ in imodel.layers]
+    last = last_reads(imodel)
     for start in range(0, len(q_in), BATCH):
-        q = q_in[start:start + BATCH]
-        for index, (name, layer) in enumerate(zip(imodel.names, imodel.layers)):
+        env = {INPUT: q_in[start:start + BATCH]}
+        for index, (name, layer, reads) in enumerate(zip(imodel.names, imodel.layers, imodel.wiring)):
             try:
-                q = apply_layer(layer, q, mode=mode, accumulate=accumulate)
+                env[name] = apply_layer(layer, *(env[r] for r in reads), mode=mode, accumulate=accumulate)
             except ValueError as exc:
                 raise ValueError(f"layer {name!r} ({layer.kind}): {exc}") from None
-            per_layer[index].append(q)
+            if return_intermediates or index == len(imodel.layers) - 1:
+                per_layer[index].append(env[name])
+            for r in set(reads):
+                if last.get(r, -1) <= index:
+                    del env[r]
         if progress is not None:
             progress(min(start + BATCH, len(q_in)))
-    outputs = [np.concatenate(parts) if parts else np.zeros((0,), np.uint8) for parts in per_layer]
-    last = imodel.layers[-1].y
-    logits = requant.dequantize_linear(outputs[-1], last.scale, last.zero_point)
+    outputs = [np.concatenate(parts) if parts else np.zeros((0,), np.uint8) for parts in per_layer]  # [] unless kept
+    out = imodel.layers[-1].y
+    logits = requant.dequantize_linear(outputs[-1], out.scale, out.zero_point)
     return (logits, outputs) if return_intermediates else logits
 
 

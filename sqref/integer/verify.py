@@ -21,7 +21,7 @@ from sqref.backends import tflite as tflite_backend
 from sqref.backends import torch as torch_backend
 from sqref.integer import requant
 from sqref.integer.golden import Golden
-from sqref.integer.model import IntAvgPool2d
+from sqref.integer.model import IntAdd, IntAvgPool2d, IntGlobalAvgPool
 from sqref.integer.run import run_integer
 from sqref.testing import assert_bit_exact
 
@@ -55,10 +55,23 @@ def compare(name, actual, desired, *, max_listed=5) -> dict:
             "worst": entry(w), "first": [entry(i) for i in range(min(max_listed, len(bad)))], "message": message}
 
 
+def backends_for(imodel) -> tuple:
+    """The backends that can run an integer model: every one for a chain; sqref and onnxruntime for a
+    graph (torch and TFLite are exported as chains), and the ONNX reference evaluator only without
+    onnxruntime's contrib ops (quantized add, average and global average pools)."""
+    contrib = any(isinstance(layer, (IntAdd, IntAvgPool2d, IntGlobalAvgPool)) for layer in imodel.layers)
+    return tuple(b for b in BACKENDS if (imodel.is_chain or b in ("sqref", "onnxruntime", "onnx-reference"))
+                 and not (contrib and b == "onnx-reference"))
+
+
 def run_backend(golden: Golden, backend):
     """Recompute the golden tensors with a backend: {"input": codes, layer name: codes, "logits": float32}."""
     require(backend)
     im = golden.imodel
+    if backend in ("torch", "tflite") and not im.is_chain:
+        raise ValueError(f"backend {backend!r} verifies chains of layers; this golden file holds a graph model "
+                         f"(layers reading other tensors than the previous one): verify it with "
+                         f"{' or '.join(backends_for(im))}")
     if backend == "sqref":
         logits, outs = run_integer(im, golden.inputs, mode=golden.mode, accumulate=golden.accumulate,
                                            return_intermediates=True)

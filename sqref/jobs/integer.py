@@ -19,7 +19,7 @@ from sqref.integer import golden
 from sqref.integer.calibration import CALIBRATION_RULES, calibrate
 from sqref.integer.model import ACCUMULATE, build_integer_model, check_integer_structure
 from sqref.integer.requant import MODES
-from sqref.integer.verify import BACKENDS, verify
+from sqref.integer.verify import BACKENDS, backends_for, verify
 from sqref.inputs import ALL, SPLIT_SEED, SQREF_DATA, open_data, output_classes
 from sqref.jobs.models import agreement_fields, load_model
 from sqref.jobs.paths import check_not_model_data, check_output_path, default_output
@@ -83,6 +83,7 @@ class GoldenResult:
     top5_agreement: float | None
     logit_sqnr_db: float | None
     notes: list
+    backends: list  # the backends that can verify it (sqref.integer.verify.backends_for)
 
 
 DEFAULT_COUNT = 100  # inputs a golden file records when --count is not given (fewer if the file has fewer)
@@ -172,7 +173,8 @@ def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto",
                         list(imodel.names), os.path.getsize(out), info["weights"], info["calibration"], command,
                         round(time.perf_counter() - start, 2), y is not None,
                         {"file": os.path.basename(rec_source.path), "format": rec_source.kind, "split": rec_split},
-                        figures["agreement"], figures["top5_agreement"], figures["logit_sqnr_db"], notes)
+                        figures["agreement"], figures["top5_agreement"], figures["logit_sqnr_db"], notes,
+                        list(backends_for(imodel)))
 
 
 def golden_output(model_path, mode) -> str:
