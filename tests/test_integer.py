@@ -484,3 +484,39 @@ def test_maxpool_conv_relu_model_against_float_quantized_reference():
     assert_bit_exact(outs[2], np.maximum(outs[1], np.uint8(imodel.layers[1].y.zero_point)))
     digest = hashlib.sha256(outs[-1].tobytes()).hexdigest()
     assert digest == hashlib.sha256(integer.run_integer(imodel, x, return_intermediates=True)[1][-1].tobytes()).hexdigest()
+
+
+# ------------------------------------------------------------ int32 bias refit (fit_bias_scale)
+
+
+def test_a_channel_too_small_for_its_bias_is_refitted():
+    # channel 0: weights ~1e-9 (a dead channel after batch-norm folding), bias -5; s_x = 0.02:
+    # -5 / (0.02 * 1e-9 / 127) is far beyond int32. Its scale becomes |b| / (s_x 2**30), its codes shrink.
+    codes = np.array([[127, -64], [100, -3]], np.int8)
+    w_scale = np.array([1e-9 / 127, 0.01], np.float32)
+    bias = np.array([-5.0, 0.3], np.float32)
+    refit, scale, channels = integer.model.fit_bias_scale(codes, w_scale, bias, 0.02)
+    assert channels == [0] and scale[1] == w_scale[1] and (refit[1] == codes[1]).all()
+    want = np.float32(5.0 / (np.float64(np.float32(0.02)) * 2**30))
+    assert scale[0] >= want and scale[0] <= np.nextafter(want, np.float32(np.inf))
+    assert (refit[0] == 0).all()  # 1e-9 of weight is nothing on the new grid
+    b = integer.quantize_bias(bias, 0.02, scale)
+    assert abs(int(b[0])) <= 2**30
+    # nothing to do: the same arrays back
+    same = integer.model.fit_bias_scale(codes, np.array([0.01, 0.01], np.float32), bias, 0.02)
+    assert same[2] == [] and same[0] is codes
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_refitted_biases_fit_and_codes_never_grow(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 6))
+    codes = rng.integers(-127, 128, (k, 3)).astype(np.int8)
+    w_scale = (10.0 ** rng.uniform(-12, -1, k)).astype(np.float32)
+    bias = rng.normal(0, 10, k).astype(np.float32)
+    x_scale = float(np.float32(10.0 ** rng.uniform(-4, 0)))
+    for scale_in in (w_scale, w_scale.max()):  # per channel, per tensor
+        refit, scale, channels = integer.model.fit_bias_scale(codes, np.float32(scale_in), bias, x_scale)
+        q = np.abs(bias.astype(np.float64)) / (np.float64(np.float32(x_scale)) * np.asarray(scale, np.float64))
+        assert (q <= 2**30).all() and (np.abs(refit.astype(int)) <= np.abs(codes.astype(int))).all()
+        assert (np.asarray(scale) >= np.asarray(scale_in)).all()

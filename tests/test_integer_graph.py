@@ -189,3 +189,30 @@ def test_the_cli_golden_and_verify_of_the_shipped_resnet(tmp_path, capsys, monke
     assert cli.main(["verify", "r.h5", "--backend", "torch"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "verifies chains of layers" in err
+
+
+def test_efficientnet_lite0_shaped_random_weights_run_bit_exactly_in_onnxruntime():
+    # The network of sqref.pretrained (SAME pads, depthwise convs, ReLU6, 9 residual adds, a global
+    # pool), with random weights and batch-norm statistics, per-channel 8-bit weights, at 32 x 32.
+    pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    from sqref import pretrained
+    from sqref.backends import onnx as onnx_backend
+    from test_pretrained import Lite0  # tests/ is on sys.path (pytest's default import mode)
+
+    torch.manual_seed(1)
+    net = Lite0("same").eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5), m.weight.data.uniform_(0.5, 1.5)
+    model = pretrained.efficientnet_lite0(net.state_dict_as_published(), image_size=32)
+    x = np.random.default_rng(2).normal(0, 1, (8, 3, 32, 32)).astype(np.float32)
+    q = quantize_model(model, bits=8, per_channel=True, scheme="symmetric")
+    im = integer.build_integer_model(q, integer.calibrate(q, x))
+    kinds = [layer.kind for layer in im.layers]
+    assert kinds.count("add") == 9 and kinds.count("pad") > 0 and kinds.count("clip") == 33
+    logits, outs = integer.run_integer(im, x, return_intermediates=True)
+    ort_logits, ort = onnx_backend.run_onnxruntime(im, x)
+    for name, mine in zip(im.names, outs):
+        np.testing.assert_array_equal(ort[name], mine, err_msg=name)
+    assert ort_logits.tobytes() == logits.tobytes()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sqref import clipping, quant
-from sqref.model import Model, run
+from sqref.model import Model, run, tensor_shapes
 
 ACT_QMIN, ACT_QMAX = 0, 255  # activations: uint8 codes
 CALIBRATION_RULES = ("max", "percentile", "kl", "mse")
@@ -151,7 +151,18 @@ class Calibration:
     images: int
 
 
-def calibrate(model: Model, x, *, rule="max", p=clipping.PERCENTILE_P, clip_logits=False, batch_size=500):
+CALIBRATION_BATCH_BYTES = 1 << 28  # the float64 tensors of one calibration batch stay near this (256 MiB)
+
+
+def calibration_batch(model: Model, limit=500) -> int:
+    """Images per calibration batch: at most `limit`, and few enough that one batch's float64
+    tensors (every layer's output is held while the batch runs) take about CALIBRATION_BATCH_BYTES.
+    LeNet-5: 500; EfficientNet-Lite0 at 224 x 224 (about 10M values per image): 3."""
+    per_image = 8 * sum(int(np.prod(s)) for s in tensor_shapes(model).values())
+    return int(max(1, min(limit, CALIBRATION_BATCH_BYTES // max(per_image, 1))))
+
+
+def calibrate(model: Model, x, *, rule="max", p=clipping.PERCENTILE_P, clip_logits=False, batch_size=None):
     """Activation quantization parameters from the float forward pass of ``model`` on ``x``.
 
     Matches onnxruntime's static calibration (MinMax, Percentile, Entropy)
@@ -164,6 +175,8 @@ def calibrate(model: Model, x, *, rule="max", p=clipping.PERCENTILE_P, clip_logi
     scale (measured on LeNet-5: conv2's scale differs between 1 and 2
     OpenBLAS threads); in float64 the range would have to sit within ~1e-16
     of a float32 rounding boundary of the scale to flip it.
+    batch_size: images per forward pass; None = calibration_batch(model), which bounds the
+    memory of one batch (the result does not depend on it: ranges are min/max over batches).
     Shapes: x (N, *model.input_shape) float. Returns a Calibration with one
     ActParams for the input and one per layer (a ReLU's output: lo = 0, z = 0).
     "max" streams min/max; the other rules hold every value of a tensor
@@ -180,6 +193,7 @@ def calibrate(model: Model, x, *, rule="max", p=clipping.PERCENTILE_P, clip_logi
     names = ("input",) + tuple(model.names)
     lo, hi = np.zeros(n_tensors), np.zeros(n_tensors)
     held = [[] for _ in range(n_tensors)]
+    batch_size = calibration_batch(model) if batch_size is None else int(batch_size)
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].astype(np.float64)
         _, inter = run(model, xb, return_intermediates=True)

@@ -247,6 +247,36 @@ def quantize_bias(bias, x_scale, w_scale):
     return np.clip(q, -BIAS_LIMIT, BIAS_LIMIT).astype(np.int32)
 
 
+BIAS_ROOM = 2**30  # a refitted bias code stays within this, leaving the accumulator room in int32
+
+
+def fit_bias_scale(codes, w_scale, bias, x_scale):
+    """Weight codes and scales whose int32 bias fits: as onnxruntime's quantizer does for per-channel
+    weights whose scale is too small for their bias (a channel that batch-norm folding all but
+    zeroed: EfficientNet-Lite0's stem has four with weights near 1e-9 and biases near -5).
+
+    A channel (or, per tensor, the tensor) with |b| / (float32(s_x) s_w) > BIAS_ROOM gets
+    s_w' = float32(|b| / (float32(s_x) BIAS_ROOM)), rounded up, and codes round_half_even(c s_w / s_w'),
+    smaller in magnitude, so they stay in range. Other channels are untouched.
+    Shapes: codes int8 (K, ...), w_scale () or (K,), bias (K,). Returns (codes, w_scale, refitted channel indices).
+    """
+    w_scale = np.asarray(w_scale, np.float32)
+    need = np.abs(np.asarray(bias, np.float64)) / (float(np.float32(x_scale)) * BIAS_ROOM)  # the least s_w that fits
+    per_channel = w_scale.ndim == 1
+    bad = need > w_scale.astype(np.float64) if per_channel else np.atleast_1d(need.max(initial=0.0) > float(w_scale))
+    if not bad.any():
+        return codes, w_scale, []
+    new = w_scale.copy()
+    target = need if per_channel else np.float64(need.max())
+    up = target.astype(np.float32)
+    up = np.where(up.astype(np.float64) < target, np.nextafter(up, np.float32(np.inf)), up)  # rounded up
+    new = np.where(bad, up, w_scale) if per_channel else up.astype(np.float32)
+    ratio = (w_scale.astype(np.float64) / new.astype(np.float64))
+    ratio = ratio.reshape((-1,) + (1,) * (codes.ndim - 1)) if per_channel else ratio
+    refit = np.rint(codes.astype(np.float64) * ratio).astype(np.int8)
+    return refit, new.astype(np.float32), [int(k) for k in np.flatnonzero(bad)]
+
+
 def _weight_codes(layer, name):
     q = layer.quant
     if q is None:
@@ -317,7 +347,9 @@ def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxru
     """The IntegerModel of a weight-quantized model and its calibration.
 
     Per Conv2d/Linear: the int8 codes and float32 scales of ``layer.quant``
-    (symmetric, any k <= 8), the int32 bias (quantize_bias), input parameters
+    (symmetric, any k <= 8; a channel whose scale is too small for its int32
+    bias is refitted, fit_bias_scale, and listed in meta["bias_refitted_channels"]),
+    the int32 bias (quantize_bias), input parameters
     = those of the tensor it reads, output parameters = the layer's calibration,
     or, when a ReLU (or a clip that quantizes to [z_y, 255]) is the only reader,
     that layer's, with ``relu=True``: it is fused as the clamp at z_y and
@@ -339,6 +371,7 @@ def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxru
             readers.setdefault(r, []).append(i)
     params = {INPUT: calibration.input}  # each tensor's ActParams
     fused = set()  # indices of the ReLUs and clips absorbed by the layer they read
+    refitted = {}  # layer name: channels whose weight scale was raised for their bias (fit_bias_scale)
     layers = []
     for i, (name, layer, reads) in enumerate(zip(qmodel.names, qmodel.layers, qmodel.wiring)):
         x = params[reads[0]]
@@ -352,6 +385,9 @@ def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxru
             else:
                 codes, w_scale = _weight_codes(layer, name)
                 b = np.zeros(codes.shape[0], np.float32) if layer.bias is None else np.asarray(layer.bias, np.float32)
+                codes, w_scale, refit = fit_bias_scale(codes, w_scale, b, x.scale)
+                if refit:
+                    refitted[name] = refit
                 common = dict(weight=codes, w_scale=w_scale, bias=quantize_bias(b, x.scale, w_scale), bias_float=b,
                               x=x, y=y, relu=j is not None)
                 if isinstance(layer, Conv2d):
@@ -377,6 +413,8 @@ def build_integer_model(qmodel: Model, calibration: Calibration, *, mode="onnxru
             raise TypeError(f"layer {name!r}: no integer version of {type(layer).__name__}")
         params[name] = layers[-1].y
     meta = {"calibration_rule": calibration.rule, "calibration_images": calibration.images}
+    if refitted:
+        meta["bias_refitted_channels"] = refitted
     return IntegerModel(tuple(layers), tuple(qmodel.names), tuple(qmodel.input_shape), calibration.input, mode, meta,
                         tuple(qmodel.wiring))
 

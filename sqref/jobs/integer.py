@@ -159,7 +159,12 @@ def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto",
     if y is not None and int(y.max()) > 255:  # a golden file stores labels as uint8
         labels = None
         notes.append("labels above 255 are not stored in the golden file (uint8 labels); accuracy measured here")
-    meta = {**info, "data": {"file": os.path.basename(rec_source.path), "split": rec_split,
+    refitted = imodel.meta.get("bias_refitted_channels", {})
+    if refitted:
+        where = ", ".join(f"{name!r} {len(ks)}" for name, ks in refitted.items())
+        notes.append(f"weight scales raised so that the int32 bias fits (sqref.integer.model.fit_bias_scale), "
+                     f"channels per layer: {where}")
+    meta = {**info, "bias_refitted_channels": refitted, "data": {"file": os.path.basename(rec_source.path), "split": rec_split,
                              "images": f"the first {count}", "source": rec_source.record()},
             "command": command, "accumulate_probe": probe}
     bar = Progress(count, f"golden {mode}", enabled=progress)
