@@ -14,34 +14,44 @@ from a tie where a reciprocal multiply and a division round differently.
 Multipliers and scales are float32-representable, so every mode sees the same
 value. hypothesis is imported when a strategy is first built.
 
-How a backend author uses it, in their own test suite: draw complete
-QLinearMatMul cases, build the one-node ONNX model, run it in the backend
-(onnxruntime here) and compare bit for bit with sqref's answer in the
-backend's mode::
+How a backend author uses it, in their own test suite: draw complete cases,
+and let ``assert_backend_matches`` build the one-node ONNX model, run it in the
+backend (a built-in name, or any callable ``(model, feeds) -> outputs``) and
+compare bit for bit with sqref's answer in the backend's mode::
 
     import onnxruntime as ort
     from hypothesis import given
-    from sqref.testing import assert_bit_exact, one_node_model, qlinear_matmul_cases
+    from sqref.testing import assert_backend_matches, qlinear_conv_cases, qlinear_matmul_cases
+
+    @given(qlinear_conv_cases(x_dtype="uint8", w_dtype="uint8", mode="onnxruntime"))
+    def test_onnxruntime_qlinear_conv(case):
+        assert_backend_matches("QLinearConv", case, "onnxruntime")
+
+    def my_runner(model, feeds):  # your backend: an onnx.ModelProto and its feeds in, a list of outputs out
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, feeds)
 
     @given(qlinear_matmul_cases(a_dtype="uint8", b_dtype="uint8", mode="onnxruntime"))
-    def test_onnxruntime_qlinear_matmul(case):
-        model = one_node_model("QLinearMatMul", case["inputs"], ["y"])
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        got = session.run(None, case["inputs"])[0]
-        assert_bit_exact(got, case["expected"], err_msg=str(case["inputs"]["y_scale"]))
+    def test_my_runner_qlinear_matmul(case):
+        assert_backend_matches("QLinearMatMul", case, my_runner)
 
 uint8 weights keep the example true on every CPU: with int8 weights,
 onnxruntime's u8 x s8 kernels saturate int16 pairs on x86 without VNNI;
 pass ``accumulate=sqref.backends.probe.resolve_accumulate("onnxruntime")[0]``
-to model whichever this machine does. ``requant_cases`` and
-``quantize_cases`` draw the requantization and QUANTIZE steps alone, for a
-backend that exposes them (compare with ``sqref.integer.requant.requantize``
-and ``quantize_linear``).
+to model whichever this machine does. The strategies for whole ONNX nodes:
+``qlinear_conv_cases`` (QLinearConv, ConvInteger), ``qlinear_matmul_cases``
+(QLinearMatMul, MatMulInteger), ``qlinear_add_cases`` (com.microsoft
+QLinearAdd, QLinearMul) and ``quantize_linear_cases`` (QuantizeLinear,
+DequantizeLinear, DynamicQuantizeLinear). ``requant_cases`` and
+``quantize_cases`` draw the requantization and QUANTIZE steps alone, as
+arrays, for a backend that exposes them outside a model (compare with
+``sqref.integer.requant.requantize`` and ``quantize_linear``).
 
 Oracle of the strategies: tests/test_requant.py asserts that each category
 really produces ties, boundary outputs and mode disagreements;
 tests/test_testing.py that the QLinear cases plant ties, reach accumulators
-past 2**24 and build models that onnxruntime and the ONNX evaluator run.
+past 2**24 and pass assert_backend_matches in onnxruntime and the ONNX
+evaluator, and that assert_backend_matches fails on a backend one code off.
 """
 from __future__ import annotations
 
@@ -49,8 +59,9 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["assert_bit_exact", "codes", "qparams", "multipliers", "requant_cases", "quantize_cases", "one_node_model",
-           "qlinear_conv_cases", "qlinear_matmul_cases", "qlinear_add_cases"]
+__all__ = ["assert_bit_exact", "assert_backend_matches", "codes", "qparams", "multipliers", "requant_cases",
+           "quantize_cases", "one_node_model", "qlinear_conv_cases", "qlinear_matmul_cases", "qlinear_add_cases",
+           "quantize_linear_cases", "run_onnxruntime", "run_onnx_reference", "CHECKED_OPS"]
 
 _RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
@@ -501,6 +512,22 @@ def _tie_zero_point(st, draw, ry, tie):
     return z
 
 
+def _zero_point_for_tie(st, draw, acc, multiplier, ry, z):
+    """A zero point in ``ry`` that puts one exact tie acc * M = t + 1/2 (M a power of two, so float64 holds it)
+    inside y's range, t + z and t + z + 1 both codes, of z's parity where it can (an odd zero point is what
+    separates onnxruntime's rounding from the evaluator's); ``z`` when there is no such tie."""
+    m = np.broadcast_to(np.asarray(multiplier, np.float64), acc.shape)
+    v = acc.astype(np.float64) * m
+    ties = (np.frexp(m)[0] == 0.5) & (v - np.floor(v) == 0.5)
+    ts = [t for t in np.floor(v[ties]).astype(np.int64).tolist() if max(ry[0], ry[0] - t) <= min(ry[1], ry[1] - 1 - t)]
+    if not ts:
+        return z
+    t = ts[draw(st.integers(0, len(ts) - 1))]
+    lo, hi = max(ry[0], ry[0] - t), min(ry[1], ry[1] - 1 - t)
+    same = [v for v in range(lo, hi + 1) if (v - z) % 2 == 0]
+    return same[draw(st.integers(0, len(same) - 1))] if same else lo
+
+
 def _plant_matmul_tie(st, draw, a, b, b_zp, acc, a_scale, b_scale, y_scale, dtype):
     """a with one or two codes of one row changed so that one output's accumulator is an exact .5 tie.
 
@@ -554,11 +581,13 @@ def _plant_matmul_tie(st, draw, a, b, b_zp, acc, a_scale, b_scale, y_scale, dtyp
 
 
 def qlinear_matmul_cases(a_dtype=None, b_dtype=None, *, y_dtype=None, scale_dtype="float32", per_row=False,
-                         per_column=None, mode="onnxruntime", accumulate="exact", max_k=700):
-    """Strategy for complete QLinearMatMul cases: a dict with
+                         per_column=None, mode="onnxruntime", accumulate="exact", max_k=700, op="QLinearMatMul"):
+    """Strategy for complete QLinearMatMul cases: a dict with ``op``,
     ``inputs`` (name -> array, in ONNX's order: a, a_scale, a_zero_point, b, b_scale,
     b_zero_point, y_scale, y_zero_point), ``attrs`` ({}), ``expected`` (sqref.integer.qlinear
     .qlinear_matmul in ``mode`` with ``accumulate``), ``mode`` and ``accumulate``.
+    ``op="MatMulInteger"``: the same operands and zero points as MatMulInteger's inputs (A, B,
+    a_zero_point, b_zero_point), ``expected`` qlinear.matmul_integer with ``accumulate`` (mode None).
 
     a_dtype, b_dtype: "uint8", "int8" or None (drawn); y_dtype None: a's dtype
     (onnxruntime's constraint; ONNX allows either). scale_dtype "float32" (values are
@@ -568,11 +597,15 @@ def qlinear_matmul_cases(a_dtype=None, b_dtype=None, *, y_dtype=None, scale_dtyp
     of products would round, half of those with codes and zero points at opposite limits so
     that |acc| passes 2**24 (onnxruntime's float32(acc) then rounds); batch dimensions; and
     half the time y_scale = s_a s_b 2**k, a power-of-two M, with one or two codes of a's row 0
-    changed so that one output is exactly a .5 tie.
+    changed so that one output is exactly a .5 tie, and y_zero_point chosen so that the tie
+    lands inside y's range rather than saturating (accumulators past 2**24 need M = 2**-k with
+    k > 16, which one or two codes cannot reach: about a quarter of all cases get a tie).
     """
     st = _strategies()
-    from sqref.integer import qlinear
+    from sqref.integer import qlinear, requant
 
+    if op not in ("QLinearMatMul", "MatMulInteger"):
+        raise ValueError(f"op must be 'QLinearMatMul' or 'MatMulInteger', got {op!r}")
     fixed = [_np_dtype("a_dtype", a_dtype), _np_dtype("b_dtype", b_dtype), _np_dtype("y_dtype", y_dtype)]
     if scale_dtype not in ("float32", "float16", None):
         raise ValueError(f"scale_dtype must be 'float32', 'float16' or None, got {scale_dtype!r}")
@@ -612,28 +645,38 @@ def qlinear_matmul_cases(a_dtype=None, b_dtype=None, *, y_dtype=None, scale_dtyp
         b_scale = np.array(sb, ft).reshape(col_shape)
         a_zp = np.array(za, ta).reshape((m, 1) if per_row else ())
         b_zp = np.array(zb, tb).reshape(col_shape)
+        if op == "MatMulInteger":
+            inputs = {"A": a, "B": b, "a_zero_point": a_zp, "b_zero_point": b_zp}
+            expected = qlinear.matmul_integer(*inputs.values(), accumulate=accumulate)
+            return {"op": op, "inputs": inputs, "attrs": {}, "expected": expected, "mode": None,
+                    "accumulate": accumulate}
         acc = qlinear.matmul_integer(a, b, a_zp, b_zp)
         base = float(ft(float(a_scale.ravel()[0]) * float(b_scale.ravel()[0])))
         lo, hi = (2.0**-14, 6e4) if f16 else (2.0**-40, 2.0**40)
         y_scale = np.array(np.clip(_output_scale(st, draw, acc, base, tie=tie), lo, hi), ft)
         if tie:
             a = _plant_matmul_tie(st, draw, a, b, b_zp, acc, a_scale, b_scale, y_scale, ta)
-        y_zp = np.array(_tie_zero_point(st, draw, ry, tie), ty)
+        y_zp = _tie_zero_point(st, draw, ry, tie)
+        if tie:  # a zero point of the drawn parity that keeps a planted tie inside y's range
+            m = requant.effective_multiplier(a_scale, b_scale, y_scale, mode="onnxruntime")
+            y_zp = _zero_point_for_tie(st, draw, qlinear.matmul_integer(a, b, a_zp, b_zp), m, ry, y_zp)
+        y_zp = np.array(y_zp, ty)
         inputs = {"a": a, "a_scale": a_scale, "a_zero_point": a_zp, "b": b, "b_scale": b_scale, "b_zero_point": b_zp,
                   "y_scale": y_scale, "y_zero_point": y_zp}
         expected = qlinear.qlinear_matmul(*inputs.values(), mode=mode, accumulate=accumulate)
-        return {"inputs": inputs, "attrs": {}, "expected": expected, "mode": mode, "accumulate": accumulate}
+        return {"op": op, "inputs": inputs, "attrs": {}, "expected": expected, "mode": mode, "accumulate": accumulate}
 
     return draw_case()
 
 
 def qlinear_conv_cases(x_dtype=None, w_dtype=None, *, y_dtype=None, per_channel=None, bias=None,
-                       mode="onnxruntime", accumulate="exact", max_k=630):
-    """Strategy for complete QLinearConv cases: a dict with ``inputs`` (name -> array, in ONNX's
-    order: x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B; B is
-    None without a bias), ``attrs`` (kernel_shape, strides, pads, dilations, group),
+                       mode="onnxruntime", accumulate="exact", max_k=630, op="QLinearConv"):
+    """Strategy for complete QLinearConv cases: a dict with ``op``, ``inputs`` (name -> array, in
+    ONNX's order: x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B;
+    B is None without a bias), ``attrs`` (kernel_shape, strides, pads, dilations, group),
     ``expected`` (sqref.integer.qlinear.qlinear_conv in ``mode`` with ``accumulate``), ``mode``
-    and ``accumulate``.
+    and ``accumulate``. ``op="ConvInteger"``: the same x, w and zero points as ConvInteger's
+    inputs (x, w, x_zero_point, w_zero_point), ``expected`` qlinear.conv_integer (exact; mode None).
 
     x_dtype, w_dtype: "uint8", "int8" or None (drawn); y_dtype None: x's dtype. per_channel
     (w_scale and w_zero_point, with unequal zero points) and bias: None = drawn. Scales are
@@ -647,6 +690,8 @@ def qlinear_conv_cases(x_dtype=None, w_dtype=None, *, y_dtype=None, per_channel=
     st = _strategies()
     from sqref.integer import qlinear
 
+    if op not in ("QLinearConv", "ConvInteger"):
+        raise ValueError(f"op must be 'QLinearConv' or 'ConvInteger', got {op!r}")
     fixed = [_np_dtype("x_dtype", x_dtype), _np_dtype("w_dtype", w_dtype), _np_dtype("y_dtype", y_dtype)]
 
     @st.composite
@@ -683,14 +728,19 @@ def qlinear_conv_cases(x_dtype=None, w_dtype=None, *, y_dtype=None, per_channel=
             w, zw = _aligned(st, draw, w, zw)
         zx = np.array(zx, tx)
         zw = np.array(zw, tw).reshape((m_out,) if chan else ())
+        attrs = dict(kernel_shape=[kh, kw], strides=strides, pads=pads, dilations=dil, group=group)
+        geo = {k: v for k, v in attrs.items() if k != "kernel_shape"}
+        if op == "ConvInteger":
+            inputs = {"x": x, "w": w, "x_zero_point": zx, "w_zero_point": zw}
+            expected = qlinear.conv_integer(*inputs.values(), **geo)
+            return {"op": op, "inputs": inputs, "attrs": attrs, "expected": expected, "mode": None,
+                    "accumulate": "exact"}
         tie = draw(st.booleans())
         sx = _scales(st, draw, 1, float16=False)[0]
         sw0 = _scales(st, draw, 1, float16=False)[0]
         sw = ([sw0 * 2.0 ** draw(st.integers(-2, 2)) for _ in range(m_out)] if tie else
               _scales(st, draw, m_out, float16=False)) if chan else [sw0]
         w_scale = np.array(sw, np.float32).reshape((m_out,) if chan else ())
-        attrs = dict(kernel_shape=[kh, kw], strides=strides, pads=pads, dilations=dil, group=group)
-        geo = {k: v for k, v in attrs.items() if k != "kernel_shape"}
         acc = qlinear.conv_integer(x, w, zx, zw, **geo).astype(np.int64)
         with_bias = (tie or draw(st.booleans())) if bias is None else bias
         base = float(np.float32(np.float32(sx) * np.float32(sw0)))
@@ -710,7 +760,8 @@ def qlinear_conv_cases(x_dtype=None, w_dtype=None, *, y_dtype=None, per_channel=
         inputs = {"x": x, "x_scale": np.array(sx, np.float32), "x_zero_point": zx, "w": w, "w_scale": w_scale,
                   "w_zero_point": zw, "y_scale": np.array(y_scale, np.float32), "y_zero_point": y_zp, "B": b}
         expected = qlinear.qlinear_conv(*inputs.values(), **geo, mode=mode, accumulate=accumulate)
-        return {"inputs": inputs, "attrs": attrs, "expected": expected, "mode": mode, "accumulate": accumulate}
+        return {"op": op, "inputs": inputs, "attrs": attrs, "expected": expected, "mode": mode,
+                "accumulate": accumulate}
 
     return draw_case()
 
@@ -730,6 +781,33 @@ def _broadcast_pair(st, draw):
     return (b, a) if draw(st.booleans()) else (a, b)
 
 
+def _plant_elementwise_tie(st, draw, op, a, b, zero_points, scales, code_range):
+    """a and b with one element each (often only a's) changed so that one output of QLinearAdd,
+    ``z_c + s_a/s_c (a - z_a) + s_b/s_c (b - z_b)``, or QLinearMul, ``z_c + s_a s_b/s_c (a - z_a)(b - z_b)``,
+    is exactly t + 1/2 with t and t + 1 inside the code range. The scales are powers of two, so
+    float64 holds these values exactly, and so does every backend's float32. Unchanged when no
+    pair of codes gives a .5 (both ratios 1, say)."""
+    (za, zb, zc), (sa, sb, sc), (lo, hi) = zero_points, scales, code_range
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    ia = np.broadcast_to(np.arange(a.size).reshape(a.shape), shape).ravel()
+    ib = np.broadcast_to(np.arange(b.size).reshape(b.shape), shape).ravel()
+    o = draw(st.integers(0, ia.size - 1))  # the output element that gets the tie
+    grid = np.arange(lo, hi + 1, dtype=np.float64)
+    da, db = grid[:, None] - za, grid[None, :] - zb  # every (a code, b code) pair
+    v = zc + (sa / sc * da + sb / sc * db if op == "QLinearAdd" else sa * sb / sc * da * db)
+    ok = (v - np.floor(v) == 0.5) & (v >= lo + 0.5) & (v <= hi - 0.5)
+    a, b = a.copy(), b.copy()
+    b_now = int(b.reshape(-1)[ib[o]]) - lo
+    if ok[:, b_now].any():  # change a alone
+        rows = np.flatnonzero(ok[:, b_now])
+        a.reshape(-1)[ia[o]] = lo + int(rows[draw(st.integers(0, len(rows) - 1))])
+    elif ok.any():
+        pairs = np.argwhere(ok)
+        r, c = pairs[draw(st.integers(0, len(pairs) - 1))]
+        a.reshape(-1)[ia[o]], b.reshape(-1)[ib[o]] = lo + int(r), lo + int(c)
+    return a, b
+
+
 def qlinear_add_cases(dtype=None, *, op="QLinearAdd", mode="onnxruntime"):
     """Strategy for complete com.microsoft QLinearAdd or QLinearMul cases: a dict with ``op``,
     ``inputs`` (name -> array, in the op's order: a, a_scale, a_zero_point, b, b_scale,
@@ -739,7 +817,9 @@ def qlinear_add_cases(dtype=None, *, op="QLinearAdd", mode="onnxruntime"):
     dtype "uint8", "int8" or None (drawn). Shapes broadcast (equal, with 1s, trailing, a
     scalar b or a). Scales are float32 scalars of three kinds ("kind"): "tie": powers of
     two whose ratios s_a / s_c, s_b / s_c (QLinearMul: s_a s_b / s_c) are 2**-k, so every
-    float32 step is exact and sums land on .5 on purpose; "f16": float16-representable
+    float32 step is exact, and one element of a (or of a and b) changed so that one output is
+    exactly t + 1/2 before rounding, t and t + 1 in range (where the ratios allow a .5:
+    about 4 in 10 cases); "f16": float16-representable
     mantissas; "saturate": s_c up to 2**10 times smaller than the inputs' scales, so most
     outputs saturate. Zero points favour the type limits.
     """
@@ -769,6 +849,8 @@ def qlinear_add_cases(dtype=None, *, op="QLinearAdd", mode="onnxruntime"):
         else:
             sa, sb = (draw(_binary(st, -8, -1)) for _ in range(2))
             sc = min(sa, sb) * 2.0 ** -draw(st.integers(0, 10)) * (1 if op == "QLinearAdd" else min(sa, sb))
+        if kind == "tie":
+            a, b = _plant_elementwise_tie(st, draw, op, a, b, (za, zb, zc), (sa, sb, sc), (lo, hi))
         f32 = np.float32
         inputs = {"a": a, "a_scale": np.array(sa, f32), "a_zero_point": np.array(za, t), "b": b,
                   "b_scale": np.array(sb, f32), "b_zero_point": np.array(zb, t), "c_scale": np.array(sc, f32),
@@ -777,3 +859,176 @@ def qlinear_add_cases(dtype=None, *, op="QLinearAdd", mode="onnxruntime"):
         return {"op": op, "inputs": inputs, "attrs": {}, "expected": expected, "mode": mode, "kind": kind}
 
     return draw_case()
+
+
+def quantize_linear_cases(dtype=None, *, op="QuantizeLinear", mode="onnxruntime", max_size=8):
+    """Strategy for complete QuantizeLinear, DequantizeLinear or DynamicQuantizeLinear cases, dicts
+    as qlinear_conv_cases' (``op``, ``inputs``, ``attrs`` {}, ``expected``, ``mode``), from quantize_cases.
+
+    QuantizeLinear         x (1-D float32), y_scale (float32), y_zero_point (``dtype``: "uint8",
+                           "int8" or None, drawn); quantize_cases' kinds: exact .5 ties, a few ulps
+                           from a tie, saturation with +-inf; ``expected`` qlinear.quantize_linear in ``mode``.
+    DequantizeLinear       x the codes of such a case, x_scale, x_zero_point; ``expected``
+                           qlinear.dequantize_linear (one arithmetic everywhere: mode None).
+    DynamicQuantizeLinear  x float32 (quantize_cases' finite kinds, all zeros, or a grid: multiples of
+                           half a step of the 255-level grid of [lo, hi], so that x / y_scale can
+                           land on .5); ``expected`` the tuple (y, y_scale, y_zero_point) of
+                           qlinear.dynamic_quantize_linear in ``mode``.
+    """
+    st = _strategies()
+    from sqref.integer import qlinear
+
+    if op not in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
+        raise ValueError(f"op must be 'QuantizeLinear', 'DequantizeLinear' or 'DynamicQuantizeLinear', got {op!r}")
+    _np_dtype("dtype", dtype)
+    f32 = np.float32
+
+    @st.composite
+    def draw_case(draw):
+        if op == "DynamicQuantizeLinear":
+            kind = draw(st.sampled_from(["grid", "grid", "zeros", "quantize"]))
+            n = draw(st.integers(1, max_size))
+            if kind == "grid":
+                lo, hi = -draw(st.integers(0, 10)), draw(st.integers(0, 10))
+                step = f32(hi - lo) / f32(510) if hi != lo else f32(1)
+                x = np.array([lo, hi] + [draw(st.integers(0, 510)) * float(step) + lo for _ in range(n)], f32)
+            elif kind == "zeros":
+                x = np.zeros(n, f32)
+            else:
+                x = draw(quantize_cases(dtype, max_size=max_size, kinds=("tie", "reciprocal", "generic")))[0]
+            expected = qlinear.dynamic_quantize_linear(x, mode=mode)
+            return {"op": op, "inputs": {"x": x}, "attrs": {}, "expected": expected, "mode": mode}
+        x, scale, zp, qmin, _ = draw(quantize_cases(dtype, max_size=max_size))
+        t = np.dtype(np.uint8 if qmin == 0 else np.int8)
+        s, z = np.array(scale, f32), np.array(zp, t)
+        if op == "QuantizeLinear":
+            inputs = {"x": x, "y_scale": s, "y_zero_point": z}
+            return {"op": op, "inputs": inputs, "attrs": {}, "expected": qlinear.quantize_linear(x, s, z, mode=mode),
+                    "mode": mode}
+        q = qlinear.quantize_linear(x, s, z)
+        inputs = {"x": q, "x_scale": s, "x_zero_point": z}
+        return {"op": op, "inputs": inputs, "attrs": {}, "expected": qlinear.dequantize_linear(q, s, z), "mode": None}
+
+    return draw_case()
+
+
+# ------------------------------------------------------------ checking a backend
+
+# op -> (domain, output names): the ops whose cases the strategies above draw
+CHECKED_OPS = {
+    "QLinearConv": ("", ("y",)),
+    "QLinearMatMul": ("", ("y",)),
+    "ConvInteger": ("", ("y",)),
+    "MatMulInteger": ("", ("Y",)),
+    "QuantizeLinear": ("", ("y",)),
+    "DequantizeLinear": ("", ("y",)),
+    "DynamicQuantizeLinear": ("", ("y", "y_scale", "y_zero_point")),
+    "QLinearAdd": ("com.microsoft", ("C",)),
+    "QLinearMul": ("com.microsoft", ("C",)),
+}
+BUILTIN_BACKENDS = ("onnxruntime", "onnx-reference")  # each one's sqref mode has its name
+
+
+def run_onnxruntime(model, feeds):
+    """Run a ModelProto in onnxruntime's CPU provider, one thread; returns the list of outputs."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - exercised only without onnxruntime
+        raise ImportError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime") from e
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3  # errors are raised, not logged
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def run_onnx_reference(model, feeds):
+    """Run a ModelProto in onnx.reference.ReferenceEvaluator; returns the list of outputs."""
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model).run(None, feeds)
+
+
+def _describe(name, value):
+    """One line per input: dtype and shape, and the values of small arrays (scales and zero points
+    as plain Python numbers, which repr to the exact float32/float16 value)."""
+    if value is None:
+        return f"   {name}: omitted"
+    a = np.asarray(value)
+    line = f"   {name}: {a.dtype} {a.shape}"
+    if a.size <= 16:
+        return f"{line} = {a.tolist()!r}"
+    if a.dtype.kind in "iuf" and a.size:
+        return f"{line}, values in [{a.min().item()!r}, {a.max().item()!r}]"
+    return line
+
+
+def assert_backend_matches(op, case, backend, *, initializers=(), err_msg=""):
+    """Assert that ``backend`` runs the one-node ONNX model of ``op`` on ``case`` bit for bit as
+    sqref does: assert_bit_exact on every output, against ``case["expected"]``.
+
+    op       an ONNX op name in CHECKED_OPS: QLinearConv, QLinearMatMul, ConvInteger,
+             MatMulInteger, QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, and
+             onnxruntime's com.microsoft QLinearAdd and QLinearMul.
+    case     a dict as the strategies draw it (qlinear_conv_cases, qlinear_matmul_cases,
+             qlinear_add_cases, quantize_linear_cases): ``inputs`` by ONNX input name in the
+             op's order (None: an omitted optional input), ``attrs``, ``expected`` (an array, or
+             a tuple for several outputs), ``mode`` (None when the op has one arithmetic).
+    backend  "onnxruntime" (CPU provider) or "onnx-reference" (onnx.reference.ReferenceEvaluator),
+             or a callable ``backend(model, feeds) -> outputs`` for any other runner: model an
+             onnx.ModelProto, feeds a dict name -> array, outputs a list of arrays in the
+             model's output order (or one array).
+    initializers: names among the inputs given to the model as constants (one_node_model's);
+    err_msg: prefixed to the failure message.
+
+    The model is one_node_model(op, inputs, ...) with the op's domain, its outputs typed with
+    the expected dtypes and shapes (so onnx.checker accepts it). A built-in backend
+    needs cases drawn in its own mode (a ValueError otherwise: sqref's answer would differ on
+    ties, not the backend); the evaluator has no com.microsoft ops (ValueError). Accumulation
+    is the case's: on x86 without VNNI onnxruntime's u8 x s8 kernels saturate int16 pairs
+    (draw with ``accumulate=sqref.backends.probe.resolve_accumulate("onnxruntime")[0]``).
+    An error of the backend itself (say onnxruntime has no kernel for int8 x uint8) propagates.
+    On a mismatch, AssertionError with assert_bit_exact's report (mismatch count, histogram of
+    differences, worst difference, first indices) followed by the case: each input's dtype and
+    shape, the values of scales and zero points, the attributes and the mode.
+    """
+    if op not in CHECKED_OPS:
+        raise ValueError(f"op must be one of {tuple(CHECKED_OPS)}, got {op!r}")
+    if case.get("op", op) != op:
+        raise ValueError(f"the case was drawn for {case['op']}, not {op}")
+    domain, names = CHECKED_OPS[op]
+    mode, inputs, attrs = case.get("mode"), case["inputs"], case.get("attrs", {})
+    expected = case["expected"]
+    expected = [np.asarray(e) for e in (expected if isinstance(expected, (tuple, list)) else [expected])]
+    if len(expected) != len(names):
+        raise ValueError(f"{op} has {len(names)} outputs, the case expects {len(expected)}")
+    if isinstance(backend, str):
+        if backend not in BUILTIN_BACKENDS:
+            raise ValueError(f"backend must be one of {BUILTIN_BACKENDS} or a callable, got {backend!r}")
+        if mode is not None and mode != backend:
+            raise ValueError(f"the case's expected output is sqref's mode {mode!r}, backend {backend!r} needs mode "
+                             f"{backend!r}: draw the cases with mode={backend!r}")
+        if backend == "onnx-reference" and domain:
+            raise ValueError(f"the ONNX reference evaluator has no {domain} ops ({op}); use 'onnxruntime'")
+        run, label = (run_onnxruntime if backend == "onnxruntime" else run_onnx_reference), backend
+    elif callable(backend):
+        run, label = backend, getattr(backend, "__name__", repr(backend))
+    else:
+        raise TypeError(f"backend must be a name in {BUILTIN_BACKENDS} or a callable (model, feeds), got {backend!r}")
+    initializers = tuple(initializers)
+    outputs = {n: (e.dtype, list(e.shape)) for n, e in zip(names, expected)}  # typed: com.microsoft ops too
+    model = one_node_model(op, inputs, outputs, initializers=initializers, domain=domain, **attrs)
+    feeds = {k: np.asarray(v) for k, v in inputs.items() if v is not None and k not in initializers}
+    got = run(model, feeds)
+    got = [got] if isinstance(got, np.ndarray) else list(got)
+    where = f"{op} in {label} against sqref (mode {mode}, accumulate {case.get('accumulate', 'exact')})"
+    lines = [" case:"] + [_describe(k, v) for k, v in inputs.items()]
+    lines += [f"   attrs: {attrs!r}"] + ([f"   initializers: {initializers!r}"] if initializers else [])
+    if len(got) != len(names):
+        raise AssertionError("\n".join([f"{err_msg + ': ' if err_msg else ''}{where}: {len(got)} outputs, "
+                                        f"expected {len(names)} ({', '.join(names)})"] + lines))
+    for name, g, e in zip(names, got, expected):
+        try:
+            assert_bit_exact(np.asarray(g), e, err_msg=f"{err_msg + ': ' if err_msg else ''}output {name!r} of {where}")
+        except AssertionError as failure:
+            raise AssertionError("\n".join([str(failure)] + lines)) from None

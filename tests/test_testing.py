@@ -1,5 +1,6 @@
 """sqref.testing.assert_bit_exact: passes on identical arrays, and its failure
 message carries what numpy.testing's does and a histogram of differences."""
+import importlib.util
 import re
 
 import numpy as np
@@ -151,16 +152,22 @@ def test_module_docstring_example_runs():
     # --- example
     import onnxruntime as ort
     from hypothesis import given
-    from sqref.testing import assert_bit_exact, one_node_model, qlinear_matmul_cases
+    from sqref.testing import assert_backend_matches, qlinear_conv_cases, qlinear_matmul_cases
+
+    @given(qlinear_conv_cases(x_dtype="uint8", w_dtype="uint8", mode="onnxruntime"))
+    def test_onnxruntime_qlinear_conv(case):
+        assert_backend_matches("QLinearConv", case, "onnxruntime")
+
+    def my_runner(model, feeds):  # your backend: an onnx.ModelProto and its feeds in, a list of outputs out
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, feeds)
 
     @given(qlinear_matmul_cases(a_dtype="uint8", b_dtype="uint8", mode="onnxruntime"))
-    def test_onnxruntime_qlinear_matmul(case):
-        model = one_node_model("QLinearMatMul", case["inputs"], ["y"])
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        got = session.run(None, case["inputs"])[0]
-        assert_bit_exact(got, case["expected"], err_msg=str(case["inputs"]["y_scale"]))
+    def test_my_runner_qlinear_matmul(case):
+        assert_backend_matches("QLinearMatMul", case, my_runner)
     # --- end
-    test_onnxruntime_qlinear_matmul()
+    test_onnxruntime_qlinear_conv()
+    test_my_runner_qlinear_matmul()
     source = inspect.getsource(test_module_docstring_example_runs)
     body = source[source.index("# --- example\n") + 14:source.index("    # --- end")]
     assert textwrap.dedent(body).strip() == _docstring_example()
@@ -240,3 +247,262 @@ def test_qlinear_cases_take_fixed_dtypes_and_modes():
         testing.qlinear_matmul_cases("int16")
     with pytest.raises(ValueError, match="scale_dtype"):
         testing.qlinear_matmul_cases(scale_dtype="float64")
+
+
+# ------------------------------------------------------------ assert_backend_matches
+
+import functools  # noqa: E402
+import pathlib  # noqa: E402
+
+from hypothesis import event  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sqref.integer import requant  # noqa: E402
+
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "integer.md"
+PAIRS = [("uint8", "uint8"), ("uint8", "int8"), ("int8", "int8"), ("int8", "uint8")]
+ORT_PAIRS = PAIRS[:3]  # onnxruntime has no int8 x uint8 kernel
+CONTRIB = ("QLinearAdd", "QLinearMul")
+
+
+@functools.lru_cache(maxsize=None)
+def ort_accumulate():
+    """How this CPU's onnxruntime accumulates u8 x s8 (sqref's probe): "exact", or "int16-pairs" without VNNI."""
+    from sqref.backends.probe import resolve_accumulate
+
+    return resolve_accumulate("onnxruntime")[0]
+
+
+def node_cases(op, backend):
+    """Cases of ``op`` that ``backend`` has kernels for, drawn in its mode (u8 x s8 in onnxruntime with the
+    probed accumulation)."""
+    ort = backend == "onnxruntime"
+
+    def acc(pair):
+        return ort_accumulate() if ort and pair == ("uint8", "int8") else "exact"
+
+    pairs = st.sampled_from(ORT_PAIRS if ort else PAIRS)
+    if op == "QLinearConv":
+        return pairs.flatmap(lambda p: testing.qlinear_conv_cases(*p, mode=backend, accumulate=acc(p)))
+    if op == "ConvInteger":  # onnxruntime refuses a per-channel w zero point
+        return pairs.flatmap(lambda p: testing.qlinear_conv_cases(*p, op=op, per_channel=False if ort else None))
+    if op == "QLinearMatMul":
+        return pairs.flatmap(lambda p: testing.qlinear_matmul_cases(*p, scale_dtype=None, mode=backend,
+                                                                    accumulate=acc(p)))
+    if op == "MatMulInteger":
+        return pairs.flatmap(lambda p: testing.qlinear_matmul_cases(*p, op=op, accumulate=acc(p)))
+    if op in CONTRIB:
+        return testing.qlinear_add_cases(op=op, mode=backend)
+    return testing.quantize_linear_cases(op=op, mode=backend)
+
+
+BACKEND_OPS = [(op, b) for b in testing.BUILTIN_BACKENDS for op in testing.CHECKED_OPS
+               if not (b == "onnx-reference" and op in CONTRIB)]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the evaluator casts inf to int (QuantizeLinear)
+@pytest.mark.parametrize("op, backend", BACKEND_OPS)
+def test_assert_backend_matches_passes_on_the_onnx_backends(op, backend):
+    pytest.importorskip("onnxruntime" if backend == "onnxruntime" else "onnx")
+    seen = []
+
+    @settings(deadline=None)
+    @given(node_cases(op, backend), st.booleans())
+    def check(case, constant):
+        assert case["op"] == op
+        # constant weights take another kernel in onnxruntime (prepacked)
+        consts = ("w", "B", "b") if constant and op in ("QLinearConv", "QLinearMatMul") else ()
+        testing.assert_backend_matches(op, case, backend, initializers=[c for c in consts
+                                                                        if case["inputs"].get(c) is not None])
+        seen.append(op)
+
+    check()
+    assert len(seen) >= 10
+
+
+def off_by_one(run):
+    """A backend that runs ``run`` and then adds 1 to the first element of the first output (codes wrap)."""
+    def wrong(model, feeds):
+        out = [np.array(o) for o in run(model, feeds)]
+        y = out[0].reshape(-1)
+        y[0] = (y[0].astype(np.float64) + 1).astype(y.dtype) if y.dtype.kind == "f" else y[0] + y.dtype.type(1)
+        return out
+
+    return wrong
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("op", list(testing.CHECKED_OPS))
+def test_assert_backend_matches_fails_on_a_wrong_backend(op):
+    pytest.importorskip("onnxruntime")
+    wrong = off_by_one(testing.run_onnxruntime)
+    failed = []
+
+    @settings(deadline=None, max_examples=10)
+    @given(node_cases(op, "onnxruntime"))
+    def check(case):
+        with pytest.raises(AssertionError) as info:
+            testing.assert_backend_matches(op, case, wrong, err_msg="planted")
+        msg = str(info.value)
+        first = next(iter(case["inputs"]))
+        name = testing.CHECKED_OPS[op][1][0]
+        assert msg.startswith(f"Arrays are not bit-exact: planted: output {name!r} of {op} in wrong against sqref")
+        assert "mismatched elements: 1 / " in msg and "worst difference: " in msg
+        assert re.search(r"first mismatches \(index: actual vs desired\):\n   \(0(, 0)*,?\): ", msg)
+        assert f"\n case:\n   {first}: {np.asarray(case['inputs'][first]).dtype} " in msg
+        for k, v in case["inputs"].items():  # every input's dtype and shape, small ones with their values
+            if v is not None:
+                a = np.asarray(v)
+                assert f"   {k}: {a.dtype} {a.shape}" + (f" = {a.tolist()!r}" if a.size <= 16 else "") in msg
+        assert f"   attrs: {case['attrs']!r}" in msg
+        failed.append(op)
+
+    check()
+    assert len(failed) == 10
+
+
+def test_assert_backend_matches_message_of_the_docs():
+    # the failure shown in docs/integer.md, section 8.1 "For other projects' tests", from this literal case
+    pytest.importorskip("onnxruntime")
+    f32, u8 = np.float32, np.uint8
+    inputs = {"x": u8([[[[127, 254]]], [[[1, 255]]]]), "x_scale": np.array(1, f32), "x_zero_point": np.array(0, u8),
+              "w": u8([[[[127]]]]), "w_scale": np.array(1, f32), "w_zero_point": np.array(0, u8),
+              "y_scale": np.array(16192.5, f32), "y_zero_point": np.array(0, u8), "B": None}
+    attrs = dict(kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1)
+    geo = {k: v for k, v in attrs.items() if k != "kernel_shape"}
+    case = {"op": "QLinearConv", "inputs": inputs, "attrs": attrs, "mode": "onnxruntime", "accumulate": "exact",
+            "expected": qlinear.qlinear_conv(*inputs.values(), **geo)}
+    testing.assert_backend_matches("QLinearConv", case, "onnxruntime")
+
+    def plus_one(model, feeds):
+        y = testing.run_onnxruntime(model, feeds)[0]
+        y[0, 0, 0, 1] += 1
+        return [y]
+
+    with pytest.raises(AssertionError) as info:
+        testing.assert_backend_matches("QLinearConv", case, plus_one)
+    text = DOCS.read_text()
+    start = text.index("\n```\nArrays are not bit-exact: output 'y' of QLinearConv in plus_one") + 5
+    assert str(info.value) == text[start:text.index("\n```", start)]
+
+
+def test_assert_backend_matches_takes_a_custom_runner():
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    calls = []
+
+    def my_runner(model, feeds):
+        assert isinstance(model, onnx.ModelProto)
+        onnx.checker.check_model(model)
+        (node,) = model.graph.node
+        calls.append((node.op_type, node.domain, sorted(feeds)))
+        outs = testing.run_onnxruntime(model, feeds)
+        return outs[0] if len(outs) == 1 else outs  # one array is accepted too
+
+    @settings(deadline=None, max_examples=10)
+    @given(testing.qlinear_add_cases(op="QLinearMul"), testing.quantize_linear_cases(op="DynamicQuantizeLinear"))
+    def check(mul, dyn):
+        testing.assert_backend_matches("QLinearMul", mul, my_runner)
+        assert calls[-1] == ("QLinearMul", "com.microsoft", sorted(mul["inputs"]))  # every input fed
+        testing.assert_backend_matches("DynamicQuantizeLinear", dyn, my_runner)
+
+    check()
+    assert {c[:2] for c in calls} == {("QLinearMul", "com.microsoft"), ("DynamicQuantizeLinear", "")}
+    assert len(calls) == 20
+
+
+def test_assert_backend_matches_refuses_what_it_cannot_check():
+    pytest.importorskip("onnx")
+    f32, u8 = np.float32, np.uint8
+    x = f32([0.5, 1.5])
+    case = {"op": "QuantizeLinear", "inputs": {"x": x, "y_scale": np.array(1, f32), "y_zero_point": np.array(0, u8)},
+            "attrs": {}, "mode": "onnxruntime", "expected": u8([0, 2])}
+    with pytest.raises(ValueError, match="op must be one of"):
+        testing.assert_backend_matches("Relu", case, "onnxruntime")
+    with pytest.raises(ValueError, match="drawn for QuantizeLinear, not DequantizeLinear"):
+        testing.assert_backend_matches("DequantizeLinear", case, "onnxruntime")
+    with pytest.raises(ValueError, match="draw the cases with mode='onnx-reference'"):
+        testing.assert_backend_matches("QuantizeLinear", case, "onnx-reference")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        testing.assert_backend_matches("QuantizeLinear", case, "tensorrt")
+    with pytest.raises(TypeError, match="backend must be a name"):
+        testing.assert_backend_matches("QuantizeLinear", case, 3)
+    add = {"op": "QLinearAdd", "inputs": {}, "attrs": {}, "mode": None, "expected": u8([0])}
+    with pytest.raises(ValueError, match="evaluator has no com.microsoft ops"):
+        testing.assert_backend_matches("QLinearAdd", add, "onnx-reference")
+    with pytest.raises(AssertionError, match="2 outputs, expected 1"):
+        testing.assert_backend_matches("QuantizeLinear", case, lambda model, feeds: [u8([0, 2])] * 2)
+    testing.assert_backend_matches("QuantizeLinear", case, lambda model, feeds: u8([0, 2]))  # rne: 0.5 -> 0
+
+
+def exact_ties(op, case):
+    """How many outputs of a QLinear case are exactly t + 1/2 before rounding, t and t + 1 in y's range: counted
+    where onnxruntime's multiplier (or QLinearAdd's ratios) is a power of two, so float64 holds the value exactly."""
+    i = case["inputs"]
+    if op in CONTRIB:
+        da = i["a"].astype(np.float64) - float(i["a_zero_point"])
+        db = i["b"].astype(np.float64) - float(i["b_zero_point"])
+        sa, sb, sc = (float(i[k]) for k in ("a_scale", "b_scale", "c_scale"))
+        v = (sa / sc * da + sb / sc * db if op == "QLinearAdd" else sa * sb / sc * da * db) + float(i["c_zero_point"])
+        exact = all(np.frexp(r)[0] == 0.5 for r in ((sa / sc, sb / sc) if op == "QLinearAdd" else (sa * sb / sc,)))
+        lo, hi = qlinear.QUANT_RANGES[case["expected"].dtype]
+        return int(np.sum((v - np.floor(v) == 0.5) & (v > lo) & (v < hi))) if exact else 0
+    if op == "QLinearConv":
+        geo = {k: v for k, v in case["attrs"].items() if k != "kernel_shape"}
+        acc = qlinear.conv_integer(i["x"], i["w"], i["x_zero_point"], i["w_zero_point"], **geo).astype(np.int64)
+        acc += 0 if i["B"] is None else i["B"].astype(np.int64)[None, :, None, None]
+        sw = np.reshape(i["w_scale"], (-1, 1, 1)) if np.ndim(i["w_scale"]) else i["w_scale"]
+        m = requant.effective_multiplier(i["x_scale"], sw, i["y_scale"], mode="onnxruntime")
+    else:
+        acc = qlinear.matmul_integer(i["a"], i["b"], i["a_zero_point"], i["b_zero_point"]).astype(np.int64)
+        m = requant.effective_multiplier(i["a_scale"], i["b_scale"], i["y_scale"], mode="onnxruntime")
+    m = np.broadcast_to(np.asarray(m, np.float64), acc.shape)
+    v = acc * m + float(i["y_zero_point"])
+    lo, hi = qlinear.QUANT_RANGES[case["expected"].dtype]
+    return int(np.sum((np.frexp(m)[0] == 0.5) & (v - np.floor(v) == 0.5) & (v > lo) & (v < hi)))
+
+
+@pytest.mark.parametrize("op", ["QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul"])
+def test_strategies_plant_ties(op):
+    stats = {"cases": 0, "with a tie": 0, "per-channel float16 scales": 0}
+    strategy = {"QLinearConv": testing.qlinear_conv_cases(), "QLinearMatMul": testing.qlinear_matmul_cases(),
+                "QLinearAdd": testing.qlinear_add_cases(op="QLinearAdd"),
+                "QLinearMul": testing.qlinear_add_cases(op="QLinearMul")}[op]
+
+    @settings(deadline=None, max_examples=150)
+    @given(strategy)
+    def check(case):
+        ties = exact_ties(op, case)
+        event(f"{op}: a planted .5 tie" if ties else f"{op}: no tie")
+        stats["cases"] += 1
+        stats["with a tie"] += ties > 0
+        scale = case["inputs"].get("w_scale", case["inputs"].get("b_scale"))
+        stats["per-channel float16 scales"] += bool(np.ndim(scale) > 0 and np.array_equal(scale.astype(np.float16),
+                                                                                          scale))
+
+    check()
+    assert stats["with a tie"] >= stats["cases"] // 10, stats  # measured: 1 in 7 to 1 in 2, by op and seed
+    if op in ("QLinearConv", "QLinearMatMul"):
+        assert stats["per-channel float16 scales"] >= 5, stats
+
+
+def docs_example():
+    """The python block of docs/integer.md between "<!-- example: check-backend -->" and "<!-- end example -->"."""
+    text = DOCS.read_text()
+    start = text.index("<!-- example: check-backend -->\n```python\n")
+    block = text[start:text.index("```\n<!-- end example -->", start)]
+    return block.split("```python\n", 1)[1]
+
+
+def test_docs_example_runs(tmp_path):
+    # the block is written to a module and imported, as a user would save it
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "docs_example.py"
+    path.write_text(docs_example())
+    spec = importlib.util.spec_from_file_location("docs_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tests = [f for name, f in vars(module).items() if name.startswith("test_")]
+    assert len(tests) == 2
+    for test in tests:
+        test()

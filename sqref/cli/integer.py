@@ -41,10 +41,13 @@ def cmd_golden(args) -> dict:
             print(f"  accumulate auto: {_probe_text(r.accumulate_probe)}")
         print(f"  weights: {r.weights}")
         cal = r.calibration
-        where = f"all of {cal['file']}" if cal["split"] == "all" else f"the {cal['split']} split of {cal['file']}"
-        quality = (f"accuracy {100 * r.accuracy:.1f}% on these inputs; " if r.accuracy is not None else "no labels; ")
-        print(f"  activations: uint8, calibrated with rule '{cal['rule']}' on {cal['images']} inputs ({where}); "
-              f"logits dequantized: {quality}{agreement_text(as_json(r), 'the float forward pass')}")
+        quality = (f"accuracy {100 * r.accuracy:.1f}% on these inputs" if r.accuracy is not None else "no labels")
+        if cal is None:  # a TFLite model: already quantized
+            print(f"  activations: as stored in the model file; logits dequantized: {quality}")
+        else:
+            where = f"all of {cal['file']}" if cal["split"] == "all" else f"the {cal['split']} split of {cal['file']}"
+            print(f"  activations: uint8, calibrated with rule '{cal['rule']}' on {cal['images']} inputs ({where}); "
+                  f"logits dequantized: {quality}; {agreement_text(as_json(r), 'the float forward pass')}")
         for note in r.notes:
             print(f"note: {note}")
         print(f"  check it with: sqref verify {r.output} --backend {'|'.join(r.backends)}")

@@ -17,7 +17,8 @@ from sqref.data import DEFAULT_DATA
 from sqref.hdf5 import file_sha256
 from sqref.integer import golden
 from sqref.integer.calibration import CALIBRATION_RULES, calibrate
-from sqref.integer.model import ACCUMULATE, build_integer_model, check_integer_structure
+from sqref.backends.tflite_import import is_tflite, read_tflite
+from sqref.integer.model import ACCUMULATE, build_integer_model, check_integer_structure, output_shapes
 from sqref.integer.requant import MODES
 from sqref.integer.verify import BACKENDS, backends_for, verify
 from sqref.inputs import ALL, SPLIT_SEED, SQREF_DATA, open_data, output_classes
@@ -116,14 +117,18 @@ def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto",
     if count is not None and (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1):
         raise ValueError(f"count {count!r}: expected a positive number of images")
     data = DEFAULT_DATA if data is None else data
-    uses_data = inputs is None or calib is None
+    tflite = is_tflite(model_path)
+    if tflite and calib is not None:
+        raise ValueError(f"--calib: {model_path} is a quantized TFLite model; its activation parameters are stored "
+                         f"in it")
+    uses_data = inputs is None or (calib is None and not tflite)
     read = [model_path, *([data] if uses_data else []), inputs, calib]
     out = check_output_path(output or golden_output(model_path, mode), read, force=overwrite)
     check_not_model_data(out, model_path)
     if accumulate == "int16-pairs" and mode not in ("onnxruntime", "fbgemm"):
         raise ValueError(f"--accumulate int16-pairs models onnxruntime's and FBGEMM's kernels; not mode {mode!r}")
     start = time.perf_counter()
-    model = load_model(model_path)
+    model = read_tflite(model_path, mode=mode) if tflite else load_model(model_path)
     if inputs is not None:
         rec_source, rec_split = _resolve_inputs(inputs, "test", model, split_seed)
     else:
@@ -139,14 +144,19 @@ def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto",
         raise ValueError(f"--count {count} is more than the {len(x)} inputs in {where}{rec_source.path}")
     count = min(DEFAULT_COUNT, len(x)) if count is None else count
     x, y = x[:count], None if y is None else y[:count]
-    rec_source.check_classes(output_classes(model, x))
-    calib_x = cal_source.split(cal_split)[0]
-    imodel, info = integer_model(model, model_path, calib_x, rule=rule, mode=mode, calibration={
-        "split": cal_split, "file": os.path.basename(cal_source.path), "data": cal_source.record()})
+    rec_source.check_classes(output_shapes(model)[-1][0] if tflite else output_classes(model, x))
+    if tflite:  # already an integer model: nothing to quantize or calibrate
+        imodel, info = model, {"model": os.path.basename(os.fspath(model_path)),
+                               "model_sha256": file_sha256(model_path), "calibration": None,
+                               "weights": "as stored in the TFLite file (int8, read by sqref.backends.tflite_import)"}
+    else:
+        calib_x = cal_source.split(cal_split)[0]
+        imodel, info = integer_model(model, model_path, calib_x, rule=rule, mode=mode, calibration={
+            "split": cal_split, "file": os.path.basename(cal_source.path), "data": cal_source.record()})
     resolved, probe = resolve_accumulate(mode) if accumulate == "auto" else (accumulate, {"requested": accumulate})
     # the command regenerates the file anywhere: it names the accumulation "auto" resolved to, and the data files
     argv = ["sqref", "golden", os.path.basename(os.fspath(model_path)), "--mode", mode, "--count", str(count),
-            "--accumulate", resolved, "--rule", rule]
+            "--accumulate", resolved, *([] if tflite else ["--rule", rule])]
     if uses_data and os.path.realpath(os.fspath(data)) != os.path.realpath(DEFAULT_DATA):
         argv += ["--data", os.path.basename(os.fspath(data))]
     argv += [*(["--inputs", os.path.basename(os.fspath(inputs))] if inputs is not None else []),
@@ -173,7 +183,8 @@ def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto",
     bar.close()
     golden.write_golden(g, out, overwrite=overwrite)
     acc = None if y is None else round(float((g.logits.argmax(axis=1) == y).mean()), 4)
-    figures = agreement_fields(logit_agreement(np.asarray(run(model, x), np.float32), g.logits))
+    figures = ({"agreement": None, "top5_agreement": None, "logit_sqnr_db": None} if tflite else  # no float model
+               agreement_fields(logit_agreement(np.asarray(run(model, x), np.float32), g.logits)))
     return GoldenResult(out, info["model"], info["model_sha256"], mode, resolved, probe, count, acc,
                         list(imodel.names), os.path.getsize(out), info["weights"], info["calibration"], command,
                         round(time.perf_counter() - start, 2), y is not None,
