@@ -174,8 +174,9 @@ def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto",
         where = ", ".join(f"{name!r} {len(ks)}" for name, ks in refitted.items())
         notes.append(f"weight scales raised so that the int32 bias fits (sqref.integer.model.fit_bias_scale), "
                      f"channels per layer: {where}")
-    meta = {**info, "bias_refitted_channels": refitted, "data": {"file": os.path.basename(rec_source.path), "split": rec_split,
-                             "images": f"the first {count}", "source": rec_source.record()},
+    meta = {**info, "bias_refitted_channels": refitted,
+            "data": {"file": os.path.basename(rec_source.path), "split": rec_split,
+                     "images": f"the first {count}", "source": rec_source.record()},
             "command": command, "accumulate_probe": probe}
     bar = Progress(count, f"golden {mode}", enabled=progress)
     g = golden.make_golden(imodel, x, mode=mode, accumulate=resolved, labels=labels, meta=meta,
