@@ -123,13 +123,21 @@ def test_add_and_pool_follow_their_oracles_along_the_wiring(mode):
 # ------------------------------------------------------------------ onnxruntime, every tensor
 
 
-@pytest.mark.parametrize("build", [tiny_graph, lambda: zoo.resnet_mini(seed=2)], ids=["tiny", "resnet_mini"])
-def test_onnxruntime_runs_the_graph_bit_exactly(build):
+@pytest.mark.parametrize("quant_format", ["qoperator", "qdq"])
+@pytest.mark.parametrize("build", [tiny_graph, lambda: zoo.resnet_mini(seed=2), lambda: zoo.lenet5(seed=2)],
+                         ids=["tiny", "resnet_mini", "lenet5"])
+def test_onnxruntime_runs_the_graph_bit_exactly(build, quant_format):
     pytest.importorskip("onnxruntime")
     from sqref.backends import onnx as onnx_backend
+    from sqref.integer import onnx_graph
     im, x = integer_model_of(build(), n=32)
     logits, outs = integer.run_integer(im, x, return_intermediates=True)
-    ort_logits, ort = onnx_backend.run_onnxruntime(im, x)
+    if quant_format == "qdq":  # onnxruntime's optimizer fuses every group back into an integer kernel
+        optimized, _ = onnx_graph.ort_partition(onnx_backend.export_onnx(im, quant_format="qdq"))
+        ops = {n.op_type for n in optimized.graph.node}
+        assert not ops & {"Conv", "Gemm", "Add", "GlobalAveragePool", "AveragePool"}, ops
+        assert "QLinearConv" in ops
+    ort_logits, ort = onnx_backend.run_onnxruntime(im, x, quant_format=quant_format)
     for name, mine in zip(im.names, outs):
         np.testing.assert_array_equal(ort[name], mine, err_msg=name)
     assert ort_logits.tobytes() == logits.tobytes()
@@ -184,8 +192,9 @@ def test_the_cli_golden_and_verify_of_the_shipped_resnet(tmp_path, capsys, monke
     code = cli.main(argv)
     out = capsys.readouterr().out
     assert code == 0 and "--backend sqref|onnxruntime\n" in out
-    assert cli.main(["verify", "r.h5", "--backend", "onnxruntime"]) == 0
-    assert "all 23 tensors are bit-exact" in capsys.readouterr().out
+    for onnx_format in ("qoperator", "qdq"):
+        assert cli.main(["verify", "r.h5", "--backend", "onnxruntime", "--onnx-format", onnx_format]) == 0
+        assert "all 23 tensors are bit-exact" in capsys.readouterr().out
     assert cli.main(["verify", "r.h5", "--backend", "torch"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "verifies chains of layers" in err

@@ -48,9 +48,12 @@ IR_VERSION = 10
 # ----------------------------------------------------------------------------- export
 
 
+QUANT_FORMATS = ("qoperator", "qdq")
+
+
 def export_onnx(imodel: integer.IntegerModel, path=None, *, input_dtype="float32", weight_dtype="int8",
-                overwrite=False):
-    """The ONNX QOperator graph of an IntegerModel (see the module docstring); written to ``path`` if given.
+                quant_format="qoperator", overwrite=False):
+    """The ONNX QOperator (or QDQ) graph of an IntegerModel (see the module docstring); written to ``path`` if given.
 
     input_dtype   "float32": the graph input is float images, quantized by QuantizeLinear;
                   "uint8": the graph input is the input codes themselves.
@@ -60,9 +63,18 @@ def export_onnx(imodel: integer.IntegerModel, path=None, *, input_dtype="float32
                   "uint8": the codes + 128 with zero point 128, the same integers
                   (w + 128) - 128 = w, run by onnxruntime's u8 x u8 kernels, which are
                   exact (run_integer(accumulate="exact")).
+    quant_format  "qoperator" (the table above) or "qdq": conv, linear, add, average and
+                  global average pools written as DequantizeLinear -> float op ->
+                  QuantizeLinear, with the weights and the int32 bias as DequantizeLinear
+                  of their codes (bias scale float32(s_x) * s_w, the scale the int32 bias was
+                  made with), as onnxruntime's quantize_static writes QDQ models; onnxruntime's
+                  optimizer fuses them back into QLinearConv, QGemm, QLinearAdd, ... (every other
+                  layer is the same node on uint8 as in QOperator format)
     Returns the onnx.ModelProto (checked by onnx.checker).
     """
     onnx = onnx_package()
+    if quant_format not in QUANT_FORMATS:
+        raise ValueError(f"quant_format must be one of {QUANT_FORMATS}, got {quant_format!r}")
     from onnx import TensorProto, helper, numpy_helper
 
     if weight_dtype not in ("int8", "uint8"):
@@ -93,9 +105,64 @@ def export_onnx(imodel: integer.IntegerModel, path=None, *, input_dtype="float32
         graph_input = helper.make_tensor_value_info("input_q", TensorProto.UINT8, shape)
     outputs.append(helper.make_tensor_value_info("input_q", TensorProto.UINT8, shape))
 
+    def dq(tensor, p, tag):
+        """DequantizeLinear of a uint8 activation with parameters p: the name of the float tensor."""
+        s_, z_ = qparams(f"{tag}_dq", p)
+        nodes.append(helper.make_node("DequantizeLinear", [tensor, s_, z_], [f"{tag}_float_in"], name=f"{tag}_dq"))
+        return f"{tag}_float_in"
+
+    def qdq_layer(name, layer, inputs):
+        """A layer in QDQ form: DequantizeLinear of its inputs (and constants), the float op, QuantizeLinear."""
+        float_out = f"{name}_float"
+        if isinstance(layer, (integer.IntConv2d, integer.IntLinear)):
+            x = dq(inputs[0], layer.x, name)
+            w_scale = np.asarray(layer.w_scale, np.float32)
+            w = weights(f"{name}_w", layer.weight)
+            ws = const(f"{name}_w_scale", w_scale, np.float32)
+            wz = const(f"{name}_w_zp", np.full(w_scale.shape, w_offset), w_np)
+            nodes.append(helper.make_node("DequantizeLinear", [w, ws, wz], [f"{name}_w_float"], name=f"{name}_w_dq",
+                                          axis=0))
+            b_scale = (np.float32(layer.x.scale) * np.broadcast_to(w_scale, layer.bias.shape)).astype(np.float32)
+            b = const(f"{name}_b", layer.bias, np.int32)
+            bs = const(f"{name}_b_scale", b_scale, np.float32)
+            bz = const(f"{name}_b_zp", np.zeros(layer.bias.shape), np.int32)
+            nodes.append(helper.make_node("DequantizeLinear", [b, bs, bz], [f"{name}_b_float"], name=f"{name}_b_dq",
+                                          axis=0))
+            if isinstance(layer, integer.IntConv2d):
+                (ph, pw) = layer.padding
+                nodes.append(helper.make_node(
+                    "Conv", [x, f"{name}_w_float", f"{name}_b_float"], [float_out], name=name,
+                    kernel_shape=list(layer.weight.shape[2:]), strides=list(layer.stride), pads=[ph, pw, ph, pw],
+                    dilations=list(layer.dilation), group=int(layer.groups)))
+            else:
+                nodes.append(helper.make_node("Gemm", [x, f"{name}_w_float", f"{name}_b_float"], [float_out],
+                                              name=name, transB=1))
+        elif isinstance(layer, integer.IntAdd):
+            a, b = dq(inputs[0], layer.a, f"{name}_a"), dq(inputs[1], layer.b, f"{name}_b")
+            nodes.append(helper.make_node("Add", [a, b], [float_out], name=name))
+        elif isinstance(layer, integer.IntGlobalAvgPool):
+            nodes.append(helper.make_node("GlobalAveragePool", [dq(inputs[0], layer.x, name)], [float_out], name=name))
+        else:  # IntAvgPool2d
+            (ph, pw) = layer.padding
+            nodes.append(helper.make_node("AveragePool", [dq(inputs[0], layer.x, name)], [float_out], name=name,
+                                          kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                                          pads=[ph, pw, ph, pw], count_include_pad=1))
+        ys, yz = qparams(f"{name}_y", layer.y)
+        keep4 = isinstance(layer, integer.IntGlobalAvgPool) and not layer.keepdims
+        raw = f"{name}_requant" if getattr(layer, "relu", False) and layer.y.zero_point > 0 else \
+            f"{name}_4d" if keep4 else name
+        nodes.append(helper.make_node("QuantizeLinear", [float_out, ys, yz], [raw], name=f"{name}_q"))
+        if keep4:
+            nodes.append(helper.make_node("Flatten", [raw], [name], name=f"{name}_flatten", axis=1))
+        elif raw != name:  # a fused ReLU whose zero point is not 0: clamp at z_y
+            nodes.append(helper.make_node("Max", [raw, yz], [name], name=f"{name}_relu"))
+
+    qdq_types = (integer.IntConv2d, integer.IntLinear, integer.IntAdd, integer.IntGlobalAvgPool, integer.IntAvgPool2d)
     for name, layer, out_shape, reads in zip(imodel.names, imodel.layers, integer.output_shapes(imodel), imodel.wiring):
         current, *rest = ["input_q" if r == "input" else r for r in reads]
-        if isinstance(layer, (integer.IntConv2d, integer.IntLinear)):
+        if quant_format == "qdq" and isinstance(layer, qdq_types):
+            qdq_layer(name, layer, [current, *rest])
+        elif isinstance(layer, (integer.IntConv2d, integer.IntLinear)):
             xs, xz = qparams(f"{name}_x", layer.x)
             ys, yz = qparams(f"{name}_y", layer.y)
             w_scale = np.asarray(layer.w_scale, np.float32)
@@ -206,14 +273,16 @@ def ort_session(model, *, threads=1, optimize=True):
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def run_onnxruntime(imodel: integer.IntegerModel, x, *, weight_dtype="int8", threads=1, optimize=True):
+def run_onnxruntime(imodel: integer.IntegerModel, x, *, weight_dtype="int8", threads=1, optimize=True,
+                    quant_format="qoperator"):
     """Run the exported model in onnxruntime: returns (logits float32, {output name: array}).
 
     x: float images (fed to QuantizeLinear) or uint8 input codes (fed past it).
+    quant_format: "qoperator" or "qdq" (export_onnx); a QDQ model needs optimize=True to be fused.
     """
     x = np.asarray(x)
     input_dtype = "uint8" if x.dtype == np.uint8 else "float32"
-    model = export_onnx(imodel, input_dtype=input_dtype, weight_dtype=weight_dtype)
+    model = export_onnx(imodel, input_dtype=input_dtype, weight_dtype=weight_dtype, quant_format=quant_format)
     session = ort_session(model, threads=threads, optimize=optimize)
     feed = {"input_q" if input_dtype == "uint8" else "input": x if input_dtype == "uint8" else x.astype(np.float32)}
     names = [o.name for o in session.get_outputs()]

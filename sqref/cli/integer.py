@@ -111,7 +111,7 @@ def _verify_quantized_onnx(args) -> dict:
 def cmd_verify(args) -> dict:
     if golden_format(args.golden) == "sqref-onnx-golden":
         return _verify_quantized_onnx(args)
-    r = verify_file(args.golden, backend=args.backend, progress=progress_enabled(args))
+    r = verify_file(args.golden, backend=args.backend, progress=progress_enabled(args), onnx_format=args.onnx_format)
     tensors = r.tensors
     n_bad = sum(1 for t in tensors if t["match"] is False)
     if not args.json:
@@ -179,4 +179,8 @@ def register(sub, add):
     p.add_argument("--backend", required=True, choices=BACKENDS,
                    help="the backend to recompute it with (a golden file of a quantized ONNX model: sqref or "
                         "onnxruntime; exit 0 also when every difference is explained, docs/quantized_onnx.md)")
+    p.add_argument("--onnx-format", choices=("qoperator", "qdq"), default="qoperator",
+                   help="how onnxruntime gets sqref's integer model: QLinear ops (qoperator), or DequantizeLinear -> "
+                        "float op -> QuantizeLinear groups that its optimizer fuses (qdq, as quantize_static writes "
+                        "them) (default: %(default)s)")
     p.set_defaults(func=cmd_verify)

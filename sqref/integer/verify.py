@@ -64,8 +64,9 @@ def backends_for(imodel) -> tuple:
                  and not (contrib and b == "onnx-reference"))
 
 
-def run_backend(golden: Golden, backend):
-    """Recompute the golden tensors with a backend: {"input": codes, layer name: codes, "logits": float32}."""
+def run_backend(golden: Golden, backend, *, onnx_format="qoperator"):
+    """Recompute the golden tensors with a backend: {"input": codes, layer name: codes, "logits": float32}.
+    onnx_format: how onnxruntime gets the model, "qoperator" or "qdq" (sqref.backends.onnx.export_onnx)."""
     require(backend)
     im = golden.imodel
     if backend in ("torch", "tflite") and not im.is_chain:
@@ -79,8 +80,15 @@ def run_backend(golden: Golden, backend):
     if backend in ("onnxruntime", "onnx-reference"):
         p = im.input
         x = requant.dequantize_linear(golden.inputs, p.scale, p.zero_point)  # fed to the graph's QuantizeLinear
-        run = onnx_backend.run_onnxruntime if backend == "onnxruntime" else onnx_backend.run_onnx_reference
-        logits, outs = run(im, x)
+        if onnx_format not in onnx_backend.QUANT_FORMATS:
+            raise ValueError(f"onnx_format must be one of {onnx_backend.QUANT_FORMATS}, got {onnx_format!r}")
+        if backend == "onnxruntime":
+            logits, outs = onnx_backend.run_onnxruntime(im, x, quant_format=onnx_format)
+        elif onnx_format == "qdq":
+            raise ValueError("the ONNX reference evaluator runs a QDQ graph as float ops between DequantizeLinear "
+                             "and QuantizeLinear, not as integer kernels: verify QDQ with onnxruntime")
+        else:
+            logits, outs = onnx_backend.run_onnx_reference(im, x)
         return {"input": outs.pop("input_q"), **outs, "logits": logits}
     if backend == "torch":
         return torch_backend.run_torch_model(im, golden.inputs)
@@ -89,15 +97,15 @@ def run_backend(golden: Golden, backend):
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def verify(golden: Golden, backend="sqref", *, progress=None) -> dict:
+def verify(golden: Golden, backend="sqref", *, progress=None, onnx_format="qoperator") -> dict:
     """Recompute ``golden`` with ``backend`` and compare every tensor exactly.
 
     Returns {"backend", "mode", "accumulate", "match": bool, "tensors": [compare(...) rows],
     "notes": [...]}: notes say where a mismatch is an expected, documented deviation.
     ``progress``: None, or a callable given (steps done, what was done): the backend run,
-    then each tensor compared (1 + number of tensors steps).
+    then each tensor compared (1 + number of tensors steps). ``onnx_format``: as run_backend.
     """
-    got = run_backend(golden, backend)
+    got = run_backend(golden, backend, onnx_format=onnx_format)
     if progress is not None:
         progress(1, f"{backend} ran")
     desired = {"input": golden.inputs, **dict(zip(golden.imodel.names, golden.outputs)), "logits": golden.logits}

@@ -221,14 +221,15 @@ class VerifyResult:
         return d
 
 
-def verify_file(golden_path, *, backend, progress=False) -> VerifyResult:
-    """Recompute a golden file with ``backend`` and compare every tensor bit for bit."""
+def verify_file(golden_path, *, backend, progress=False, onnx_format="qoperator") -> VerifyResult:
+    """Recompute a golden file with ``backend`` and compare every tensor bit for bit (onnxruntime gets
+    the model in ``onnx_format``, "qoperator" or "qdq": sqref.backends.onnx.export_onnx)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     start = time.perf_counter()
     g = golden.read_golden(golden_path)
     bar = Progress(3 + len(g.outputs), f"verify {backend}", enabled=progress)  # backend run, input, layers, logits
-    report = verify(g, backend, progress=bar.update)
+    report = verify(g, backend, progress=bar.update, onnx_format=onnx_format)
     bar.close("match" if report["match"] else "MISMATCH")
     return VerifyResult(os.fspath(golden_path), report["backend"], report["mode"], report["accumulate"],
                         int(len(g.inputs)), bool(report["match"]), report["tensors"], report["notes"],
