@@ -170,7 +170,8 @@ def test_onnxruntime_verifies_a_native_golden(lenet300_golden):
     pytest.importorskip("onnxruntime")
     g, path = lenet300_golden  # onnxruntime mode, accumulate "auto": what this machine's ORT does, probed
     assert g.accumulate == resolve_accumulate("onnxruntime")[0]
-    assert golden.read_golden(path).meta["accumulate_probe"]["probe"] == {k: g.accumulate for k in ("matmul", "conv")}
+    # LeNet-300-100 has linear layers only: the matmul kernel is the one probed
+    assert golden.read_golden(path).meta["accumulate_probe"]["probe"] == {"matmul": g.accumulate}
     report = verify(g, "onnxruntime")
     assert report["match"], [(r["name"], r["mismatches"]) for r in report["tensors"]]
 
@@ -190,7 +191,7 @@ def test_both_accumulations_against_the_probed_backend(backend, mode):
     report = verify(golden.make_golden(imodel, x, accumulate=other), backend)
     fc1 = next(r for r in report["tensors"] if r["name"] == "fc1")
     assert not report["match"] and fc1["mismatches"] > 0
-    assert any(f"accumulate {found} on this machine" in note for note in report["notes"]), report["notes"]
+    assert any(f"accumulate matmul {found} on this machine" in note for note in report["notes"]), report["notes"]
 
 
 def test_tflite_verifies_a_native_golden():
@@ -221,3 +222,37 @@ def test_verify_with_a_backend_that_is_not_installed(lenet300_golden, capsys, mo
     code, _, err = run_cli(["verify", str(path), "--backend", "onnxruntime"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "needs the package(s) no_such_package_sqref_test, not installed here" in err
+
+
+def test_per_layer_accumulation_reproduces_fbgemm_on_a_depthwise_model(tmp_path):
+    # fbgemm's depthwise kernel saturates int16 pairs even where its dense kernels are exact (VNNI CPUs):
+    # with accumulate="auto" each layer gets what the probe of its kind of kernel says, so one golden
+    # file reproduces both; torch's fbgemm must then match every tensor.
+    pytest.importorskip("torch")
+    from sqref.backends.probe import accumulation, layer_kernel
+    from sqref.model import Conv2d, Flatten, Linear, Model, ReLU
+    from sqref.qmodel import quantize_model
+
+    rng = np.random.default_rng(0)
+    # all weights positive and large, inputs bright: the u8 x s8 pairs of both convs reach past int16, so
+    # each layer's outputs tell which accumulation its kernel used
+    big = lambda shape: np.abs(rng.normal(0, 0.5, shape)).astype(np.float32) + 0.5  # noqa: E731
+    layers = (Conv2d(big((8, 1, 3, 3)), None, (1, 1), (1, 1)), ReLU(),
+              Conv2d(big((8, 1, 3, 3)), None, (1, 1), (1, 1), (1, 1), 8), ReLU(),
+              Flatten(), Linear(rng.normal(0, 0.1, (10, 8 * 6 * 6)).astype(np.float32), None))
+    model = quantize_model(Model(layers, (1, 6, 6)), bits=8, scheme="symmetric")
+    x = rng.uniform(0.5, 1, (32, 1, 6, 6)).astype(np.float32)
+    imodel = integer.build_integer_model(model, integer.calibrate(model, x), mode="fbgemm")
+    g = golden.make_golden(imodel, x, mode="fbgemm", accumulate="auto")
+    probed = {k: accumulation("torch", k) for k in ("conv", "depthwise", "matmul")}
+    want = {name: probed[layer_kernel(layer)] for name, layer in zip(imodel.names, imodel.layers)
+            if layer_kernel(layer)}
+    assert (g.accumulate == want) if len(set(want.values())) > 1 else (g.accumulate == set(want.values()).pop())
+    golden.write_golden(g, tmp_path / "g.h5")
+    back = golden.read_golden(tmp_path / "g.h5")
+    assert back.accumulate == g.accumulate
+    report = verify(back, "torch")
+    assert report["match"], [(r["name"], r["mismatches"]) for r in report["tensors"]]
+    if probed["depthwise"] != probed["conv"]:  # then one setting for every layer cannot match torch
+        for single in ("exact", "int16-pairs"):
+            assert not verify(golden.make_golden(imodel, x, mode="fbgemm", accumulate=single), "torch")["match"]

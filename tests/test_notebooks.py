@@ -32,6 +32,7 @@ def test_the_notebooks_are_there():
         "03_svd_fc_layers.ipynb",
         "04_paper_end_to_end.ipynb",
         "05_bit_exact_integer.ipynb",
+        "06_other_peoples_int8_models.ipynb",
     ], f"notebooks/ holds {names}"
 
 

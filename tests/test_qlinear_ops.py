@@ -26,7 +26,7 @@ from sqref.testing import assert_bit_exact, codes, one_node_model, qlinear_add_c
 F32 = np.float32
 MS = "com.microsoft"
 COUNTS = collections.defaultdict(lambda: [0, 0])  # (op, backend) -> [cases checked, matched exactly]
-TIES = collections.Counter()  # op -> onnxruntime cases with at least one exact .5 before rounding
+TIES = collections.Counter()  # op -> cases with at least one exact .5 before rounding
 ORACLE = settings(max_examples=40)
 BACKEND = settings(max_examples=120)
 TABLE = settings(max_examples=30)  # each case checks all 256 codes
@@ -48,7 +48,7 @@ def report_counts():
         for (op, backend), (n, ok) in sorted(COUNTS.items()):
             print(f"  {op:26s} {backend:18s} {n:4d} {ok:4d}")
         for op, n in sorted(TIES.items()):
-            print(f"  {op}: {n} onnxruntime cases with an exact .5 tie before rounding")
+            print(f"  {op}: {n} cases with an exact .5 tie before rounding")
 
 
 def count_only(op, backend, got, want):
@@ -634,3 +634,193 @@ def test_onnx_node_cases():
         else:
             got = P.max_pool_codes(x, **attrs)
         assert_bit_exact(got, np.asarray(expected), err_msg=name)
+
+
+# ============================================================ 5. PyTorch (fbgemm engine), mode "fbgemm"
+#
+# torch.ops.quantized.add / add_relu / mul / cat and the quantized pools on NCHW tensors, against
+# mode "fbgemm" (and max_pool_codes), exact. Shapes reach past 64 codes per inner run so that both
+# of PyTorch's add kernels (vectorized blocks of 64, scalar tail) are drawn; power-of-two scales
+# plant exact .5 ties.
+
+FBGEMM_ORACLE = settings(max_examples=15, deadline=None)
+FBGEMM = settings(max_examples=60, deadline=None)
+
+
+@pytest.fixture(scope="module")
+def torch_fbgemm():
+    pytest.importorskip("torch")
+    from sqref.backends.torch import fbgemm_engine
+
+    try:
+        with fbgemm_engine() as torch:
+            yield torch
+    except ValueError as e:  # a build without the fbgemm engine
+        pytest.skip(str(e))
+
+
+def to_torch(torch, x, scale, zero_point):
+    return torch._make_per_tensor_quantized_tensor(torch.from_numpy(np.ascontiguousarray(x)), float(scale),
+                                                   int(zero_point))
+
+
+def from_torch(q):
+    return q.int_repr().numpy()
+
+
+@st.composite
+def fbgemm_scale(draw):
+    """Powers of two (exact ties) or float16-representable scales."""
+    return s(draw(st.one_of(st.integers(-6, 1).map(lambda k: 2.0**k),
+                            st.tuples(st.integers(2**10, 2**11 - 1), st.integers(-9, -1)).map(
+                                lambda m: m[0] * 2.0 ** (m[1] - 10)))))
+
+
+@st.composite
+def fbgemm_binary_case(draw):
+    """a, b (b broadcasting to a's shape, as PyTorch's add and mul need), their parameters and c's."""
+    t = np.dtype(draw(st.sampled_from(["uint8", "int8"])))
+    lo, hi = int(np.iinfo(t).min), int(np.iinfo(t).max)
+    kind = draw(st.sampled_from(["flat", "nchw", "per-channel", "row", "scalar"]))
+    if kind == "flat":
+        a_shape = (draw(st.integers(1, 200)),)
+    else:
+        a_shape = (draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 9)), draw(st.integers(1, 17)))
+    b_shape = {"flat": a_shape, "nchw": a_shape, "per-channel": (1,) + a_shape[1:2] + (1, 1),
+               "row": a_shape[-1:], "scalar": (1,)}[kind]
+    a, b = draw(codes(a_shape, t.type)), draw(codes(b_shape, t.type))
+    zp = st.one_of(st.sampled_from([lo, hi, (lo + hi + 1) // 2]), st.integers(lo, hi))
+    pow2 = st.integers(-4, 1).map(lambda k: s(2.0**k))
+    scale = pow2 if draw(st.booleans()) else fbgemm_scale()  # all powers of two: ties planted
+    params = [draw(scale), np.array(draw(zp), t)]
+    params += [draw(scale), np.array(draw(zp), t), draw(scale), np.array(draw(zp), t)]
+    return (a, params[0], params[1], b, params[2], params[3], params[4], params[5])
+
+
+def test_fbgemm_literal():
+    a, b = np.array([1] * 65, np.uint8), np.array([0], np.uint8)
+    # s_a = 1, s_c = 2, z_c = 1: 0.5 exactly. PyTorch's vectorized kernel (the first 64 codes) rounds
+    # before adding z_c: 0 + 1 = 1; its scalar kernel (the 65th) adds z_c first: 1.5 -> 2
+    got = E.qlinear_add(a, s(1), np.uint8(0), b, s(1), np.uint8(0), s(2), np.uint8(1), mode="fbgemm")
+    assert got.tolist() == [1] * 64 + [2]
+    # mul rounds before z_c in both kernels: p = 1, M = 0.5 -> 0 (half even), + 1
+    got = E.qlinear_mul(a[:3], s(1), np.uint8(0), b + 1, s(1), np.uint8(0), s(2), np.uint8(1), mode="fbgemm")
+    assert got.tolist() == [1, 1, 1]
+    # cat: v = 0.5 (3 - 1) = 1 -> 1 / 1 + 0; -2.5 + 0 -> -2 (half even, zero point inside the FMA)
+    y = E.qlinear_concat(s(1), np.int8(0), np.array([[3, -4]], np.int8), s(.5), np.int8(1), axis=1, mode="fbgemm")
+    assert y.tolist() == [[1, -2]]
+    x = np.array([[[[1, 2], [3, 4]], [[1, 2], [3, 5]]]], np.uint8)
+    # adaptive_avg_pool2d on the raw codes: 10 * 0.25 = 2.5 -> 2 (half even), 11 / 4 -> 3
+    got = P.qlinear_global_average_pool(x, s(1), np.uint8(1), s(1), np.uint8(1), mode="fbgemm")
+    assert got.ravel().tolist() == [2, 3]
+    with pytest.raises(ValueError, match="has no model of QLinearSigmoid"):
+        E.qlinear_sigmoid(x, s(1), np.uint8(0), s(1), np.uint8(0), mode="fbgemm")
+    with pytest.raises(ValueError, match="channels-last"):
+        P.qlinear_global_average_pool(x[:, :1], s(1), np.uint8(1), s(1), np.uint8(1), mode="fbgemm")
+    with pytest.raises(ValueError, match="keep x's scale"):
+        P.qlinear_average_pool(x, s(1), np.uint8(1), s(2), np.uint8(1), kernel_shape=[2, 2], mode="fbgemm")
+
+
+@FBGEMM_ORACLE
+@given(fbgemm_binary_case())
+def test_fbgemm_add_mul_oracle(case):
+    assert_bit_exact(E.qlinear_add(*case, mode="fbgemm"), E.oracle_qlinear_add(*case, mode="fbgemm"))
+    try:
+        got = E.qlinear_mul(*case, mode="fbgemm")
+    except ValueError:
+        return
+    assert_bit_exact(got, E.oracle_qlinear_mul(*case, mode="fbgemm"))
+
+
+@ORACLE
+@given(concat_case())
+def test_fbgemm_concat_oracle(case):
+    sy, zy, flat, axis = case
+    assert_bit_exact(E.qlinear_concat(sy, zy, *flat, axis=axis, mode="fbgemm"),
+                     E.oracle_qlinear_concat(sy, zy, *flat, axis=axis, mode="fbgemm"))
+
+
+@st.composite
+def torch_pool_case(draw):
+    """NCHW codes (C >= 2, H * W >= 2: PyTorch's NCHW kernels) with one (scale, zero point), and
+    avg_pool2d / max_pool2d arguments: symmetric pads of at most half the kernel."""
+    x, sx, zx, _, _ = draw(unary_case(shape=(1, 1)))
+    h, w = draw(st.integers(1, 7)), draw(st.integers(2, 7))
+    x = draw(codes((draw(st.integers(1, 2)), draw(st.integers(2, 3)), h, w), x.dtype.type))
+    k = (draw(st.integers(1, h)), draw(st.integers(1, w)))
+    pad = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
+    args = dict(kernel=k, stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))), pad=pad,
+                dilation=(draw(st.integers(1, 2)), draw(st.integers(1, 2))), ceil=draw(st.booleans()))
+    return x, sx, zx, args
+
+
+def _onnx_attrs(args, dilations=False):
+    attrs = dict(kernel_shape=list(args["kernel"]), strides=list(args["stride"]), pads=list(args["pad"]) * 2,
+                 ceil_mode=int(args["ceil"]))
+    if dilations:
+        attrs["dilations"] = list(args["dilation"])
+    return attrs
+
+
+@FBGEMM_ORACLE
+@given(torch_pool_case(), st.booleans())
+def test_fbgemm_pools_oracle(case, count_include_pad):
+    x, sx, zx, args = case
+    assert_bit_exact(P.qlinear_global_average_pool(x, sx, zx, sx, zx, mode="fbgemm"),
+                     P.oracle_qlinear_global_average_pool(x, sx, zx, sx, zx, mode="fbgemm"))
+    attrs = _onnx_attrs(args)
+    got = P.qlinear_average_pool(x, sx, zx, sx, zx, count_include_pad=int(count_include_pad), mode="fbgemm", **attrs)
+    want = P.oracle_qlinear_average_pool(x, sx, zx, sx, zx, geometry=_geometry(x, attrs),
+                                         count_include_pad=int(count_include_pad), mode="fbgemm")
+    assert_bit_exact(got, want)
+
+
+@FBGEMM
+@given(fbgemm_binary_case())
+def test_add_mul_torch(torch_fbgemm, case):
+    torch = torch_fbgemm
+    a, sa, za, b, sb, zb, sc, zc = case
+    qa, qb = to_torch(torch, a, sa, za), to_torch(torch, b, sb, zb)
+    v = (float(sa) * (a - float(za)) + float(sb) * (b - float(zb))) / float(sc)  # exact for power-of-two scales
+    TIES["quantized::add"] += bool(np.any(np.abs(v - np.floor(v) - 0.5) == 0))
+    want = E.qlinear_add(*case, mode="fbgemm")
+    record("quantized::add", "torch (fbgemm)", from_torch(torch.ops.quantized.add(qa, qb, float(sc), int(zc))), want,
+           f"a {a.shape} b {b.shape}")
+    record("quantized::add_relu", "torch (fbgemm)",
+           from_torch(torch.ops.quantized.add_relu(qa, qb, float(sc), int(zc))), E.relu_codes(want, zc))
+    try:
+        want = E.qlinear_mul(*case, mode="fbgemm")
+    except ValueError:
+        return
+    record("quantized::mul", "torch (fbgemm)", from_torch(torch.ops.quantized.mul(qa, qb, float(sc), int(zc))), want)
+
+
+@FBGEMM
+@given(concat_case())
+def test_concat_torch(torch_fbgemm, case):
+    torch = torch_fbgemm
+    sy, zy, flat, axis = case
+    qxs = [to_torch(torch, flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+    got = from_torch(torch.ops.quantized.cat(qxs, axis, float(sy), int(zy)))
+    record("quantized::cat", "torch (fbgemm)", got, E.qlinear_concat(sy, zy, *flat, axis=axis, mode="fbgemm"))
+
+
+@FBGEMM
+@given(torch_pool_case(), st.booleans())
+def test_pools_torch(torch_fbgemm, case, count_include_pad):
+    torch = torch_fbgemm
+    F = torch.nn.functional
+    x, sx, zx, args = case
+    q = to_torch(torch, x, sx, zx)
+    record("adaptive_avg_pool2d(x, 1)", "torch (fbgemm)", from_torch(F.adaptive_avg_pool2d(q, 1)),
+           P.qlinear_global_average_pool(x, sx, zx, sx, zx, mode="fbgemm"))
+    got = F.avg_pool2d(q, args["kernel"], args["stride"], args["pad"], args["ceil"], count_include_pad)
+    want = P.qlinear_average_pool(x, sx, zx, sx, zx, count_include_pad=int(count_include_pad), mode="fbgemm",
+                                  **_onnx_attrs(args))
+    record("avg_pool2d", "torch (fbgemm)", from_torch(got), want, str(args))
+    try:
+        want = P.max_pool_codes(x, **_onnx_attrs(args, dilations=True))
+    except ValueError:
+        return  # a window over padding only: PyTorch refuses such pads too
+    got = F.max_pool2d(q, args["kernel"], args["stride"], args["pad"], args["dilation"], args["ceil"])
+    record("max_pool2d (codes)", "torch (fbgemm)", from_torch(got), want, str(args))

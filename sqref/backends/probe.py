@@ -154,3 +154,36 @@ def resolve_accumulate(mode: str) -> tuple[str, dict]:
         raise RuntimeError(f"{backend}'s matmul accumulates {found['matmul']} but its conv {found['conv']}: "
                            f"one accumulate= setting cannot model both")
     return found["matmul"], {**report, "backend": backend, "probe": found}
+
+
+def layer_kernel(layer) -> str | None:
+    """The kind of u8 x s8 kernel a backend runs for an integer layer: "depthwise" (a conv with one
+    input and one output channel per group, more than one group), "conv" (any other conv: dense,
+    grouped, 1x1), "matmul" (a linear layer), or None (no integer GEMM)."""
+    kind = getattr(layer, "kind", None)
+    if kind == "linear":
+        return "matmul"
+    if kind != "conv2d":
+        return None
+    w = layer.weight
+    return "depthwise" if w.shape[1] == 1 and layer.groups == w.shape[0] and layer.groups > 1 else "conv"
+
+
+def resolve_layer_accumulate(mode: str, imodel) -> tuple[dict, dict]:
+    """What ``accumulate="auto"`` means for each conv and linear layer of ``imodel``: ({layer name:
+    accumulation}, report). The mode's backend is probed once per kind of kernel the model has
+    (layer_kernel: "matmul", "conv", "depthwise"), so a depthwise layer can saturate where a dense
+    one does not (fbgemm on VNNI CPUs, docs/backends.md). Modes of exactly accumulating backends,
+    and a backend that is not installed, give "exact" everywhere (sqref's definition)."""
+    kinds = {name: layer_kernel(layer) for name, layer in zip(imodel.names, imodel.layers)}
+    kinds = {name: k for name, k in kinds.items() if k is not None}
+    backend = MODE_BACKEND[mode]
+    report = {"requested": "auto", "mode": mode, "machine": platform.machine()}
+    if backend is None:
+        return dict.fromkeys(kinds, "exact"), {**report, "probe": f"none needed: mode {mode!r} accumulates exactly"}
+    try:
+        found = {k: accumulation(backend, k) for k in sorted(set(kinds.values()))}
+    except ImportError:
+        return dict.fromkeys(kinds, "exact"), {**report,
+                                               "probe": f"{backend} is not installed: exact, sqref's definition"}
+    return {name: found[k] for name, k in kinds.items()}, {**report, "backend": backend, "probe": found}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 
 from sqref.cli.args import (MODEL_HELP, add_data_option, add_split_seed_option, as_json, json_default,
                             positive_int, progress_enabled, table)
@@ -35,8 +36,10 @@ def cmd_golden(args) -> dict:
         inp = r.inputs
         kind = "images" if inp["format"] == "sqref-data" else "inputs"
         what = "inputs" if inp["split"] == "all" else f"{inp['split']} {kind}"
+        acc = r.accumulate if isinstance(r.accumulate, str) else "per layer (" + ", ".join(
+            f"{v} {n}" for v, n in sorted(Counter(r.accumulate.values()).items())) + " layers)"
         print(f"{r.output}: {r.count} {what} of {inp['file']} through {len(r.layers)} integer layers, mode {r.mode}, "
-              f"accumulate {r.accumulate}; {r.bytes:,} bytes")
+              f"accumulate {acc}; {r.bytes:,} bytes")
         if args.accumulate == "auto":
             print(f"  accumulate auto: {_probe_text(r.accumulate_probe)}")
         print(f"  weights: {r.weights}")

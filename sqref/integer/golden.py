@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sqref import __version__, integer
-from sqref.backends.probe import resolve_accumulate
+from sqref.backends.probe import resolve_layer_accumulate
 from sqref.hdf5 import FileFormatError, atomic_h5, int_attr, open_h5, read_array, str_attr, write_array
 from sqref.integer import requant
 from sqref.integer.calibration import ActParams
 
 FORMAT_NAME = "sqref-golden"
 READ_VERSIONS = (1, 2, 3)
+PER_LAYER = "per-layer"  # the root "accumulate" of a file whose conv/linear layers say their own
 # 3 = 2 + each layer's "inputs"; 2 = 1 + the required manifest_sha256 (sqref.hdf5); 1 and 2 are read as chains
 FORMAT_VERSION = 3
 BACKENDS = ("sqref", "onnxruntime", "torch", "tflite")
@@ -45,7 +46,8 @@ class Golden:
     inputs      uint8 input codes (N, *input_shape)
     outputs     one uint8 array per layer (imodel.names order)
     logits      float32 (N, classes): the last layer's codes dequantized
-    mode, accumulate   how the outputs were computed (run_integer's arguments)
+    mode, accumulate   how the outputs were computed (run_integer's arguments): accumulate is one
+                       value for every layer, or {layer name: value} when the layers differ
     labels      uint8 (N,) or None
     meta        JSON-able provenance: model name and sha256, weight quantization,
                 calibration, data, and the command that regenerates the file
@@ -56,7 +58,7 @@ class Golden:
     outputs: tuple
     logits: np.ndarray
     mode: str
-    accumulate: str
+    accumulate: str | dict
     labels: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
@@ -65,14 +67,17 @@ def make_golden(imodel, x, *, mode=None, accumulate="auto", labels=None, meta=No
     """Run the integer model on x (float images or uint8 codes) and keep everything.
 
     accumulate  "exact", "int16-pairs", or "auto": what the mode's backend does on this
-                machine, probed (sqref.backends.probe.resolve_accumulate); the probe's
-                report is kept in ``meta["accumulate_probe"]``.
+                machine, probed per kind of kernel (sqref.backends.probe.resolve_layer_accumulate:
+                one value when every conv and linear layer agrees, else one per layer); the
+                probe's report is kept in ``meta["accumulate_probe"]``.
     progress    None, or a callable given the number of images done (run_integer's).
     """
     mode = integer.check_mode(imodel.mode if mode is None else mode)
     meta = dict(meta or {})
     if accumulate == "auto":
-        accumulate, meta["accumulate_probe"] = resolve_accumulate(mode)
+        per_layer, meta["accumulate_probe"] = resolve_layer_accumulate(mode, imodel)
+        values = set(per_layer.values())
+        accumulate = values.pop() if len(values) == 1 else per_layer if values else "exact"
     inputs = integer.quantize_input(imodel, x, mode=mode)
     logits, outputs = integer.run_integer(imodel, inputs, mode=mode, accumulate=accumulate, return_intermediates=True,
                                           progress=progress)
@@ -99,7 +104,7 @@ def write_golden(golden: Golden, path, *, overwrite=False) -> None:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["sqref_version"] = __version__
         f.attrs["mode"] = golden.mode
-        f.attrs["accumulate"] = golden.accumulate
+        f.attrs["accumulate"] = golden.accumulate if isinstance(golden.accumulate, str) else PER_LAYER
         f.attrs["count"] = int(len(golden.inputs))
         f.attrs["input_shape"] = np.asarray(im.input_shape, np.int64)
         f.attrs["meta"] = json.dumps(golden.meta, sort_keys=True)
@@ -133,6 +138,8 @@ def write_golden(golden: Golden, path, *, overwrite=False) -> None:
             elif isinstance(layer, (integer.IntConv2d, integer.IntLinear)):
                 _write_act(lg, "y", layer.y)
                 lg.attrs["relu"] = int(layer.relu)
+                lg.attrs["accumulate"] = (golden.accumulate if isinstance(golden.accumulate, str)
+                                          else golden.accumulate.get(name, "exact"))
                 write_array(lg, "weight", layer.weight)
                 write_array(lg, "w_scale", np.asarray(layer.w_scale, np.float32))
                 write_array(lg, "bias", layer.bias)
@@ -180,7 +187,8 @@ def read_golden(path) -> Golden:
         mode, accumulate = str_attr(f, "mode", where), str_attr(f, "accumulate", where)
         try:
             integer.check_mode(mode)
-            integer.check_accumulate(accumulate, mode)
+            if accumulate != PER_LAYER:
+                integer.check_accumulate(accumulate, mode)
         except ValueError as exc:
             raise FileFormatError(f"{where}: {exc}") from None
         try:
@@ -201,7 +209,7 @@ def read_golden(path) -> Golden:
         if not isinstance(count, (int, np.integer)) or not 0 < count <= 10_000 \
                 or set(groups) != {f"{i:04d}" for i in range(count)}:
             raise FileFormatError(f"{where}: layer groups do not match count {count!r}")
-        layers, names, outputs, wiring = [], [], [], []
+        layers, names, outputs, wiring, per_layer = [], [], [], [], {}
         version = int_attr(f, "format_version", where)
         for index in range(int(count)):
             g = groups[f"{index:04d}"]
@@ -211,6 +219,13 @@ def read_golden(path) -> Golden:
             outputs.append(read_array(g, "output", lw, dtypes={"uint8"}))
             if version >= 3:
                 wiring.append(_read_inputs(g, lw))
+            if accumulate == PER_LAYER and "accumulate" in g.attrs:
+                per_layer[names[-1]] = str_attr(g, "accumulate", lw)
+    if accumulate == PER_LAYER:
+        try:
+            accumulate = integer.check_accumulate(per_layer, mode)
+        except ValueError as exc:
+            raise FileFormatError(f"{where}: {exc}") from None
     if len(set(names)) != len(names) or "input" in names:
         raise FileFormatError(f"{where}: layer names must be unique and not 'input'")
     try:

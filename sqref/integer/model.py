@@ -37,6 +37,11 @@ def check_mode(mode):
 
 
 def check_accumulate(accumulate, mode):
+    """One accumulation for every layer (a str), or {layer name: accumulation} (per-layer, as probed)."""
+    if isinstance(accumulate, dict):
+        for value in set(accumulate.values()):
+            check_accumulate(value, mode)
+        return accumulate
     if accumulate not in ACCUMULATE:
         raise ValueError(f"accumulate must be one of {ACCUMULATE}, got {accumulate!r}")
     if accumulate == "int16-pairs" and mode not in ("onnxruntime", "fbgemm"):

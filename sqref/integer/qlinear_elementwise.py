@@ -13,9 +13,11 @@ as keywords, and returns what the op returns (docs/integer.md, section 8,
     clip_codes           DequantizeLinear -> Clip -> QuantizeLinear with one (scale, zero point)
 
 ``mode`` is the backend's arithmetic, as in sqref.integer.requant: "onnxruntime"
-(the default; the x86-64 MLAS kernels, AVX2 where MLAS has one) and, where
+(the default; the x86-64 MLAS kernels, AVX2 where MLAS has one), where
 TFLite has the op, "tflite" (its int8 reference kernels: fixed-point multipliers
-from ``requant.quantize_multiplier`` and gemmlowp's double rounding). The ONNX
+from ``requant.quantize_multiplier`` and gemmlowp's double rounding), and, where
+PyTorch has a quantized CPU op, "fbgemm" (torch.ops.quantized.add / add_relu, mul
+and cat under the fbgemm engine, measured with torch 2.13 on x86-64). The ONNX
 reference evaluator has none of these contrib ops; ONNX itself has no
 quantized hard-sigmoid, and neither has onnxruntime (QLinearHardSigmoid is not
 registered: tests/test_qlinear_ops.py checks that it refuses the node).
@@ -40,8 +42,13 @@ from sqref.integer.qlinear import EIGHT_BIT, QUANT_RANGES, _is_typed, _per_tenso
 __all__ = ["qlinear_add", "qlinear_mul", "qlinear_concat", "qlinear_sigmoid", "qlinear_leaky_relu", "relu_codes",
            "clip_codes", "lookup_table", "mlas_logistic", "ELEMENTWISE_MODES"]
 
-ELEMENTWISE_MODES = ("onnxruntime", "tflite")
+ELEMENTWISE_MODES = ("onnxruntime", "tflite", "fbgemm")
 F32 = np.float32
+
+# PyTorch's quantized add runs its TensorIterator loop over blocks of 64 codes with the
+# vectorized kernel and the remaining codes of each inner run with the scalar one.
+# Measured with torch 2.13 under both ATen CPU capabilities (AVX-512 and AVX2).
+FBGEMM_ADD_BLOCK = 64
 
 # MLAS's logistic (core/mlas/lib/logistic.cpp, Eigen's rational approximation): the input is
 # clamped to [-18, 18], p(x) = x * (a1 + x2 (a3 + x2 (a5 + x2 (a7 + x2 a9)))),
@@ -56,8 +63,10 @@ LOGISTIC_BETA = tuple(F32(v) for v in (6.10247389755681e-13, 5.76102136993427e-0
 # ------------------------------------------------------------------ argument checks
 
 
-def _check_mode(mode, allowed=ELEMENTWISE_MODES):
+def _check_mode(mode, allowed=ELEMENTWISE_MODES, op=None):
     if mode not in allowed:
+        if op is not None and mode in requant.MODES:
+            raise ValueError(f"mode {mode!r} has no model of {op}; mode must be one of {allowed}")
         raise ValueError(f"mode must be one of {allowed}, got {mode!r}")
 
 
@@ -118,8 +127,27 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
                    ``x_a = MBQM((a - z_a) * 2**20, M_a)``, ``x_b`` likewise,
                    ``c = clamp(MBQM(x_a + x_b, M_c) + z_c)``, MBQM = SRDHM then a rounding
                    right shift (half away from zero): three roundings.
-    Ties: a = 1, b = 0, s_a = 1, s_c = 2, z = 0 gives 0.5: onnxruntime 0 (half even), tflite 1.
-    Oracle: ``oracle_qlinear_add``; onnxruntime and TFLite in tests/test_qlinear_ops.py.
+      fbgemm       torch.ops.quantized.add (QuantizedOpKernels.cpp ``qadd_kernel``, fbgemm engine):
+                   c is a's shape (b must broadcast to it); ``inv = float32(1 / s_c)``; two kernels:
+                   vectorized  ``d_a = fma(s_a, a, float32(s_a (-z_a)))`` (the premultiplied zero
+                               point), d_b likewise, ``c = float32(d_a + d_b)``,
+                               ``rne(float32(c inv)) + z_c`` (rounding BEFORE the zero point),
+                               saturate; ``float32(c inv)`` is first clipped at 2**31 - 128 and the
+                               int32 ``+ z_c`` wraps (modelled);
+                   scalar      ``d_a = float32(s_a float32(a - z_a))``, d_b likewise,
+                               ``c = float32(d_a + d_b)``, ``rne(float32(float32(c inv) + z_c))``
+                               (the zero point added BEFORE rounding, no FMA), saturate.
+                   # NOTE: which kernel a code gets depends on its place in PyTorch's loop: each
+                   # inner run (the trailing output axes over which b is either contiguous or
+                   # constant) goes through the vectorized kernel in blocks of FBGEMM_ADD_BLOCK = 64
+                   # codes and the last ``run % 64`` codes through the scalar one. Measured with
+                   # torch 2.13 under AVX-512 and AVX2 alike. Modelled for one thread (below 32768
+                   # outputs PyTorch uses one; above, its thread split can cut a run).
+                   add_relu is ``relu_codes(qlinear_add(...), c_zero_point)`` exactly
+                   (quantization is monotone and maps 0 to z_c).
+    Ties: a = 1, b = 0, s_a = 1, s_c = 2, z = 0 gives 0.5: onnxruntime 0 (half even), tflite 1;
+    with z_c = 1, fbgemm's vectorized kernel gives 1 and its scalar kernel 2.
+    Oracle: ``oracle_qlinear_add``; onnxruntime, TFLite and PyTorch in tests/test_qlinear_ops.py.
     """
     _check_mode(mode)
     a = _codes("a", a)
@@ -130,6 +158,11 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     a_shape, b_shape = a.shape, b.shape
     a, b = _broadcast(a, b)
     qmin, qmax = QUANT_RANGES[a.dtype]
+    if mode == "fbgemm":
+        if a.shape != a_shape:
+            raise ValueError(f"PyTorch's quantized add gives a's shape: b {b_shape} must broadcast to a {a_shape}")
+        return _fbgemm_add(a.astype(np.int64), b.astype(np.int64), sa, za, sb, zb, sc, zc, b_shape, qmin,
+                           qmax).astype(a.dtype)
     if mode == "tflite":
         da, db = a.astype(np.int64) - za, b.astype(np.int64) - zb
         (ma, sha), (mb, shb), (mc, shc) = _tflite_add_multipliers(sa, sb, sc)
@@ -147,6 +180,41 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
             w = requant.fma_float32(fa, ra, requant.fma_float32(fb, rb, fixed))
     r = _to_int32_x86(np.rint(w))
     return np.clip(r, qmin, qmax).astype(a.dtype)
+
+
+def _fbgemm_add(a, b, sa, za, sb, zb, sc, zc, b_shape, qmin, qmax):
+    """PyTorch's qadd_kernel on int64 codes a and b (b already broadcast to a's shape)."""
+    inv = F32(1) / sc
+    with np.errstate(over="ignore", invalid="ignore"):
+        # vectorized kernel: FMA dequantize with the premultiplied zero points, round, then + z_c (int32)
+        c_vec = requant.fma_float32(sa, a.astype(F32), sa * F32(-za)) + requant.fma_float32(sb, b.astype(F32),
+                                                                                          sb * F32(-zb))
+        t_vec = np.minimum(c_vec * inv, F32(2**31 - 128))
+        r_vec = requant._wrap_int32(_to_int32_x86(np.rint(t_vec)) + zc)
+        # scalar kernel: plain dequantize, the zero point added in float32 before rounding
+        c_sca = sa * (a - za).astype(F32) + sb * (b - zb).astype(F32)
+        r_sca = np.clip(np.rint(c_sca * inv + F32(zc)), qmin, qmax).astype(np.int64)
+    run = _torch_inner_run(a.shape, b_shape)
+    pos = np.arange(a.size).reshape(a.shape) % run
+    vectorized = pos < run // FBGEMM_ADD_BLOCK * FBGEMM_ADD_BLOCK
+    return np.clip(np.where(vectorized, r_vec, r_sca), qmin, qmax)
+
+
+def _torch_inner_run(out_shape, b_shape):
+    """The length of PyTorch's innermost loop for c = a + b (a of ``out_shape``, contiguous): TensorIterator
+    merges trailing output axes while b stays contiguous across them, or stays broadcast across them."""
+    n = len(out_shape)
+    b_full = (1,) * (n - len(b_shape)) + tuple(b_shape)
+    run, state = 1, None
+    for ax in range(n - 1, -1, -1):
+        if out_shape[ax] == 1:
+            continue  # size-1 axes merge with anything
+        broadcast = b_full[ax] == 1
+        if state is not None and broadcast != state:
+            break
+        state = broadcast
+        run *= out_shape[ax]
+    return run
 
 
 def _span_scalar(a_shape, b_shape):
@@ -198,9 +266,14 @@ def qlinear_mul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
       tflite       TFLite MUL, int8 reference kernel (``reference/integer_ops/mul.h``):
                    ``M = float64(s_a) s_b / s_c``; ``c = clamp(MBQM(p, M) + z_c)``
                    (requant.requant_tflite: double rounding; M >= 1 shifts left first).
+      fbgemm       torch.ops.quantized.mul (``qmul_kernel``, fbgemm engine): c is a's shape (b must
+                   broadcast to it); ``M = float32(float32(s_a s_b) float32(1 / s_c))``;
+                   ``c = clamp(rne(float32(float32(p) M)) + z_c)``: the zero point added AFTER
+                   rounding, in both the vectorized and the scalar kernel (``requantize_from_int``).
+                   ValueError for M >= 2**15, where the two kernels part on int32 overflow.
     Ties: p = 1, R = 0.5, z_c = 1 gives 1.5 -> 2 in onnxruntime (half even after adding z_c;
-    QLinearAdd would give 1), 0.5 + 1 -> 2 in tflite.
-    Oracle: ``oracle_qlinear_mul``; onnxruntime and TFLite in tests/test_qlinear_ops.py.
+    QLinearAdd would give 1), 0.5 + 1 -> 2 in tflite, 0 + 1 = 1 in fbgemm.
+    Oracle: ``oracle_qlinear_mul``; onnxruntime, TFLite and PyTorch in tests/test_qlinear_ops.py.
     """
     _check_mode(mode)
     a = _codes("a", a)
@@ -208,9 +281,19 @@ def qlinear_mul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     sa, za = _params("a", a_scale, a_zero_point, a.dtype)
     sb, zb = _params("b", b_scale, b_zero_point, a.dtype)
     sc, zc = _params("c", c_scale, c_zero_point, a.dtype)
+    a_shape, b_shape = a.shape, b.shape
     a, b = _broadcast(a, b)
     qmin, qmax = QUANT_RANGES[a.dtype]
     p = (a.astype(np.int64) - za) * (b.astype(np.int64) - zb)
+    if mode == "fbgemm":
+        if a.shape != a_shape:
+            raise ValueError(f"PyTorch's quantized mul gives a's shape: b {b_shape} must broadcast to a {a_shape}")
+        m = (sa * sb) * (F32(1) / sc)  # float32 throughout
+        if m >= 2**15:
+            raise ValueError(f"fbgemm mode has no model of quantized mul with s_a s_b / s_c = {float(m)} >= 2**15 "
+                             "(PyTorch's vectorized and scalar kernels overflow int32 differently)")
+        r = _to_int32_x86(np.rint(p.astype(F32) * m))  # |p| <= 65280: exact in float32
+        return np.clip(r + zc, qmin, qmax).astype(a.dtype)
     if mode == "tflite":
         m = float(sa) * float(sb) / float(sc)
         return requant.requant_tflite(p, multiplier=m, zero_point=zc, qmin=qmin, qmax=qmax).astype(a.dtype)
@@ -273,8 +356,8 @@ def _leaky(alpha):
     return lambda v: np.where(v >= 0, v, alpha * v).astype(F32)
 
 
-def _table_op(transform, x, x_scale, x_zero_point, y_scale, y_zero_point, mode):
-    _check_mode(mode, ("onnxruntime",))
+def _table_op(transform, x, x_scale, x_zero_point, y_scale, y_zero_point, mode, op):
+    _check_mode(mode, ("onnxruntime",), op)
     x = _codes("x", x)
     sx, zx = _params("x", x_scale, x_zero_point, x.dtype)
     sy, zy = _params("y", y_scale, y_zero_point, x.dtype)
@@ -291,7 +374,7 @@ def qlinear_sigmoid(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, mod
     QuantizeLinear (float32 division, round half even before + z_y, saturate).
     Oracle: ``oracle_qlinear_table``; onnxruntime in tests/test_qlinear_ops.py (every code).
     """
-    return _table_op(mlas_logistic, x, x_scale, x_zero_point, y_scale, y_zero_point, mode)
+    return _table_op(mlas_logistic, x, x_scale, x_zero_point, y_scale, y_zero_point, mode, "QLinearSigmoid")
 
 
 def qlinear_leaky_relu(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, alpha=0.01, mode="onnxruntime"):
@@ -304,7 +387,7 @@ def qlinear_leaky_relu(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, 
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)):
         raise TypeError(f"alpha must be a float, got {alpha!r}")
-    return _table_op(_leaky(alpha), x, x_scale, x_zero_point, y_scale, y_zero_point, mode)
+    return _table_op(_leaky(alpha), x, x_scale, x_zero_point, y_scale, y_zero_point, mode, "QLinearLeakyRelu")
 
 
 # ------------------------------------------------------------------ QLinearConcat
@@ -321,11 +404,19 @@ def qlinear_concat(y_scale, y_zero_point, *inputs, axis, mode="onnxruntime"):
     equal y's is copied; any other goes through ``lookup_table`` with the identity:
     ``y = Q(float32(s_i * float32(x - z_i)))`` (float32 division by s_y, round half even
     before + z_y, saturate).
+    Mode "fbgemm" (torch.ops.quantized.cat, qconcat.cpp): every input dequantized,
+    ``v = float32(s_i float32(x - z_i))`` (measured: no FMA in either kernel), concatenated
+    in float, then quantize_per_tensor: ``requant.quantize_linear(v, s_y, z_y, mode="fbgemm")``
+    (``rne(fma(v, float32(1 / s_y), z_y))``, the zero point inside the rounding). An input with
+    y's parameters comes back unchanged.
+    # NOTE: PyTorch takes another kernel (qcat_nhwc, rounding before the zero point) for 4-D
+    # inputs along axis 1 that are channels-last contiguous; for NCHW arrays that is C == 1 or
+    # H * W == 1 in every input. Not modelled: fbgemm mode raises ValueError there.
     # NOTE: TFLite's int8 CONCATENATION requires every input to have the output's
     # scale and zero point (a plain copy), so no "tflite" mode is needed.
-    Oracle: ``oracle_qlinear_concat``; onnxruntime in tests/test_qlinear_ops.py.
+    Oracle: ``oracle_qlinear_concat``; onnxruntime and PyTorch in tests/test_qlinear_ops.py.
     """
-    _check_mode(mode, ("onnxruntime",))
+    _check_mode(mode, ("onnxruntime", "fbgemm"), "QLinearConcat")
     if not _is_typed(y_zero_point) or np.asarray(y_zero_point).dtype not in EIGHT_BIT:
         raise TypeError("y_zero_point must be a uint8 or int8 NumPy scalar or array (it sets y's dtype)")
     dtype = np.asarray(y_zero_point).dtype
@@ -336,7 +427,11 @@ def qlinear_concat(y_scale, y_zero_point, *inputs, axis, mode="onnxruntime"):
     for i in range(0, len(inputs), 3):
         x = _codes(f"x{i // 3}", inputs[i], dtype)
         sx, zx = _params(f"x{i // 3}", inputs[i + 1], inputs[i + 2], dtype)
-        if sx == sy and zx == zy:
+        if mode == "fbgemm":
+            qmin, qmax = QUANT_RANGES[dtype]
+            v = sx * (x.astype(np.int64) - zx).astype(F32)
+            parts.append(requant.quantize_linear(v, sy, zy, qmin=qmin, qmax=qmax, mode="fbgemm").astype(dtype))
+        elif sx == sy and zx == zy:
             parts.append(x)
         else:
             parts.append(_apply_table(x, lookup_table(lambda v: v, sx, zx, sy, zy, dtype)))
@@ -348,6 +443,10 @@ def qlinear_concat(y_scale, y_zero_point, *inputs, axis, mode="onnxruntime"):
         if p.ndim != ndim or p.shape[:ax] + p.shape[ax + 1:] != parts[0].shape[:ax] + parts[0].shape[ax + 1:]:
             raise ValueError(f"input {j} has shape {p.shape}; every input must match input 0 {parts[0].shape} "
                              f"except along axis {axis}")
+    if mode == "fbgemm" and ndim == 4 and ax == 1 and all(p.shape[1] == 1 or p.shape[2] * p.shape[3] == 1
+                                                          for p in parts):
+        raise ValueError("fbgemm mode has no model of PyTorch's channels-last concat kernel (qcat_nhwc), which "
+                         f"runs for 4-D inputs along axis 1 with C == 1 or H * W == 1: got {[p.shape for p in parts]}")
     return np.concatenate(parts, axis=ax)
 
 
@@ -466,6 +565,17 @@ def oracle_qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_sca
     a_full = (1,) * (len(shape) - np.ndim(a)) + np.shape(a)
     b_full = (1,) * (len(shape) - np.ndim(b)) + np.shape(b)
     a_scalar = bool(inner) and a_full[inner[-1]] == 1 and b_full[inner[-1]] > 1
+    if mode == "fbgemm":
+        # PyTorch's inner run: the trailing output axes (size-1 ones skipped) along which b is all
+        # broadcast or all real, counted one axis at a time
+        run, kind = 1, None
+        for ax in reversed(range(len(shape))):
+            if shape[ax] > 1:
+                if kind is not None and kind != (b_full[ax] == 1):
+                    break
+                kind, run = b_full[ax] == 1, run * shape[ax]
+        inv = _f32(_f32(1) / _f32(c_scale))
+        sa, sb = _f32(a_scale), _f32(b_scale)
     if mode == "tflite":
         t = 2 * max(float(a_scale), float(b_scale))
         (ma, sha), (mb, shb), (mc, shc) = (tuple(int(v) for v in requant.quantize_multiplier(m))
@@ -473,7 +583,19 @@ def oracle_qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_sca
                                                      t / (2**20 * float(c_scale))))
     for idx in np.ndindex(*shape):
         da, db = int(a2[idx]) - za, int(b2[idx]) - zb
-        if mode == "tflite":
+        if mode == "fbgemm":
+            flat = int(np.ravel_multi_index(idx, shape)) if shape else 0
+            with np.errstate(over="ignore"):
+                if flat % run < run - run % FBGEMM_ADD_BLOCK:  # vectorized kernel
+                    c = _f32(_fma(sa, _f32(int(a2[idx])), _f32(sa * _f32(-za)))
+                             + _fma(sb, _f32(int(b2[idx])), _f32(sb * _f32(-zb))))
+                    r = _x86_int(min(_f32(c * inv), _f32(2**31 - 128)))
+                    r = (r + zc + 2**31) % 2**32 - 2**31  # int32 add
+                else:  # scalar kernel
+                    c = _f32(_f32(sa * _f32(da)) + _f32(sb * _f32(db)))
+                    r = _rne(_f32(_f32(c * inv) + _f32(zc)))
+            out[idx] = min(max(r, qmin), qmax)
+        elif mode == "tflite":
             s = _tflite_mbqm(da * 2**20, ma, sha) + _tflite_mbqm(db * 2**20, mb, shb)
             out[idx] = min(max(_tflite_mbqm(s, mc, shc) + zc, qmin), qmax)
         else:
@@ -499,6 +621,9 @@ def oracle_qlinear_mul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_sca
         p = (int(a2[idx]) - za) * (int(b2[idx]) - zb)
         if mode == "tflite":
             out[idx] = min(max(_tflite_mbqm(p, m0, shift) + zc, qmin), qmax)
+        elif mode == "fbgemm":
+            m = _f32(_f32(_f32(a_scale) * _f32(b_scale)) * _f32(_f32(1) / _f32(c_scale)))
+            out[idx] = min(max(_rne(_f32(_f32(p) * m)) + zc, qmin), qmax)
         else:
             with np.errstate(over="ignore"):
                 w = _f32(_f32(p) * ratio) + _f32(zc)
@@ -521,7 +646,7 @@ def oracle_qlinear_table(x, x_scale, x_zero_point, y_scale, y_zero_point, transf
     return out
 
 
-def oracle_qlinear_concat(y_scale, y_zero_point, *inputs, axis):
+def oracle_qlinear_concat(y_scale, y_zero_point, *inputs, axis, mode="onnxruntime"):
     """QLinearConcat: every element requantized one at a time, then placed by its index."""
     zy = int(y_zero_point)
     dtype = np.asarray(y_zero_point).dtype
@@ -531,6 +656,10 @@ def oracle_qlinear_concat(y_scale, y_zero_point, *inputs, axis):
         x, sx, zx = np.asarray(inputs[i]), inputs[i + 1], int(inputs[i + 2])
         y = np.empty(x.shape, dtype)
         for idx in np.ndindex(*x.shape):
+            if mode == "fbgemm":  # dequantize, then quantize_per_tensor: one FMA with the reciprocal
+                v = _f32(_f32(sx) * _f32(int(x[idx]) - zx))
+                y[idx] = min(max(_rne(_fma(v, _f32(_f32(1) / _f32(y_scale)), _f32(zy))), qmin), qmax)
+                continue
             if _f32(sx) == _f32(y_scale) and zx == zy:
                 y[idx] = x[idx]
                 continue

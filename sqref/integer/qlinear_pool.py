@@ -6,7 +6,11 @@
                                                                           auto_pad, channels_last);
                                  mode "tflite": TFLite AVERAGE_POOL_2D int8
     max_pool_codes               ONNX MaxPool on uint8/int8 codes (onnxruntime runs it on the codes,
-                                 and a DQ -> MaxPool -> Q group with one scale and zero point equals it)
+                                 and a DQ -> MaxPool -> Q group with one scale and zero point equals it;
+                                 PyTorch's quantized max_pool2d gives the same codes)
+
+Mode "fbgemm" is PyTorch's quantized CPU kernels for NCHW tensors (torch 2.13, measured):
+adaptive_avg_pool2d for the global pool, avg_pool2d for the average pool.
 
 Layout NCHW (N, C, H, W), or N, C, W for 1-D pools (run as 2-D over a unit height);
 ``channels_last=1`` takes NHWC / NWC, as the contrib ops' attribute does. Scales are
@@ -27,7 +31,7 @@ from sqref.ops import pool_output_size
 __all__ = ["qlinear_global_average_pool", "qlinear_average_pool", "max_pool_codes", "pool_geometry",
            "POOL_MODES"]
 
-POOL_MODES = ("onnxruntime", "tflite")
+POOL_MODES = ("onnxruntime", "tflite", "fbgemm")
 F32 = np.float32
 
 
@@ -113,6 +117,12 @@ def _nchw(name, x, channels_last):
     return x, back
 
 
+def _torch_span(size, k, s, pad, out):
+    """Per output index, how many of the window's positions lie in [-pad, size + pad) (PyTorch's pool_size)."""
+    start = np.arange(out) * s - pad
+    return np.minimum(start + k, size + pad) - start
+
+
 def _window_views(x, k, s, d, pb, pe, out, fill):
     """The KH*KW strided views (in (i, j) order) of x (N, C, H, W) padded with ``fill``, and a
     same-shaped boolean mask per view saying whether the element is a real (unpadded) one."""
@@ -159,11 +169,20 @@ def qlinear_global_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point,
     (requant.requant_onnxruntime): ``float32(acc) * M``, clamp to [qmin - z_y, qmax - z_y],
     round half even, + z_y. ValueError where onnxruntime throws: n >= 2**24, or M outside
     [2**-32, 256).
+    Arithmetic (mode "fbgemm", torch.nn.functional.adaptive_avg_pool2d(x, 1) on an NCHW quantized
+    tensor, AdaptiveAveragePooling.cpp ``adaptive_avg_pool_single_out_frame``): y keeps x's scale
+    and zero point (ValueError otherwise); ``r = float32(float32(1 / H) / W)``,
+    ``y = rne(float32(float32(sum(x)) r))`` on the RAW codes (the zero point cancels: no
+    rescale). 4-D x only.
+    # NOTE: PyTorch runs its channels-last kernel (rounding ``(sum(x) - z n) / n`` before adding
+    # the zero point) when the tensor is also channels-last contiguous: C == 1 or H * W == 1.
+    # Not modelled: fbgemm mode raises ValueError there. torch.mean over (H, W) of a quantized
+    # tensor is another kernel again (not modelled).
     # NOTE: TFLite's MEAN over H, W rescales with its own multiplier and shift
     # (reference_integer_ops/mean.h); it is not modelled ("tflite" raises).
-    Oracle: ``oracle_qlinear_global_average_pool``; onnxruntime in tests/test_qlinear_ops.py.
+    Oracle: ``oracle_qlinear_global_average_pool``; onnxruntime and PyTorch in tests/test_qlinear_ops.py.
     """
-    _check_mode(mode, ("onnxruntime",))
+    _check_mode(mode, ("onnxruntime", "fbgemm"), "QLinearGlobalAveragePool")
     x = _codes("x", x)
     if x.ndim < 3:
         raise ValueError(f"x must have at least 3 dimensions (N, C, spatial...), got shape {x.shape}")
@@ -171,10 +190,29 @@ def qlinear_global_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point,
     sy, zy = _params("y", y_scale, y_zero_point, x.dtype)
     if channels_last not in (0, 1, False, True):
         raise ValueError(f"channels_last must be 0 or 1, got {channels_last!r}")
+    if mode == "fbgemm":
+        _check_torch_nchw(x, channels_last, (sx, zx), (sy, zy))
+        r = (F32(1) / F32(x.shape[2])) / F32(x.shape[3])  # float32, as kDHWr
+        total = x.astype(np.int64).sum(axis=(2, 3), keepdims=True).astype(F32)
+        qmin, qmax = QUANT_RANGES[x.dtype]
+        return np.clip(np.rint(total * r), qmin, qmax).astype(x.dtype)
     axes = tuple(range(1, x.ndim - 1)) if channels_last else tuple(range(2, x.ndim))
     n = int(np.prod([x.shape[a] for a in axes]))
     total = x.astype(np.int64).sum(axis=axes, keepdims=True) - zx * n
     return _global_acc_requant(total, n, sx, sy, zy, x.dtype)
+
+
+def _check_torch_nchw(x, channels_last, x_params, y_params):
+    """The NCHW tensors PyTorch's quantized pools take their NCHW kernels for, with y's parameters x's."""
+    if x.ndim != 4 or channels_last:
+        raise ValueError(f"fbgemm mode models PyTorch's 2-D pools on NCHW tensors: x must be 4-D with "
+                         f"channels_last=0, got shape {x.shape}, channels_last={channels_last}")
+    if x.shape[1] == 1 or x.shape[2] * x.shape[3] == 1:
+        raise ValueError(f"fbgemm mode has no model of PyTorch's channels-last pooling kernels, which run for "
+                         f"NCHW tensors with C == 1 or H * W == 1: got shape {x.shape}")
+    if (float(x_params[0]), x_params[1]) != (float(y_params[0]), y_params[1]):
+        raise ValueError(f"PyTorch's quantized pools keep x's scale and zero point: got x {float(x_params[0])}, "
+                         f"{x_params[1]} and y {float(y_params[0])}, {y_params[1]}")
 
 
 # ------------------------------------------------------------------ average pool
@@ -202,7 +240,17 @@ def qlinear_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point, *, ker
                    x and y must share scale and zero point; the sum of the window's real codes,
                    divided by their count rounding half away from zero (TFLite pads never count:
                    count_include_pad must be 0), clamped. 2-D, NHWC or NCHW alike.
-    Oracle: ``oracle_qlinear_average_pool``; onnxruntime and TFLite in tests/test_qlinear_ops.py.
+      fbgemm       torch.nn.functional.avg_pool2d on an NCHW quantized tensor (AveragePool2d.cpp
+                   ``avg_pool2d_out_frame``): x and y share scale and zero point; 4-D x, symmetric
+                   pads of at most half the kernel, no auto_pad but VALID. ``S = sum(x) - z_x n``
+                   over the n real elements (exact); divisor d = n, or with count_include_pad the
+                   window clipped to the padded input (in ceil mode a window past the end padding
+                   counts less than KH*KW, unlike onnxruntime); ``m = float32(1.0 / d)`` (double
+                   division); ``y = clamp(rne(float32(float32(float32(S) m) + z_y)))``: the zero
+                   point added BEFORE rounding, in float32, no FMA.
+                   # NOTE: channels-last tensors (for NCHW arrays: C == 1 or H * W == 1) take another
+                   # kernel; not modelled (ValueError), nor divisor_override.
+    Oracle: ``oracle_qlinear_average_pool``; onnxruntime, TFLite and PyTorch in tests/test_qlinear_ops.py.
     """
     _check_mode(mode, POOL_MODES)
     x = _codes("x", x)
@@ -219,6 +267,21 @@ def qlinear_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point, *, ker
         pads = None if pads is None else (0, pads[0], 0, pads[1]) if len(pads) == 2 else pads
     k, s, _, pb, pe, out = pool_geometry(spatial, ks, strides, pads, None, ceil_mode=ceil_mode, auto_pad=auto_pad)
     qmin, qmax = QUANT_RANGES[x.dtype]
+    if mode == "fbgemm":
+        _check_torch_nchw(x, channels_last, (sx, zx), (sy, zy))
+        if auto_pad not in ("NOTSET", "VALID") or pb != pe or any(p > kk // 2 for p, kk in zip(pb, k)):
+            raise ValueError(f"PyTorch's avg_pool2d pads symmetrically by at most half the kernel: got pads "
+                             f"{pb + pe}, kernel_shape {k}, auto_pad {auto_pad!r}")
+        views, masks = _window_views(x4.astype(np.int64) - zx, k, s, (1, 1), pb, pe, out, 0)
+        total = sum(views)
+        if count_include_pad:  # the window clipped to [-pad, size + pad) per axis
+            count = np.outer(_torch_span(spatial[0], k[0], s[0], pb[0], out[0]),
+                             _torch_span(spatial[1], k[1], s[1], pb[1], out[1]))
+        else:
+            count = sum(m.astype(np.int64) for m in masks)
+        m = (1.0 / count).astype(F32)  # double division, then float32
+        t = (total.astype(F32) * m) + F32(zy)
+        return back(np.clip(np.rint(t), qmin, qmax).astype(x.dtype))
     if mode == "tflite":
         if (float(sx), zx) != (float(sy), zy) or count_include_pad:
             raise ValueError("TFLite's int8 AVERAGE_POOL_2D needs x and y to share scale and zero point and "
@@ -304,11 +367,19 @@ def _oracle_layout(x, channels_last):
     return x[:, :, None, :] if x.ndim == 3 else x
 
 
-def oracle_qlinear_global_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point, *, channels_last=0):
+def oracle_qlinear_global_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point, *, channels_last=0,
+                                       mode="onnxruntime"):
     """Global average pool one (n, c) at a time: a Python-int sum, float32 scalars for M and the product."""
     x = np.asarray(x)
     xc = np.moveaxis(x, -1, 1) if channels_last else x
     qmin, qmax = QUANT_RANGES[x.dtype]
+    if mode == "fbgemm":  # adaptive_avg_pool2d: the raw codes' sum times float32(float32(1 / H) / W)
+        r = np.float32(np.float32(np.float32(1) / np.float32(x.shape[2])) / np.float32(x.shape[3]))
+        out = np.empty(x.shape[:2] + (1, 1), x.dtype)
+        for b, c in np.ndindex(*x.shape[:2]):
+            total = sum(int(v) for v in x[b, c].ravel())
+            out[b, c, 0, 0] = min(max(int(round(float(np.float32(np.float32(total) * r)))), qmin), qmax)
+        return out
     zx, zy = int(x_zero_point), int(y_zero_point)
     n = int(np.prod(xc.shape[2:]))
     m = np.float32(np.float32(x_scale) / np.float32(np.float32(y_scale) * np.float32(n)))
@@ -336,7 +407,16 @@ def oracle_qlinear_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point,
     is_global = k == spatial and pb + pe == (0, 0, 0, 0)
     for b, c, oh, ow in np.ndindex(*y.shape):
         pos = _windows_of(spatial, k, s, d, pb, out, oh, ow)
-        if mode == "tflite":
+        if mode == "fbgemm":
+            total = sum(int(x4[b, c, h, w]) - zx for h, w in pos)
+            if count_include_pad:
+                hs, ws = oh * s[0] - pb[0], ow * s[1] - pb[1]
+                cnt = (min(hs + k[0], spatial[0] + pb[0]) - hs) * (min(ws + k[1], spatial[1] + pb[1]) - ws)
+            else:
+                cnt = len(pos)
+            t = np.float32(np.float32(np.float32(total) * np.float32(1.0 / cnt)) + np.float32(zy))
+            y[b, c, oh, ow] = min(max(int(round(float(t))), qmin), qmax)
+        elif mode == "tflite":
             total, cnt = sum(int(x4[b, c, h, w]) for h, w in pos), len(pos)
             q = (abs(total) + cnt // 2) // cnt * (1 if total >= 0 else -1)
             y[b, c, oh, ow] = min(max(q, qmin), qmax)

@@ -118,8 +118,9 @@ def run_integer(imodel: IntegerModel, x, *, mode=None, return_intermediates=Fals
     Dtypes: logits float32 = s_y * (q - z_y) of the last layer's codes; with
     ``return_intermediates`` also a list of every layer's uint8 codes (model.names order).
     ``mode``: None = imodel.mode; ``accumulate``: "exact" or "int16-pairs" (onnxruntime and
-    fbgemm modes only; see the module docstring). Images are processed BATCH at a time;
-    the result does not depend on it, on the BLAS or on its threads. ``progress``: None, or
+    fbgemm modes only; see the module docstring), or {layer name: one of them} per layer
+    (sqref.backends.probe.resolve_layer_accumulate; absent layers are exact). Images are
+    processed BATCH at a time; the result does not depend on it, on the BLAS or on its threads. ``progress``: None, or
     a callable given the number of images done after each batch.
     """
     mode = check_mode(imodel.mode if mode is None else mode)
@@ -131,7 +132,8 @@ def run_integer(imodel: IntegerModel, x, *, mode=None, return_intermediates=Fals
         env = {INPUT: q_in[start:start + BATCH]}
         for index, (name, layer, reads) in enumerate(zip(imodel.names, imodel.layers, imodel.wiring)):
             try:
-                env[name] = apply_layer(layer, *(env[r] for r in reads), mode=mode, accumulate=accumulate)
+                acc = accumulate.get(name, "exact") if isinstance(accumulate, dict) else accumulate
+                env[name] = apply_layer(layer, *(env[r] for r in reads), mode=mode, accumulate=acc)
             except ValueError as exc:
                 raise ValueError(f"layer {name!r} ({layer.kind}): {exc}") from None
             if return_intermediates or index == len(imodel.layers) - 1:

@@ -16,7 +16,7 @@ import numpy as np
 
 from sqref.backends import onnx as onnx_backend
 from sqref.backends import require
-from sqref.backends.probe import PROBED_BACKENDS, accumulation
+from sqref.backends.probe import PROBED_BACKENDS, accumulation, layer_kernel
 from sqref.backends import tflite as tflite_backend
 from sqref.backends import torch as torch_backend
 from sqref.integer import requant
@@ -53,6 +53,13 @@ def compare(name, actual, desired, *, max_listed=5) -> dict:
     return {**row, "match": False, "mismatches": int(len(bad)),
             "histogram": {str(k): c for k, c in sorted(hist.items(), key=lambda kv: (-kv[1], abs(kv[0])))},
             "worst": entry(w), "first": [entry(i) for i in range(min(max_listed, len(bad)))], "message": message}
+
+
+def layer_accumulation(golden) -> dict:
+    """{conv/linear layer name: the accumulation its golden outputs were computed with}."""
+    acc = golden.accumulate
+    return {name: (acc.get(name, "exact") if isinstance(acc, dict) else acc)
+            for name, layer in zip(golden.imodel.names, golden.imodel.layers) if layer_kernel(layer) is not None}
 
 
 def backends_for(imodel) -> tuple:
@@ -116,7 +123,9 @@ def verify(golden: Golden, backend="sqref", *, progress=None, onnx_format="qoper
         if progress is not None:
             progress(1 + len(rows), name)
     match = all(r["match"] is not False for r in rows)
-    return {"backend": backend, "mode": golden.mode, "accumulate": golden.accumulate,
+    accumulate = golden.accumulate if isinstance(golden.accumulate, str) else "per layer: " + ", ".join(
+        f"{name} {value}" for name, value in golden.accumulate.items())
+    return {"backend": backend, "mode": golden.mode, "accumulate": accumulate,
             "match": match, "tensors": rows, "notes": _notes(golden, backend, match)}
 
 
@@ -138,19 +147,24 @@ def _notes(golden, backend, match):
     if native and golden.mode != native:
         notes.append(f"the golden file was computed in mode {golden.mode!r}; {backend} computes as mode {native!r}, "
                      f"so differences at or near .5 ties of the requantization are expected")
-    if golden.accumulate == "int16-pairs" and backend in ("tflite", "onnx-reference"):
+    per_layer = layer_accumulation(golden)
+    if "int16-pairs" in per_layer.values() and backend in ("tflite", "onnx-reference"):
         notes.append(f"the golden file models the int16 pair saturation of onnxruntime/FBGEMM u8 x s8 kernels; "
                      f"{backend} accumulates exactly: regenerate with --accumulate exact to compare")
     if backend in PROBED_BACKENDS:
         try:
-            found = accumulation(backend, "matmul")
+            found = {k: accumulation(backend, k) for k in sorted({layer_kernel(layer) for layer in golden.imodel.layers}
+                                                                  - {None})}
         except (ImportError, RuntimeError, ValueError) as exc:
-            found = None
+            found = {}
             notes.append(f"the accumulation probe of {backend} failed: {exc}")
-        if found and found != golden.accumulate:
-            notes.append(f"{backend}'s u8 x s8 kernels accumulate {found} on this machine (probed; "
-                         f"docs/backends.md), the golden file was made with {golden.accumulate}: differences "
-                         f"are expected; regenerate it with --accumulate auto")
+        differ = [name for name, layer in zip(golden.imodel.names, golden.imodel.layers)
+                  if layer_kernel(layer) in found and found[layer_kernel(layer)] != per_layer.get(name, "exact")]
+        if differ:
+            notes.append(f"{backend}'s u8 x s8 kernels accumulate {', '.join(f'{k} {v}' for k, v in found.items())} "
+                         f"on this machine (probed; docs/backends.md), the golden file models layers "
+                         f"{', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''} otherwise: differences are "
+                         f"expected; regenerate it with --accumulate auto")
     if backend == "tflite":
         notes.append("XNNPACK requantizes conv/fully connected as mode 'onnxruntime' and rounds average pools "
                      "as mode 'tflite'")

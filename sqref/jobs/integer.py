@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sqref.backends.probe import resolve_accumulate
+from sqref.backends.probe import resolve_layer_accumulate
 from sqref.compress import logit_agreement
 from sqref.data import DEFAULT_DATA
 from sqref.hdf5 import file_sha256
@@ -68,7 +68,7 @@ class GoldenResult:
     model: str
     model_sha256: str
     mode: str
-    accumulate: str
+    accumulate: str | dict  # one value for every layer, or {layer name: value}
     accumulate_probe: dict
     count: int
     accuracy: float | None
@@ -153,10 +153,16 @@ def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto",
         calib_x = cal_source.split(cal_split)[0]
         imodel, info = integer_model(model, model_path, calib_x, rule=rule, mode=mode, calibration={
             "split": cal_split, "file": os.path.basename(cal_source.path), "data": cal_source.record()})
-    resolved, probe = resolve_accumulate(mode) if accumulate == "auto" else (accumulate, {"requested": accumulate})
+    if accumulate == "auto":  # per kind of kernel; one value when every layer agrees
+        per_layer, probe = resolve_layer_accumulate(mode, imodel)
+        values = set(per_layer.values())
+        resolved = values.pop() if len(values) == 1 else per_layer if values else "exact"
+    else:
+        resolved, probe = accumulate, {"requested": accumulate}
     # the command regenerates the file anywhere: it names the accumulation "auto" resolved to, and the data files
     argv = ["sqref", "golden", os.path.basename(os.fspath(model_path)), "--mode", mode, "--count", str(count),
-            "--accumulate", resolved, *([] if tflite else ["--rule", rule])]
+            "--accumulate", resolved if isinstance(resolved, str) else "auto",  # per layer: probed again
+            *([] if tflite else ["--rule", rule])]
     if uses_data and os.path.realpath(os.fspath(data)) != os.path.realpath(DEFAULT_DATA):
         argv += ["--data", os.path.basename(os.fspath(data))]
     argv += [*(["--inputs", os.path.basename(os.fspath(inputs))] if inputs is not None else []),
