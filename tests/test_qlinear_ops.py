@@ -824,3 +824,50 @@ def test_pools_torch(torch_fbgemm, case, count_include_pad):
         return  # a window over padding only: PyTorch refuses such pads too
     got = F.max_pool2d(q, args["kernel"], args["stride"], args["pad"], args["dilation"], args["ceil"])
     record("max_pool2d (codes)", "torch (fbgemm)", from_torch(got), want, str(args))
+
+
+def _separately_rounded_add(a, sa, za, b, sb, zb, sc, zc):
+    """QLinearAdd with every float32 multiply and add rounded on its own (onnxruntime's SSE2 kernel)."""
+    ra, rb = F32(sa) / F32(sc), F32(sb) / F32(sc)
+    fixed = F32(zc) - (ra * F32(za) + rb * F32(zb))
+    return np.clip(np.rint((fixed + a.astype(F32) * ra) + b.astype(F32) * rb), 0, 255).astype(np.uint8)
+
+
+def test_add_matches_onnxruntime_on_whole_tensors(ort):
+    # Whole tensors rather than hypothesis' small ones: 200 random parameter draws of 4,096 uint8 codes
+    # each (819,200 elements), then the broadcast forms onnxruntime runs as per-span scalars. The FMA
+    # form of qlinear_add must match every element; the separately rounded form is counted beside it.
+    def run(a, b, p):
+        inputs = {"A": a, "A_scale": p[0], "A_zero_point": p[1], "B": b, "B_scale": p[2], "B_zero_point": p[3],
+                  "C_scale": p[4], "C_zero_point": p[5]}
+        return run_contrib(ort, "QLinearAdd", inputs, np.uint8)
+
+    # which kernel this onnxruntime runs, probed on the literal tie of test_add_literal_fused_multiply_add
+    tie = [np.array(v, t) for v, t in ((0.11811244487762451, F32), (134, np.uint8), (0.25121018290519714, F32),
+                                        (128, np.uint8), (0.2626701295375824, F32), (129, np.uint8))]
+    if run(np.array([176], np.uint8), np.array([91], np.uint8), tie).tolist() != [113]:
+        pytest.skip("onnxruntime runs its SSE2 QLinearAdd kernel here (no AVX2/FMA), which sqref does not model")
+    rng = np.random.default_rng(1)
+    counts = collections.Counter()
+
+    def check(a, b):
+        p = [np.array(rng.uniform(0.01, 0.5), F32), np.array(rng.integers(0, 256), np.uint8),
+             np.array(rng.uniform(0.01, 0.5), F32), np.array(rng.integers(0, 256), np.uint8),
+             np.array(rng.uniform(0.05, 0.6), F32), np.array(rng.integers(0, 256), np.uint8)]
+        want = run(a, b, p)
+        np.testing.assert_array_equal(E.qlinear_add(a, p[0], p[1], b, *p[2:]), want)
+        counts["elements"] += want.size
+        if a.shape == b.shape:
+            sep = _separately_rounded_add(a, *p[:2], b, *p[2:])
+            counts["separately rounded, differing"] += int(np.sum(sep != want))
+
+    for _ in range(200):
+        check(rng.integers(0, 256, 4096).astype(np.uint8), rng.integers(0, 256, 4096).astype(np.uint8))
+    assert counts["elements"] == 819_200
+    for a_shape, b_shape in [((8, 16, 9, 9), (1, 16, 1, 1)), ((1,), (5000,)), ((5000,), (1,)), ((64, 64), (64, 1)),
+                             ((64, 1), (64, 64)), ((4, 3, 10), (4, 1, 10))]:
+        for _ in range(10):
+            check(rng.integers(0, 256, a_shape).astype(np.uint8), rng.integers(0, 256, b_shape).astype(np.uint8))
+    print(f"\n  QLinearAdd on whole tensors: {counts['elements']:,} elements, all exact; the separately rounded "
+          f"form differs at {counts['separately rounded, differing']} of the first 819,200")
+    assert counts["separately rounded, differing"] > 0  # the FMA form is the one that matters on this data
