@@ -108,15 +108,15 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
                    onnxruntime 1.32 runs on every x86-64 CPU with AVX2 and FMA (both kinds of
                    machine sqref is tested on): ratios ``r_a = float32(s_a / s_c)``,
                    ``r_b = float32(s_b / s_c)``; ``f = float32(z_c) - fma(r_a, z_a, float32(r_b z_b))``
-                   (the compiler contracts ``r_a z_a + r_b z_b`` into one FMA: measured, 0 of
-                   819,200 random elements differ, 1 with separate roundings); then on the RAW codes
+                   (the compiler contracts ``r_a z_a + r_b z_b`` into one FMA: measured by
+                   tests/test_qlinear_ops.py::test_add_matches_onnxruntime_on_whole_tensors); then on the RAW codes
                    ``w = fma(a, r_a, fma(b, r_b, f))`` (VFMADD, one rounding each, b first), round
                    half even (CVTPS2DQ), saturate (PACKSSDW, then PACKUSWB/PACKSSWB): the zero point
                    is inside the float sum, so ties round to the even OUTPUT code.
                    Where onnxruntime's broadcasting runs a as a per-span scalar (a is constant
                    along the innermost output axis and b is not), a's term joins f first:
                    ``w = fma(b, r_b, fma(a, r_a, f))`` (the kernel's separate multiply and add are
-                   contracted into an FMA too: measured, 0 of 245,760 differ).
+                   contracted into an FMA too: measured by the same test).
                    # NOTE: CVTPS2DQ turns |w| >= 2**31 into INT32_MIN, which saturates to qmin
                    # even for a huge positive sum (s_a / s_c > 2**23); modelled as such.
                    # NOTE: CPUs without AVX2 run the SSE2 kernel (qladd.cpp: separate float32
