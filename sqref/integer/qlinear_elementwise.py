@@ -96,6 +96,15 @@ def _to_int32_x86(v):
 # ------------------------------------------------------------------ QLinearAdd / QLinearMul
 
 
+def _binary_operands(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point):
+    """The checked inputs of QLinearAdd and QLinearMul: the codes a and b (one dtype) and the
+    (float32 scale, integer zero point) of a, b and c, zero points of a's dtype."""
+    a = _codes("a", a)
+    b = _codes("b", b, a.dtype)
+    return (a, b, _params("a", a_scale, a_zero_point, a.dtype), _params("b", b_scale, b_zero_point, a.dtype),
+            _params("c", c_scale, c_zero_point, a.dtype))
+
+
 def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point=None, *,
                 mode="onnxruntime"):
     """com.microsoft QLinearAdd: ``c = saturate(round((s_a (a - z_a) + s_b (b - z_b)) / s_c) + z_c)``.
@@ -150,11 +159,8 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     Oracle: ``oracle_qlinear_add``; onnxruntime, TFLite and PyTorch in tests/test_qlinear_ops.py.
     """
     _check_mode(mode)
-    a = _codes("a", a)
-    b = _codes("b", b, a.dtype)
-    sa, za = _params("a", a_scale, a_zero_point, a.dtype)
-    sb, zb = _params("b", b_scale, b_zero_point, a.dtype)
-    sc, zc = _params("c", c_scale, c_zero_point, a.dtype)
+    a, b, (sa, za), (sb, zb), (sc, zc) = _binary_operands(a, a_scale, a_zero_point, b, b_scale, b_zero_point,
+                                                          c_scale, c_zero_point)
     a_shape, b_shape = a.shape, b.shape
     a, b = _broadcast(a, b)
     qmin, qmax = QUANT_RANGES[a.dtype]
@@ -276,11 +282,8 @@ def qlinear_mul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     Oracle: ``oracle_qlinear_mul``; onnxruntime, TFLite and PyTorch in tests/test_qlinear_ops.py.
     """
     _check_mode(mode)
-    a = _codes("a", a)
-    b = _codes("b", b, a.dtype)
-    sa, za = _params("a", a_scale, a_zero_point, a.dtype)
-    sb, zb = _params("b", b_scale, b_zero_point, a.dtype)
-    sc, zc = _params("c", c_scale, c_zero_point, a.dtype)
+    a, b, (sa, za), (sb, zb), (sc, zc) = _binary_operands(a, a_scale, a_zero_point, b, b_scale, b_zero_point,
+                                                          c_scale, c_zero_point)
     a_shape, b_shape = a.shape, b.shape
     a, b = _broadcast(a, b)
     qmin, qmax = QUANT_RANGES[a.dtype]

@@ -16,6 +16,7 @@ from sqref.backends.onnx_import import read_onnx
 from sqref.data import DEFAULT_DATA
 from sqref.integer import onnx_golden, onnx_graph
 from sqref.inputs import ALL, SPLIT_SEED, SQREF_DATA, open_data
+from sqref.jobs.integer import VerifyResult
 from sqref.jobs.paths import check_output_path, default_output
 from sqref.progress import Progress
 
@@ -120,25 +121,11 @@ def onnx_golden_file(model_path, *, mode="onnxruntime", output=None, count=None,
 
 
 @dataclass(frozen=True)
-class OnnxVerifyResult:
+class OnnxVerifyResult(VerifyResult):
     """A quantized ONNX model's golden file checked by a backend: ``match`` is True when no tensor
-    is UNEXPLAINED (sqref.integer.onnx_golden)."""
+    is UNEXPLAINED (sqref.integer.onnx_golden); ``counts``: tensors per status."""
 
-    golden: str
-    backend: str
-    mode: str
-    accumulate: str
-    images: int
-    match: bool
-    tensors: list
-    counts: dict
-    notes: list
-    seconds: float
-
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["tensors"] = [{k: v for k, v in r.items() if k != "message"} for r in d["tensors"]]
-        return d
+    counts: dict = dataclasses.field(default_factory=dict)
 
 
 def verify_onnx_file(golden_path, *, backend, progress=False) -> OnnxVerifyResult:
@@ -153,5 +140,5 @@ def verify_onnx_file(golden_path, *, backend, progress=False) -> OnnxVerifyResul
     bar.close("match" if report["match"] else "UNEXPLAINED differences")
     images = int(len(next(iter(g.inputs.values())))) if g.inputs else 0
     return OnnxVerifyResult(os.fspath(golden_path), backend, report["mode"], report["accumulate"], images,
-                            bool(report["match"]), report["tensors"], report["counts"], report["notes"],
-                            round(time.perf_counter() - start, 2))
+                            bool(report["match"]), report["tensors"], report["notes"],
+                            round(time.perf_counter() - start, 2), counts=report["counts"])
