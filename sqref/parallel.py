@@ -3,6 +3,7 @@
     run_tasks(fn, tasks)                              in this process (Dask is never imported)
     run_tasks(fn, tasks, workers=4)                   a LocalCluster of 4 worker processes on this machine
     run_tasks(fn, tasks, scheduler="tcp://host:8786") an existing cluster (`dask scheduler`, `dask worker`)
+    run_tasks(fn, tasks, shared={"model": m}, parts=[{"x": x[0:250]}, ...])   large arguments, sent once
 
 `fn` is a pure, module-level function (the workers import it by name, so
 they need the same sqref version); each task is a dict of its parameters and
@@ -10,6 +11,13 @@ they need the same sqref version); each task is a dict of its parameters and
 to this process). The results come back in the order the tasks were listed,
 whatever order they finished in, so a study that formats them here writes the
 same bytes in-process and on a cluster (docs/scale.md).
+
+Large arguments never enter a task's parameters. `shared` ({name: object}, e.g. a model)
+is given to every task and sent once to every worker (Dask's scatter with broadcast);
+`parts` (one {name: array} per task, e.g. a batch of inputs) travels with its task only, to
+the worker that runs it (through the scheduler, which keeps it until the task is done, so a
+task whose worker died runs again elsewhere). Both are passed to `fn` as keyword arguments
+beside the task's parameters, and neither enters the task's seed.
 
 Every task runs the same way wherever it runs:
 
@@ -76,10 +84,11 @@ def _takes_seed(fn) -> bool:
         return False
 
 
-def run_one(fn, task: dict):
-    """Run one task as every runner does: one BLAS thread, its own seed."""
+def run_one(fn, task: dict, shared: dict | None = None, part: dict | None = None):
+    """Run one task as every runner does: one BLAS thread, its own seed (from `task` only);
+    `fn(**task, **shared, **part)`."""
     seed = task_seed(task)
-    kwargs = dict(task)
+    kwargs = {**task, **(shared or {}), **(part or {})}
     if "seed" not in kwargs and _takes_seed(fn):
         kwargs["seed"] = seed
     state = np.random.get_state()  # restored after: in-process, the caller's generator is left as it was
@@ -91,7 +100,7 @@ def run_one(fn, task: dict):
         np.random.set_state(state)
 
 
-def _check(fn, tasks, workers, scheduler) -> list[dict]:
+def _check(fn, tasks, workers, scheduler, shared=None, parts=None) -> list[dict]:
     if not callable(fn):
         raise TypeError(f"fn must be a function, got {type(fn).__name__}")
     tasks = list(tasks)
@@ -105,7 +114,23 @@ def _check(fn, tasks, workers, scheduler) -> list[dict]:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
         raise ValueError(f"scheduler must be an address such as tcp://HOST:8786, got {scheduler!r}")
+    _check_arguments(tasks, shared, parts)
     return tasks
+
+
+def _check_arguments(tasks, shared, parts) -> None:
+    """shared: a dict with str keys; parts: one dict per task; no name given twice to a task."""
+    if shared is not None and (not isinstance(shared, dict) or not all(isinstance(k, str) for k in shared)):
+        raise ValueError(f"shared must be a dict of named arguments, got {type(shared).__name__}")
+    if parts is not None and len(parts) != len(tasks):
+        raise ValueError(f"parts must hold one dict per task: {len(parts)} parts for {len(tasks)} tasks")
+    for index, task in enumerate(tasks):
+        part = {} if parts is None else parts[index]
+        if not isinstance(part, dict) or not all(isinstance(k, str) for k in part):
+            raise ValueError(f"part {index} must be a dict of named arguments, got {type(part).__name__}")
+        twice = set(task) & set(shared or {}) | set(task) & set(part) | set(shared or {}) & set(part)
+        if twice:
+            raise ValueError(f"task {index}: argument {sorted(twice)[0]!r} is given twice (task, shared, parts)")
 
 
 def _failed(index: int, task: dict, exc: BaseException) -> TaskError:
@@ -113,27 +138,38 @@ def _failed(index: int, task: dict, exc: BaseException) -> TaskError:
     return TaskError(f"task {index} {task!r} failed: {type(exc).__name__}: {first}".rstrip(": "))
 
 
-def run_tasks(fn, tasks, *, workers=None, scheduler=None, progress=None) -> list:
-    """[fn(**task) for task in tasks], run in this process (default), on a LocalCluster of
-    `workers` processes, or on the cluster whose scheduler listens at `scheduler`.
-    `progress(done, total)` is called in this process after each task completes (in
-    completion order); the results are in the order of `tasks`. A failing task raises
-    TaskError naming it; an unreachable scheduler raises ValueError in one line."""
-    tasks = _check(fn, tasks, workers, scheduler)
+def run_tasks(fn, tasks, *, workers=None, scheduler=None, progress=None, shared=None, parts=None,
+              on_result=None) -> list:
+    """[fn(**task, **shared, **part) for task, part in zip(tasks, parts)], run in this process
+    (default), on a LocalCluster of `workers` processes, or on the cluster whose scheduler listens
+    at `scheduler`. `shared` is sent once to every worker, each part once to its task's worker
+    (module docstring). In this process, after each task completes (in completion order),
+    `on_result(index, result)` and then `progress(done, total)` are called; the returned results
+    are in the order of `tasks`. A failing task raises TaskError naming it; an unreachable
+    scheduler raises ValueError in one line."""
+    parts = None if parts is None else list(parts)
+    tasks = _check(fn, tasks, workers, scheduler, shared, parts)
+    parts = [{}] * len(tasks) if parts is None else parts
     if workers is None and scheduler is None:
         results = []
         for index, task in enumerate(tasks):
             try:
-                results.append(run_one(fn, task))
+                results.append(run_one(fn, task, shared, parts[index]))
             except Exception as exc:
                 raise _failed(index, task, exc) from exc
-            if progress is not None:
-                progress(index + 1, len(tasks))
+            _completed(index, results[-1], index + 1, len(tasks), on_result, progress)
         return results
     with (local_cluster(workers) if workers is not None else contextlib.nullcontext()) as cluster:
         address = cluster.scheduler_address if cluster is not None else scheduler
         with connect(address) as client:
-            return _run_on(client, fn, tasks, progress)
+            return _run_on(client, fn, tasks, progress, shared or {}, parts, on_result)
+
+
+def _completed(index, result, done, total, on_result, progress) -> None:
+    if on_result is not None:
+        on_result(index, result)
+    if progress is not None:
+        progress(done, total)
 
 
 def local_cluster(workers: int):
@@ -186,10 +222,21 @@ def connect(address: str, timeout: float | None = None):
         client.close()
 
 
-def _run_on(client, fn, tasks, progress) -> list:
+def _broadcast(client, shared: dict) -> dict:
+    """{name: future} of each shared object, sent once to every worker (a worker that joins
+    later, or restarts, fetches it from another). Random keys (hash=False): tokenizing a model
+    would cost more than sending it. A list is scattered element by element: hence [value]."""
+    return {name: client.scatter([value], broadcast=True, hash=False)[0] for name, value in shared.items()}
+
+
+def _run_on(client, fn, tasks, progress, shared, parts, on_result) -> list:
     from dask.distributed import as_completed
 
-    futures = [client.submit(run_one, fn, task, pure=False) for task in tasks]
+    shared_futures = _broadcast(client, shared)
+    # a part travels inside its task (this process -> scheduler -> worker), not scattered: the scheduler
+    # keeps it, so a task whose worker died runs again elsewhere (scattered data dies with its worker)
+    futures = [client.submit(run_one, fn, task, shared_futures, parts[index], pure=False)
+               for index, task in enumerate(tasks)]
     where = {future.key: index for index, future in enumerate(futures)}
     results, done = [None] * len(tasks), 0
     try:
@@ -200,8 +247,8 @@ def _run_on(client, fn, tasks, progress) -> list:
             except Exception as exc:
                 raise _failed(index, tasks[index], exc) from exc
             done += 1
-            if progress is not None:
-                progress(done, len(tasks))
+            _completed(index, results[index], done, len(tasks), on_result, progress)
     finally:
         client.cancel([future for future in futures if not future.done()])
+        client.cancel(list(shared_futures.values()))
     return results

@@ -2,6 +2,7 @@
 cluster; the in-process default never imports Dask; an unreachable scheduler is a one-line
 error; a killed worker changes no result. The cluster tests share ONE LocalCluster of two
 processes (a module-scoped fixture: starting one takes seconds) and skip without Dask."""
+import importlib.util
 import os
 import json
 import signal
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import sqref.clipping
+import sqref.data
 from sqref import parallel
 from sqref.cli import main
 from sqref.parallel import TaskError, run_tasks, task_seed
@@ -74,13 +76,19 @@ def test_bad_arguments_fail_before_anything_runs(kwargs, message):
 
 
 NO_DASK = """
-import sys
+import os, sys, tempfile
 from sqref import parallel
 from sqref.cli import main
+from sqref.data import DATA_DIR
 from sqref.studies import clipping
 clipping.MODELS, clipping.BITS = ("lenet5",), range(4, 5)
 assert parallel.run_tasks(dict, [{"a": 1}, {"b": 2}]) == [{"a": 1}, {"b": 2}]
-assert main(["study", "clipping", "-q"]) == 0
+tmp = tempfile.mkdtemp()
+assert main(["study", "clipping", "-q", "--cache", os.path.join(tmp, "cache")]) == 0
+model, golden = str(DATA_DIR / "lenet300.h5"), os.path.join(tmp, "g.h5")
+assert main(["eval", model, "-q"]) == 0
+assert main(["golden", model, "--mode", "onnxruntime", "--count", "5", "-o", golden, "-q"]) == 0
+assert main(["verify", golden, "--backend", "sqref", "-q"]) == 0
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed"))
 assert not loaded, loaded
 """
@@ -189,8 +197,17 @@ def test_the_clipping_study_is_byte_identical_on_the_cluster(scheduler, small_cl
     assert json.loads(out)["markdown"] + "\n" == alone
 
 
-def test_a_killed_worker_changes_no_result(scheduler):
+def draw_scaled(name, size, pause, scale, x):
+    """draw, with a shared argument and a part: a killed worker loses neither."""
+    return draw(name, size, task_seed({"name": name, "size": size, "pause": pause}), pause), scale * x
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["plain", "shared-and-parts"])
+def test_a_killed_worker_changes_no_result(scheduler, large):
     tasks = [{"name": f"k{i}", "size": 2, "pause": 0.3} for i in range(12)]
+    fn, kwargs = draw, {}
+    if large:
+        fn, kwargs = draw_scaled, {"shared": {"scale": 2.0}, "parts": [{"x": float(i)} for i in range(12)]}
     saved = dict(os.environ)  # the nanny sets its variables in this process again when it restarts the worker
     try:
         with parallel.connect(scheduler) as client:
@@ -203,10 +220,212 @@ def test_a_killed_worker_changes_no_result(scheduler):
                     os.kill(pids[0], signal.SIGKILL)
                     killed.append(pids[0])
 
-            results = run_tasks(draw, tasks, scheduler=scheduler, progress=kill_one)
-            assert killed and results == run_tasks(draw, tasks)
+            results = run_tasks(fn, tasks, scheduler=scheduler, progress=kill_one, **kwargs)
+            assert killed and results == run_tasks(fn, tasks, **kwargs)
             client.wait_for_workers(2, timeout=30)  # the nanny restarted it
             assert pids[0] not in client.run(os.getpid).values()
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+# --- large arguments: shared (sent once to every worker) and parts (one per task) -------------------------------
+
+def weigh(name, scale, x, seed):
+    """A task with a shared argument (scale) and a part (x): its seed comes from the task alone."""
+    return name, seed, float(np.sum(scale * x))
+
+
+SHARED_TASKS = [{"name": f"w{i}"} for i in range(5)]
+PARTS = [{"x": np.arange(i, i + 3, dtype=np.float64)} for i in range(5)]
+
+
+def test_shared_and_parts_reach_every_task_in_process():
+    results = run_tasks(weigh, SHARED_TASKS, shared={"scale": np.float64(2.0)}, parts=PARTS)
+    assert results == [(f"w{i}", task_seed({"name": f"w{i}"}), 2.0 * (3 * i + 3)) for i in range(5)]
+    seen = []
+    run_tasks(weigh, SHARED_TASKS, shared={"scale": 1.0}, parts=PARTS, on_result=lambda i, r: seen.append((i, r[0])))
+    assert seen == [(i, f"w{i}") for i in range(5)]
+    with pytest.raises(ValueError, match="argument 'x' is given twice"):
+        run_tasks(weigh, SHARED_TASKS, shared={"scale": 1.0, "x": 1.0}, parts=PARTS)
+    with pytest.raises(ValueError, match="parts must hold one dict per task: 2 parts for 5 tasks"):
+        run_tasks(weigh, SHARED_TASKS, shared={"scale": 1.0}, parts=PARTS[:2])
+
+
+def test_shared_and_parts_on_the_cluster(scheduler):
+    shared = {"scale": np.float64(3.0)}
+    assert (run_tasks(weigh, SHARED_TASKS, scheduler=scheduler, shared=shared, parts=PARTS)
+            == run_tasks(weigh, SHARED_TASKS, shared=shared, parts=PARTS))
+
+
+# --- sqref eval, golden and verify on the cluster -----------------------------------------------------------------
+
+LENET5, LENET300 = (os.fspath(sqref.data.DATA_DIR / f"{name}.h5") for name in ("lenet5", "lenet300"))
+
+
+def borrow(monkeypatch, address, started):
+    """--workers N starts parallel.local_cluster(N): make it hand out the module's cluster."""
+    class Borrowed:
+        scheduler_address = address
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(parallel, "local_cluster", lambda workers: started.append(workers) or Borrowed())
+
+
+def without_seconds(text):
+    """A command's JSON object without its wall-clock field."""
+    result = json.loads(text)
+    result.pop("seconds")
+    return result
+
+
+def test_eval_is_identical_on_the_cluster(scheduler, capsys, monkeypatch):
+    argv = ["eval", LENET5, "--reference", LENET300, "--json", "-q"]
+    assert main(argv) == 0
+    alone = without_seconds(capsys.readouterr().out)
+    assert alone["agreement"] is not None and alone["accuracy"] is not None
+    assert main([*argv, "--scheduler", scheduler]) == 0
+    assert without_seconds(capsys.readouterr().out) == alone
+    started = []
+    borrow(monkeypatch, scheduler, started)
+    assert main([*argv, "--workers", "2"]) == 0
+    assert started == [2] and without_seconds(capsys.readouterr().out) == alone
+
+
+def test_golden_and_verify_are_identical_on_the_cluster(scheduler, tmp_path, capsys, monkeypatch):
+    """A golden file of 40 images (two batches, the second partial) in mode fbgemm: the same bytes;
+    verified by sqref (exact) and by onnxruntime (ties differ: mismatch rows with indices), the
+    same report."""
+    files = []
+    for where, extra in (("alone", []), ("cluster", ["--scheduler", scheduler])):
+        (tmp_path / where).mkdir()
+        files.append(tmp_path / where / "g.h5")  # the same name: the file records its command
+        assert main(["golden", LENET5, "--mode", "fbgemm", "--count", "40", "-o", str(files[-1]), "-q", *extra]) == 0
+    capsys.readouterr()
+    assert files[0].read_bytes() == files[1].read_bytes()
+    backends = ["sqref"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") else [])
+    for backend in backends:
+        argv = ["verify", str(files[0]), "--backend", backend, "-q"]
+        code = main(argv)
+        alone = capsys.readouterr().out
+        assert main([*argv, "--scheduler", scheduler]) == code
+        assert capsys.readouterr().out == alone
+        assert main([*argv, "--json"]) == code
+        alone_json = without_seconds(capsys.readouterr().out.splitlines()[-1])
+        started = []
+        borrow(monkeypatch, scheduler, started)
+        assert main([*argv, "--json", "--workers", "2"]) == code and started == [2]
+        assert without_seconds(capsys.readouterr().out.splitlines()[-1]) == alone_json
+        assert (code, alone_json["match"]) == ((0, True) if backend == "sqref" else (1, False)), (backend, code)
+
+
+def test_verify_with_another_backend_on_a_cluster_is_a_one_line_error(tmp_path, capsys):
+    pytest.importorskip("dask.distributed")
+    out = tmp_path / "g.h5"
+    assert main(["golden", LENET300, "--mode", "fbgemm", "--count", "2", "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out), "--backend", "torch", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "verify runs the backends sqref, onnxruntime so far, not 'torch'" in err, err
+
+
+def test_a_quantized_onnx_golden_runs_in_process_only(tmp_path, capsys):
+    pytest.importorskip("dask.distributed")
+    import h5py
+
+    golden_path = tmp_path / "ort.golden.h5"
+    with h5py.File(golden_path, "w") as f:
+        f.attrs["format"] = "sqref-onnx-golden"
+    assert main(["verify", str(golden_path), "--backend", "sqref", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a quantized ONNX model's golden file runs in-process only" in err, err
+    pytest.importorskip("onnx")
+    from sqref.backends.onnx import export_onnx
+    from sqref.jobs.integer import prepare
+
+    model_path = tmp_path / "q.onnx"
+    model_path.write_bytes(export_onnx(prepare(LENET300)[0]).SerializeToString())
+    assert main(["golden", str(model_path), "--mode", "onnxruntime", "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--scheduler runs sqref's own integer golden files" in err, err
+
+
+# --- the clipping study's cache -----------------------------------------------------------------------------------
+
+def counting_cells(monkeypatch, fail_after=None):
+    """Replace the study's cell function by one that counts its calls (and raises after `fail_after`)."""
+    calls = []
+
+    def cell(**task):
+        if fail_after is not None and len(calls) >= fail_after:
+            raise RuntimeError("interrupted")
+        calls.append(task)
+        return real(**task)
+
+    real = clipping_study.clipping_cell
+    monkeypatch.setattr(clipping_study, "clipping_cell", cell)
+    return calls
+
+
+def test_an_interrupted_study_resumes_from_its_cache(small_clipping, tmp_path, capsys, monkeypatch):
+    assert main(["study", "clipping", "-q"]) == 0
+    alone = capsys.readouterr().out
+    cache = tmp_path / "cache"
+    with monkeypatch.context() as patch:
+        counting_cells(patch, fail_after=5)
+        assert main(["study", "clipping", "-q", "--cache", str(cache)]) == 1  # the 6th cell fails
+    assert "interrupted" in capsys.readouterr().err
+    entries = sorted((cache / "clipping").iterdir())
+    assert len(entries) == 5 and all(json.loads(p.read_text())["format"] == "sqref-cell-cache" for p in entries)
+    with monkeypatch.context() as patch:
+        calls = counting_cells(patch)
+        assert main(["study", "clipping", "--cache", str(cache)]) == 0
+        out, err = capsys.readouterr()
+        assert out == alone and len(calls) == 12 - 5
+        assert "clipping (5 of 12 cells from the cache)" in err
+        assert main(["study", "clipping", "-q", "--cache", str(cache)]) == 0
+        assert capsys.readouterr().out == alone and len(calls) == 12 - 5  # every cell from the cache
+
+
+def test_a_corrupted_cache_entry_is_computed_again(small_clipping, tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    assert main(["study", "clipping", "-q", "--cache", str(cache)]) == 0
+    alone = capsys.readouterr().out
+    first, second, *_ = sorted((cache / "clipping").iterdir())
+    first.write_text(first.read_text()[:40])  # truncated: not JSON
+    entry = json.loads(second.read_text())
+    entry["result"][0] = 0.5  # still JSON, but not the result its checksum says
+    second.write_text(json.dumps(entry))
+    calls = counting_cells(monkeypatch)
+    assert main(["study", "clipping", "-q", "--cache", str(cache)]) == 0
+    out, err = capsys.readouterr()
+    assert out == alone and len(calls) == 2
+    assert err.count("ignored the corrupted cache entry") == 2 and "does not match its result_sha256" in err, err
+    assert json.loads(second.read_text())["result"][0] != 0.5  # rewritten
+
+
+def test_the_cache_works_with_the_cluster(scheduler, small_clipping, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["study", "clipping", "-q", "--cache", str(cache)]) == 0
+    alone = capsys.readouterr().out
+    for path in sorted((cache / "clipping").iterdir())[::2]:
+        path.unlink()
+    assert main(["study", "clipping", "-q", "--cache", str(cache), "--scheduler", scheduler]) == 0
+    assert capsys.readouterr().out == alone and len(list((cache / "clipping").iterdir())) == 12
+
+
+@pytest.mark.parametrize("name, message", [
+    ("clipping", "cache {path} is not a directory"),
+    ("paper", "--cache keeps the cells of these studies so far: clipping; 'paper' has no cache (drop --cache)"),
+])
+def test_a_bad_cache_is_a_one_line_error(name, message, tmp_path, capsys):
+    path = tmp_path / "file"
+    path.write_text("")
+    assert main(["study", name, "--cache", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sqref: error: {message.format(path=path)}\n", err

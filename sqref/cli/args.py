@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 
 import numpy as np
 
@@ -69,6 +70,33 @@ def add_split_seed_option(p):
                    help="seed of the split of a .npz/.npy into train (70%%: calibration, fine-tuning), val (10%%) "
                         "and test (20%%), recorded in what the command writes; the sqref data file keeps its "
                         "stored split (default: %(default)s)")
+
+
+def add_cluster_options(p, what: str, *, note: str = ""):
+    """--workers N | --scheduler ADDR (sqref.parallel.run_tasks), mutually exclusive: `what` runs on a
+    Dask LocalCluster of N processes or on an existing cluster; `note` ends --workers' help."""
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=positive_int, metavar="N",
+                         help=f"run {what} on a Dask LocalCluster of N worker processes (one thread each"
+                              f"{'; ' + note if note else ''})")
+    cluster.add_argument("--scheduler", metavar="ADDR",
+                         help=f"run {what} on the Dask cluster whose scheduler is at ADDR (tcp://HOST:PORT)")
+
+
+def cluster_option(args) -> str | None:
+    """'--workers' or '--scheduler' when one was given; None: the work runs in this process."""
+    if getattr(args, "workers", None) is not None:
+        return "--workers"
+    return "--scheduler" if getattr(args, "scheduler", None) is not None else None
+
+
+def require_dask(option: str) -> None:
+    """A UsageError in one line, before any work, when `option` needs Dask and it is not installed."""
+    try:
+        importlib.import_module("dask.distributed")
+    except ImportError:
+        raise UsageError(f"{option} needs Dask: pip install \"sqref[distributed]\" "
+                         "(or pip install \"dask[distributed]\")") from None
 
 
 def nonneg_float(text):

@@ -13,8 +13,8 @@ import json
 import sys
 from collections import Counter
 
-from sqref.cli.args import (MODEL_HELP, add_data_option, add_split_seed_option, as_json, json_default,
-                            positive_int, progress_enabled, table)
+from sqref.cli.args import (MODEL_HELP, UsageError, add_cluster_options, add_data_option, add_split_seed_option,
+                            as_json, cluster_option, json_default, positive_int, progress_enabled, require_dask, table)
 from sqref.cli.models import agreement_text
 from sqref.integer.calibration import CALIBRATION_RULES
 from sqref.integer.model import ACCUMULATE
@@ -26,12 +26,26 @@ from sqref.jobs.onnx_golden import golden_format, is_quantized_onnx, onnx_golden
 EXIT_MISMATCH = 1
 
 
+def _cluster(args, quantized_onnx: bool) -> None:
+    """--workers/--scheduler: Dask installed, and a golden file in sqref's own format."""
+    option = cluster_option(args)
+    if option is None:
+        return
+    if quantized_onnx:
+        raise UsageError(f"{option} runs sqref's own integer golden files on a Dask cluster; a quantized ONNX "
+                         f"model's golden file runs in-process only (drop {option})")
+    require_dask(option)
+
+
 def cmd_golden(args) -> dict:
-    if is_quantized_onnx(args.model):
+    quantized_onnx = is_quantized_onnx(args.model)
+    _cluster(args, quantized_onnx)
+    if quantized_onnx:
         return _golden_of_quantized_onnx(args)
     r = golden_file(args.model, mode=args.mode, output=args.output, count=args.count, accumulate=args.accumulate,
                     rule=args.rule, data=args.data, inputs=args.inputs, calib=args.calib, split_seed=args.split_seed,
-                    overwrite=args.force, progress=progress_enabled(args))
+                    overwrite=args.force, progress=progress_enabled(args), workers=args.workers,
+                    scheduler=args.scheduler)
     if not args.json:
         inp = r.inputs
         kind = "images" if inp["format"] == "sqref-data" else "inputs"
@@ -112,9 +126,12 @@ def _verify_quantized_onnx(args) -> dict:
 
 
 def cmd_verify(args) -> dict:
-    if golden_format(args.golden) == "sqref-onnx-golden":
+    quantized_onnx = golden_format(args.golden) == "sqref-onnx-golden"
+    _cluster(args, quantized_onnx)
+    if quantized_onnx:
         return _verify_quantized_onnx(args)
-    r = verify_file(args.golden, backend=args.backend, progress=progress_enabled(args), onnx_format=args.onnx_format)
+    r = verify_file(args.golden, backend=args.backend, progress=progress_enabled(args), onnx_format=args.onnx_format,
+                    workers=args.workers, scheduler=args.scheduler)
     tensors = r.tensors
     n_bad = sum(1 for t in tensors if t["match"] is False)
     if not args.json:
@@ -174,6 +191,8 @@ def register(sub, add):
                         "whole, the sqref data file gives its train split (default: the train split of --data)")
     add_split_seed_option(p)
     p.add_argument("--force", action="store_true", help="replace an existing output file")
+    add_cluster_options(p, "the integer path's batches", note="the golden file is written here, byte for byte the "
+                                                              "in-process one; not for quantized ONNX models")
     p.set_defaults(func=cmd_golden)
 
     p = add("verify", "recompute a golden file with a backend and compare every tensor bit for bit "
@@ -186,4 +205,6 @@ def register(sub, add):
                    help="how onnxruntime gets sqref's integer model: QLinear ops (qoperator), or DequantizeLinear -> "
                         "float op -> QuantizeLinear groups that its optimizer fuses (qdq, as quantize_static writes "
                         "them) (default: %(default)s)")
+    add_cluster_options(p, "the backend's batches", note="backends sqref and onnxruntime; the report is the "
+                                                         "in-process one")
     p.set_defaults(func=cmd_verify)

@@ -2,8 +2,8 @@
 data file. The work is sqref.jobs.models; these commands parse, call it and print."""
 from __future__ import annotations
 
-from sqref.cli.args import (DATA_FORMS, MODEL_HELP, add_data_option, add_split_seed_option, as_json, nonneg_float,
-                            positive_int, progress_enabled, table)
+from sqref.cli.args import (DATA_FORMS, MODEL_HELP, add_cluster_options, add_data_option, add_split_seed_option,
+                            as_json, cluster_option, nonneg_float, positive_int, progress_enabled, require_dask, table)
 from sqref.data import DEFAULT_DATA
 from sqref.jobs.models import (DATASETS, EVAL_SPLITS, data_file, describe_file, evaluate_file, import_file, init_file,
                                train_file)
@@ -65,8 +65,12 @@ def agreement_text(r, what="the float model") -> str:
 
 def cmd_eval(args) -> dict:
     data = args.data or [DEFAULT_DATA]
+    option = cluster_option(args)
+    if option is not None:
+        require_dask(option)
     r = evaluate_file(args.model, data=data[0] if len(data) == 1 else data, split=args.split, reference=args.reference,
-                      split_seed=args.split_seed, progress=progress_enabled(args))
+                      split_seed=args.split_seed, progress=progress_enabled(args), workers=args.workers,
+                      scheduler=args.scheduler)
     if not args.json:
         if isinstance(r.data, list):  # several --data files, evaluated as one set
             where = " + ".join(f"{d['evaluated']['split']} of {d['file']}" for d in r.data) + ":"
@@ -147,6 +151,8 @@ def register(sub, add):
     p.add_argument("--reference", metavar="MODEL",
                    help="a float model (.h5 or .onnx) to compare with: top-1 and top-5 agreement and the mean logit "
                         "SQNR of MODEL against it; required when the data has no labels")
+    add_cluster_options(p, "the forward batches", note="the models are sent once to each worker; the figures are "
+                                                       "the in-process ones")
     p.set_defaults(func=cmd_eval)
 
     p = add("import", "import a float ONNX model (Conv, Gemm/MatMul, ReLU, pooling, BatchNorm, ...) and write it as "

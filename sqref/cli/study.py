@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 
 from sqref import plots
-from sqref.cli.args import UsageError, positive_int, progress_enabled
+from sqref.cli.args import UsageError, add_cluster_options, cluster_option, progress_enabled, require_dask
 from sqref.hdf5 import atomic_text
 from sqref.jobs.paths import check_output_path, save_figure
 from sqref.studies import STUDIES, results
+from sqref.studies.common import check_cache_dir
 
 HELP = """Run a study, then print its markdown, write it to a new file, or update its section of a page.
 
@@ -28,7 +31,12 @@ Progress with an ETA goes to stderr (which study of how many, then the study's c
 --workers N runs a study's cells on a Dask LocalCluster of N processes on this machine, --scheduler ADDR on
 an existing cluster (`dask scheduler`, then `dask worker ADDR` on each host, with the same sqref version);
 the output is byte for byte the same as in-process (docs/scale.md). Needs the `distributed` extra:
-pip install "sqref[distributed]". Studies that run on a cluster so far: see --workers below."""
+pip install "sqref[distributed]". Studies that run on a cluster so far: see --workers below.
+
+--cache DIR keeps every finished cell of a study in DIR and reads it back on the next run, so a run that was
+interrupted (or crashed) resumes and prints the same bytes; an entry is keyed by the cell's parameters and the
+code version (sqref's version, the sources the cell runs, the model and data files), and a corrupted entry is
+ignored (with a note) and computed again (docs/scale.md)."""
 
 
 def register(sub, add):
@@ -46,12 +54,11 @@ def register(sub, add):
                                    "a study, e.g. finetune OPENBLAS_NUM_THREADS=2 in docs/results.md)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the tradeoff study's accuracy curves (needs matplotlib)")
     p.add_argument("--force", action="store_true", help="replace an existing output file (-o, --plot)")
-    cluster = p.add_mutually_exclusive_group()
-    cluster.add_argument("--workers", type=positive_int, metavar="N",
-                         help="run the study's cells on a Dask LocalCluster of N worker processes (one thread each; "
-                              f"studies: {', '.join(results.distributed_studies(STUDIES))})")
-    cluster.add_argument("--scheduler", metavar="ADDR",
-                         help="run the study's cells on the Dask cluster whose scheduler is at ADDR (tcp://HOST:PORT)")
+    add_cluster_options(p, "the study's cells", note=f"studies: {', '.join(results.distributed_studies(STUDIES))}")
+    p.add_argument("--cache", metavar="DIR",
+                   help="keep each finished cell in DIR (created if missing; one JSON file per cell, keyed by its "
+                        "parameters and the code version) and read it back instead of computing it again, so an "
+                        f"interrupted run resumes (studies: {', '.join(cached_studies(STUDIES))}; default: no cache)")
     p.set_defaults(func=cmd_study)
 
 
@@ -61,18 +68,17 @@ def cmd_study(args) -> dict:
         raise UsageError("--plot draws the accuracy curves of the tradeoff study: use it with 'tradeoff' or 'all'")
     if args.label is not None and (args.update is None or args.name == "all"):
         raise UsageError("--label selects a labelled section to --update: use it with one study and --update FILE")
-    if args.workers is not None or args.scheduler is not None:
-        option = "--workers" if args.workers is not None else "--scheduler"
+    option = cluster_option(args)
+    if option is not None:
         able = results.distributed_studies(STUDIES)
         unable = [name for name in names if name not in able]
         if unable:
             raise UsageError(f"{option} runs only these studies on a Dask cluster so far: {', '.join(able) or 'none'}"
                              f"; {unable[0]!r} runs in-process only (drop {option})")
-        try:
-            import dask.distributed  # noqa: F401  (fail now, in one line, not after the first study)
-        except ImportError:
-            raise UsageError(f"{option} needs Dask: pip install \"sqref[distributed]\" "
-                             "(or pip install \"dask[distributed]\")") from None
+        require_dask(option)
+    studies = {name: STUDIES[name] for name in names}
+    if args.cache is not None:
+        studies = _with_cache(studies, args.cache)
     keys = {name: results.section_key(name, args.label) for name in names}
     plot = check_output_path(args.plot, force=args.force) if args.plot else None
     out = check_output_path(args.output, force=args.force) if args.output else None
@@ -82,7 +88,7 @@ def cmd_study(args) -> dict:
     if args.update:
         results.check_page(args.update, keys.values())  # fail now, not after an hour of fine-tuning
     curves = []
-    sections = results.run_studies({name: STUDIES[name] for name in names}, progress=progress_enabled(args),
+    sections = results.run_studies(studies, progress=progress_enabled(args),
                                    collect=curves, workers=args.workers, scheduler=args.scheduler)
     text = (results.RESULTS_HEADER if args.name == "all" else "") + "\n".join(sections.values())
     if plot:
@@ -97,3 +103,19 @@ def cmd_study(args) -> dict:
         print(text)
     return {"study": args.name, "markdown": text, "output": args.output, "updated": args.update,
             "workers": args.workers, "scheduler": args.scheduler}
+
+
+def cached_studies(studies: dict) -> list[str]:
+    """The names of the studies that keep their cells in a --cache (they take `cache`)."""
+    return [name for name, study in studies.items() if "cache" in inspect.signature(study).parameters]
+
+
+def _with_cache(studies: dict, directory) -> dict:
+    """Each study given `cache=directory` (checked now: a file there is a one-line error, exit 2)."""
+    able = cached_studies(STUDIES)
+    unable = [name for name in studies if name not in able]
+    if unable:
+        raise UsageError(f"--cache keeps the cells of these studies so far: {', '.join(able) or 'none'}; "
+                         f"{unable[0]!r} has no cache (drop --cache)")
+    directory = check_cache_dir(directory)
+    return {name: functools.partial(study, cache=directory) for name, study in studies.items()}

@@ -104,15 +104,18 @@ def run_backend(golden: Golden, backend, *, onnx_format="qoperator"):
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def verify(golden: Golden, backend="sqref", *, progress=None, onnx_format="qoperator") -> dict:
+def verify(golden: Golden, backend="sqref", *, progress=None, onnx_format="qoperator", got=None) -> dict:
     """Recompute ``golden`` with ``backend`` and compare every tensor exactly.
 
     Returns {"backend", "mode", "accumulate", "match": bool, "tensors": [compare(...) rows],
     "notes": [...]}: notes say where a mismatch is an expected, documented deviation.
     ``progress``: None, or a callable given (steps done, what was done): the backend run,
     then each tensor compared (1 + number of tensors steps). ``onnx_format``: as run_backend.
+    ``got``: the backend's tensors when they were computed elsewhere (run_backend's dict, e.g.
+    assembled from batches run on a cluster); None runs the backend here.
     """
-    got = run_backend(golden, backend, onnx_format=onnx_format)
+    if got is None:
+        got = run_backend(golden, backend, onnx_format=onnx_format)
     if progress is not None:
         progress(1, f"{backend} ran")
     desired = {"input": golden.inputs, **dict(zip(golden.imodel.names, golden.outputs)), "logits": golden.logits}

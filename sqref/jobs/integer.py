@@ -1,6 +1,7 @@
 """The integer-path jobs behind `sqref golden` and `sqref verify` (docs/integer.md): `prepare`
 and `integer_model` make a model's IntegerModel, `golden_file` writes a golden file,
-`verify_file` checks one against a backend. Silent unless ``progress=True``."""
+`verify_file` checks one against a backend; with workers or a scheduler, their batches run on a Dask
+cluster (`cluster_golden`, `cluster_verify`). Silent unless ``progress=True``."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,13 +19,16 @@ from sqref.hdf5 import file_sha256
 from sqref.integer import golden
 from sqref.integer.calibration import CALIBRATION_RULES, calibrate
 from sqref.backends.tflite_import import is_tflite, read_tflite
-from sqref.integer.model import ACCUMULATE, build_integer_model, check_integer_structure, output_shapes
+from sqref.integer.model import (ACCUMULATE, IntegerModel, build_integer_model, check_integer_structure, check_mode,
+                                 output_shapes)
+from sqref.integer.run import quantize_input, run_integer
 from sqref.integer.requant import MODES
-from sqref.integer.verify import BACKENDS, backends_for, verify
+from sqref.integer.verify import BACKENDS, backends_for, run_backend, verify
 from sqref.inputs import ALL, SPLIT_SEED, SQREF_DATA, open_data, output_classes
 from sqref.jobs.models import agreement_fields, load_model
 from sqref.jobs.paths import check_not_model_data, check_output_path, default_output
 from sqref.model import PARAM_LAYERS, run
+from sqref.parallel import run_tasks
 from sqref.progress import Progress
 from sqref.qmodel import quantize_model
 
@@ -98,7 +102,8 @@ def _resolve_inputs(path, whole_split, model, seed):
 
 
 def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto", rule="max", data=DEFAULT_DATA,
-                inputs=None, calib=None, split_seed=SPLIT_SEED, overwrite=False, progress=False) -> GoldenResult:
+                inputs=None, calib=None, split_seed=SPLIT_SEED, overwrite=False, progress=False, workers=None,
+                scheduler=None) -> GoldenResult:
     """Write a bit-exact golden file: every integer layer's outputs on the first ``count`` inputs
     (default 100, or all when there are fewer; a float model is quantized to 8 bits first, see
     `integer_model`). accumulate="auto" probes what the mode's backend does on this machine and
@@ -107,7 +112,10 @@ def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto",
     The recorded inputs are ``inputs`` (a .npz/.npy used whole, or a sqref data file's test split)
     or else the test split of ``data``; the calibration inputs ``calib`` (used whole, or a sqref
     data file's train split) or else the train split of ``data`` (a user's ``data`` is split by
-    sqref.inputs.split_indices with ``split_seed``). The model may be a float ONNX model."""
+    sqref.inputs.split_indices with ``split_seed``). The model may be a float ONNX model.
+
+    ``workers`` or ``scheduler``: the integer path runs in batches on a Dask cluster
+    (cluster_golden); the file, written here, is byte for byte the in-process one."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
     if accumulate not in ("auto", *ACCUMULATE):
@@ -184,10 +192,14 @@ def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto",
             "data": {"file": os.path.basename(rec_source.path), "split": rec_split,
                      "images": f"the first {count}", "source": rec_source.record()},
             "command": command, "accumulate_probe": probe}
-    bar = Progress(count, f"golden {mode}", enabled=progress)
-    g = golden.make_golden(imodel, x, mode=mode, accumulate=resolved, labels=labels, meta=meta,
-                           progress=bar.update)
-    bar.close()
+    if workers is None and scheduler is None:
+        bar = Progress(count, f"golden {mode}", enabled=progress)
+        g = golden.make_golden(imodel, x, mode=mode, accumulate=resolved, labels=labels, meta=meta,
+                               progress=bar.update)
+        bar.close()
+    else:
+        g = cluster_golden(imodel, x, mode=mode, accumulate=resolved, labels=labels, meta=meta, workers=workers,
+                           scheduler=scheduler, progress=progress)
     golden.write_golden(g, out, overwrite=overwrite)
     acc = None if y is None else round(float((g.logits.argmax(axis=1) == y).mean()), 4)
     figures = ({"agreement": None, "top5_agreement": None, "logit_sqnr_db": None} if tflite else  # no float model
@@ -198,6 +210,49 @@ def golden_file(model_path, *, mode, output=None, count=None, accumulate="auto",
                         {"file": os.path.basename(rec_source.path), "format": rec_source.kind, "split": rec_split},
                         figures["agreement"], figures["top5_agreement"], figures["logit_sqnr_db"], notes,
                         list(backends_for(imodel)))
+
+
+CLUSTER_BATCH = 32  # images per task of a golden or verify run on a Dask cluster (never depends on the workers)
+CLUSTER_BACKENDS = ("sqref", "onnxruntime")  # verify backends that run batch by batch on a cluster
+
+
+def _batches(n: int) -> list[dict]:
+    return [{"start": start, "stop": min(start + CLUSTER_BATCH, n)} for start in range(0, n, CLUSTER_BATCH)]
+
+
+def _run_batches(fn, tasks, codes, imodel, *, label, workers, scheduler, progress) -> list:
+    """run_tasks over batches of input codes: the integer model sent once to every worker, each
+    batch once, with its task; the results in task order."""
+    bar = Progress(len(tasks), f"{label} (batches of {CLUSTER_BATCH})", enabled=progress)
+    parts = [{"codes": codes[task["start"]:task["stop"]]} for task in tasks]
+    results = run_tasks(fn, tasks, workers=workers, scheduler=scheduler, shared={"imodel": imodel}, parts=parts,
+                        progress=lambda done, total: bar.update(done))
+    bar.close()
+    return results
+
+
+def integer_task(start, stop, mode, accumulate, imodel, codes):
+    """One batch of cluster_golden (images start:stop, given as `codes`): run_integer's logits and
+    every layer's codes."""
+    return run_integer(imodel, codes, mode=mode, accumulate=accumulate, return_intermediates=True)
+
+
+def cluster_golden(imodel, x, *, mode, accumulate, labels=None, meta=None, workers=None, scheduler=None,
+                   progress=False) -> golden.Golden:
+    """golden.make_golden(imodel, x, ...) with an accumulation already resolved (not "auto"), the
+    integer path run in batches of CLUSTER_BATCH images on a Dask cluster. run_integer's result does
+    not depend on its batches, so the tensors concatenated here in task order are make_golden's."""
+    mode = check_mode(mode)
+    codes = quantize_input(imodel, x, mode=mode)
+    tasks = [{**batch, "mode": mode, "accumulate": accumulate} for batch in _batches(len(codes))]
+    results = _run_batches(integer_task, tasks, codes, imodel, label=f"golden {mode}", workers=workers,
+                           scheduler=scheduler, progress=progress)
+    logits = np.concatenate([batch_logits for batch_logits, _ in results])
+    outputs = tuple(np.concatenate(layer) for layer in zip(*(batch_outputs for _, batch_outputs in results)))
+    imodel = IntegerModel(imodel.layers, imodel.names, imodel.input_shape, imodel.input, mode, imodel.meta,
+                          imodel.wiring)  # as make_golden: the model of the mode it was run in
+    return golden.Golden(imodel, codes, outputs, logits, mode, accumulate,
+                         None if labels is None else np.asarray(labels, np.uint8), dict(meta or {}))
 
 
 def golden_output(model_path, mode) -> str:
@@ -227,16 +282,47 @@ class VerifyResult:
         return d
 
 
-def verify_file(golden_path, *, backend, progress=False, onnx_format="qoperator") -> VerifyResult:
+def verify_file(golden_path, *, backend, progress=False, onnx_format="qoperator", workers=None,
+                scheduler=None) -> VerifyResult:
     """Recompute a golden file with ``backend`` and compare every tensor bit for bit (onnxruntime gets
-    the model in ``onnx_format``, "qoperator" or "qdq": sqref.backends.onnx.export_onnx)."""
+    the model in ``onnx_format``, "qoperator" or "qdq": sqref.backends.onnx.export_onnx).
+    ``workers`` or ``scheduler``: the backend runs in batches on a Dask cluster (cluster_verify;
+    backends sqref and onnxruntime); the report is the in-process one."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    on_cluster = workers is not None or scheduler is not None
+    if on_cluster and backend not in CLUSTER_BACKENDS:
+        raise ValueError(f"on a Dask cluster, verify runs the backends {', '.join(CLUSTER_BACKENDS)} so far, not "
+                         f"{backend!r}: verify with it in this process (without --workers or --scheduler)")
     start = time.perf_counter()
     g = golden.read_golden(golden_path)
-    bar = Progress(3 + len(g.outputs), f"verify {backend}", enabled=progress)  # backend run, input, layers, logits
-    report = verify(g, backend, progress=bar.update, onnx_format=onnx_format)
-    bar.close("match" if report["match"] else "MISMATCH")
+    if on_cluster:
+        report = cluster_verify(g, backend, onnx_format=onnx_format, workers=workers, scheduler=scheduler,
+                                progress=progress)
+    else:
+        bar = Progress(3 + len(g.outputs), f"verify {backend}", enabled=progress)  # backend run, input, layers, logits
+        report = verify(g, backend, progress=bar.update, onnx_format=onnx_format)
+        bar.close("match" if report["match"] else "MISMATCH")
     return VerifyResult(os.fspath(golden_path), report["backend"], report["mode"], report["accumulate"],
                         int(len(g.inputs)), bool(report["match"]), report["tensors"], report["notes"],
                         round(time.perf_counter() - start, 2))
+
+
+def backend_task(start, stop, backend, onnx_format, mode, accumulate, imodel, codes) -> dict:
+    """One batch of cluster_verify (images start:stop, given as `codes`): run_backend's tensors."""
+    batch = golden.Golden(imodel, codes, (), np.zeros((0,), np.float32), mode, accumulate)
+    return run_backend(batch, backend, onnx_format=onnx_format)
+
+
+def cluster_verify(g: golden.Golden, backend, *, onnx_format="qoperator", workers=None, scheduler=None,
+                   progress=False) -> dict:
+    """sqref.integer.verify.verify(g, backend)'s report, the backend run in batches of CLUSTER_BATCH
+    images on a Dask cluster (the backends of CLUSTER_BACKENDS, whose outputs do not depend on
+    the batch: integer kernels, one image at a time); the tensors are concatenated here in task
+    order and compared by verify itself, so every row is the one verify reports in-process."""
+    tasks = [{**batch, "backend": backend, "onnx_format": onnx_format, "mode": g.mode, "accumulate": g.accumulate}
+             for batch in _batches(len(g.inputs))]
+    results = _run_batches(backend_task, tasks, g.inputs, g.imodel, label=f"verify {backend}", workers=workers,
+                           scheduler=scheduler, progress=progress)
+    got = {name: np.concatenate([batch[name] for batch in results]) for name in results[0]}
+    return verify(g, backend, onnx_format=onnx_format, got=got)

@@ -1,5 +1,6 @@
 """Jobs about one model or the data: loading a model (`load_model`: a sqref file or a float
-ONNX model imported in memory), evaluation (`evaluate`, `model_logits`, `evaluate_file`), a model
+ONNX model imported in memory), evaluation (`evaluate`, `model_logits`, `evaluate_file`; on a Dask
+cluster `cluster_logits`), a model
 file's description (`describe_file`), ONNX import (`import_file`), training (`train_file`),
 untrained models (`init_file`) and the MNIST-5k data file (`data_file`). Silent unless
 ``progress=True``."""
@@ -23,6 +24,7 @@ from sqref.inputs import ALL, SPLIT_SEED, SPLITS, SQREF_DATA, open_data, output_
 from sqref.jobs.paths import check_not_model_data, check_output_path
 from sqref.jobs.report import fraction, quant_fields, rounded_total, seconds
 from sqref.model import infer_shapes, layer_arrays, predict, run
+from sqref.parallel import run_tasks
 from sqref.progress import Progress
 from sqref.train import KEEP, accuracy, train
 
@@ -71,17 +73,51 @@ def evaluate(model, x, y, *, progress=False, label="eval") -> dict:
     return {"accuracy": acc, "correct": int(np.sum(preds == y)), "count": int(len(y)), "predictions": preds}
 
 
+def _bounds(model, n: int) -> list[tuple[int, int]]:
+    """The (start, stop) of every forward batch over n inputs: _batch(model) images each, whatever
+    runs them (a number of workers never changes a batch, so neither does it change a logit)."""
+    batch = _batch(model)
+    return [(start, min(start + batch, n)) for start in range(0, n, batch)]
+
+
+def batch_logits(model, x) -> np.ndarray:
+    """The model's outputs on one batch x, float32 (N, classes)."""
+    return np.asarray(run(model, x), np.float32)
+
+
 def model_logits(model, x, *, progress=False, label="forward") -> np.ndarray:
     """The model's outputs on x (float32 (N, classes)), in evaluate's batches, with a progress bar;
     their argmax is sqref.model.predict's."""
-    batch = _batch(model)
     bar = Progress(len(x), label, enabled=progress)
     parts = []
-    for start in range(0, len(x), batch):
-        parts.append(np.asarray(run(model, x[start:start + batch]), np.float32))
-        bar.update(min(start + batch, len(x)))
+    for start, stop in _bounds(model, len(x)):
+        parts.append(batch_logits(model, x[start:stop]))
+        bar.update(stop)
     bar.close()
     return np.concatenate(parts)
+
+
+def logits_task(which: str, start: int, stop: int, models: dict, x) -> np.ndarray:
+    """One task of cluster_logits: batch_logits of models[which] on inputs start:stop (given as x)."""
+    return batch_logits(models[which], x)
+
+
+def cluster_logits(models: dict, x, *, workers=None, scheduler=None, progress=False, label="forward") -> dict:
+    """{name: model_logits(model, x)} of every model, the same batches run as tasks of
+    sqref.parallel.run_tasks (on a LocalCluster of `workers`, or at `scheduler`): the models are
+    sent once to every worker, each batch of inputs once, with its task; the logits come back
+    and are concatenated here in task order, so they are the ones model_logits computes."""
+    tasks, parts = [], []
+    for which, model in models.items():
+        for start, stop in _bounds(model, len(x)):
+            tasks.append({"which": which, "start": start, "stop": stop})
+            parts.append({"x": x[start:stop]})
+    bar = Progress(len(tasks), f"{label} (batches)", enabled=progress)
+    results = run_tasks(logits_task, tasks, workers=workers, scheduler=scheduler, shared={"models": models},
+                        parts=parts, progress=lambda done, total: bar.update(done))
+    bar.close()
+    return {which: np.concatenate([r for task, r in zip(tasks, results) if task["which"] == which])
+            for which in models}
 
 
 def resolve_split(split, source) -> str:
@@ -118,7 +154,7 @@ class EvalResult:
 
 
 def evaluate_file(model_path, *, data=DEFAULT_DATA, split=None, reference=None, split_seed=SPLIT_SEED,
-                  progress=False) -> EvalResult:
+                  progress=False, workers=None, scheduler=None) -> EvalResult:
     """Accuracy of a model (sqref file or .onnx) on a split of a data file (sqref.inputs: the
     sqref data file, .npz or .npy; split None: 'test' of the sqref data file, 'all' of a user's
     file); with ``reference`` (a float model), also the agreement of the model's logits with the
@@ -126,7 +162,10 @@ def evaluate_file(model_path, *, data=DEFAULT_DATA, split=None, reference=None, 
 
     ``data`` may also be a list of data files: the split of each (resolved per file, as for
     one) is evaluated as one set of inputs, in the order given, so the accuracy, its interval
-    and the paired drop are over all of them (``open_data_files``)."""
+    and the paired drop are over all of them (``open_data_files``).
+
+    ``workers`` (a LocalCluster of that many processes) or ``scheduler`` (an existing Dask cluster)
+    run the forward batches there (cluster_logits); every figure is the same as in-process."""
     from sqref.compress import logit_agreement
     from sqref.stats import paired_drop_interval, wilson_interval
 
@@ -141,14 +180,20 @@ def evaluate_file(model_path, *, data=DEFAULT_DATA, split=None, reference=None, 
     x, y, split, record = open_data_files(list(data) if several else [data], model, split=split,
                                           split_seed=split_seed, needs_labels=ref is None)
     start = time.perf_counter()
-    logits = model_logits(model, x, progress=progress, label=f"{os.path.basename(os.fspath(model_path))} on {split}")
+    name = os.path.basename(os.fspath(model_path))
+    if workers is None and scheduler is None:
+        logits = model_logits(model, x, progress=progress, label=f"{name} on {split}")
+        ref_logits = None if ref is None else model_logits(ref, x, progress=progress, label=f"reference on {split}")
+    else:
+        both = cluster_logits({"model": model, **({"reference": ref} if ref is not None else {})}, x,
+                              workers=workers, scheduler=scheduler, progress=progress, label=f"{name} on {split}")
+        logits, ref_logits = both["model"], both.get("reference")
     preds = np.argmax(logits, axis=1)
     correct = None if y is None else int(np.sum(preds == y))
     acc = None if y is None else fraction(correct / len(y))
     figures = dict.fromkeys(("reference_accuracy", "agreement", "top5_agreement", "logit_sqnr_db",
                              "identical_logits"))
     if ref is not None:
-        ref_logits = model_logits(ref, x, progress=progress, label=f"reference on {split}")
         if ref_logits.shape != logits.shape:
             raise ValueError(f"reference {os.fspath(reference)} has {ref_logits.shape[1]} outputs, the model "
                              f"{logits.shape[1]}")
