@@ -2,8 +2,10 @@
 
     python benchmarks/bench_forward.py [--repeats 7] [--threads 2]
 
-Prints images/s for each model (LeNet-5, LeNet-300-100, the small VGG) and
-batch size (64, 1), the ratios sqref / PyTorch and sqref / onnxruntime
+Prints images/s for each model (LeNet-5, LeNet-300-100, the small VGG, and
+the graph models ResNet-mini and MobileNetV2-mini from data/resnet_mini.h5 and
+data/mobilenet_mini.h5: residual adds, depthwise convolutions, ReLU6,
+hard-swish, global average pool) and batch size (64, 1), the ratios sqref / PyTorch and sqref / onnxruntime
 (both with `--threads` intra-op threads; onnxruntime runs the same float
 graph, built by `float_onnx`), sqref's achieved GFLOP/s, and numpy's own
 float32 GEMM peak measured in the same run (so the ratios, not the
@@ -22,7 +24,11 @@ import numpy as np
 
 import sqref
 from sqref import zoo
-from sqref.model import Conv2d, Flatten, Linear, MaxPool2d, ReLU, infer_shapes
+from sqref.model import INPUT, Add, Clip, Conv2d, Flatten, GlobalAvgPool, HardSwish, Linear, MaxPool2d, ReLU, \
+    infer_shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRAPH_MODELS = {"resnet_mini": "data/resnet_mini.h5", "mobilenet_mini": "data/mobilenet_mini.h5"}
 
 
 # PyTorch's and onnxruntime's worker threads spin-wait for a while after a call;
@@ -47,7 +53,7 @@ def median_seconds(fn, repeats: int) -> float:
 def forward_flops(model) -> int:
     """Multiply-adds x 2 of the conv and linear layers for one image."""
     flops = 0
-    for layer, out in zip(model.layers, infer_shapes(model)):
+    for layer, out in zip(model.layers, infer_shapes(model)):  # a grouped conv's weight holds C/groups
         if isinstance(layer, Conv2d):
             K, CG, KH, KW = layer.weight.shape
             flops += 2 * K * CG * KH * KW * out[1] * out[2]
@@ -64,42 +70,57 @@ def gemm_peak(repeats: int) -> float:
 
 
 def float_onnx(model):
-    """The float ONNX graph (opset 21) of a sqref chain of Conv2d/MaxPool2d/Flatten/Linear/ReLU."""
+    """The float ONNX graph (opset 21) of a sqref model of Conv2d/MaxPool2d/Flatten/Linear/ReLU, and for the
+    graph models Add (of two tensors)/Clip/HardSwish/GlobalAvgPool, wired as model.wiring."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes, inits, prev = [], [], "input"
-    for name, layer in zip(model.names, model.layers):
-        out = name
+    nodes, inits = [], []
+    for name, layer, reads in zip(model.names, model.layers, model.wiring):
+        out, prev = name, list(reads)
         if isinstance(layer, Conv2d):
-            inits += [numpy_helper.from_array(layer.weight, f"{name}.w"), numpy_helper.from_array(layer.bias, f"{name}.b")]
+            inits += [numpy_helper.from_array(layer.weight, f"{name}.w"),
+                      numpy_helper.from_array(layer.bias, f"{name}.b")]
             ph, pw = layer.padding
-            nodes.append(helper.make_node("Conv", [prev, f"{name}.w", f"{name}.b"], [out], strides=list(layer.stride),
+            nodes.append(helper.make_node("Conv", prev + [f"{name}.w", f"{name}.b"], [out], strides=list(layer.stride),
                                           pads=[ph, pw, ph, pw], dilations=list(layer.dilation), group=layer.groups))
         elif isinstance(layer, MaxPool2d):
             ph, pw = layer.padding
-            nodes.append(helper.make_node("MaxPool", [prev], [out], kernel_shape=list(layer.kernel_size),
+            nodes.append(helper.make_node("MaxPool", prev, [out], kernel_shape=list(layer.kernel_size),
                                           strides=list(layer.stride), pads=[ph, pw, ph, pw]))
         elif isinstance(layer, Flatten):
-            nodes.append(helper.make_node("Flatten", [prev], [out], axis=1))
+            nodes.append(helper.make_node("Flatten", prev, [out], axis=1))
         elif isinstance(layer, Linear):
-            inits += [numpy_helper.from_array(layer.weight, f"{name}.w"), numpy_helper.from_array(layer.bias, f"{name}.b")]
-            nodes.append(helper.make_node("Gemm", [prev, f"{name}.w", f"{name}.b"], [out], transB=1))
+            inits += [numpy_helper.from_array(layer.weight, f"{name}.w"),
+                      numpy_helper.from_array(layer.bias, f"{name}.b")]
+            nodes.append(helper.make_node("Gemm", prev + [f"{name}.w", f"{name}.b"], [out], transB=1))
         elif isinstance(layer, ReLU):
-            nodes.append(helper.make_node("Relu", [prev], [out]))
+            nodes.append(helper.make_node("Relu", prev, [out]))
+        elif isinstance(layer, Add) and layer.const is None:
+            nodes.append(helper.make_node("Add", prev, [out]))
+        elif isinstance(layer, Clip):
+            inits += [numpy_helper.from_array(np.float32(layer.lo), f"{name}.lo"),
+                      numpy_helper.from_array(np.float32(layer.hi), f"{name}.hi")]
+            nodes.append(helper.make_node("Clip", prev + [f"{name}.lo", f"{name}.hi"], [out]))
+        elif isinstance(layer, HardSwish):
+            nodes.append(helper.make_node("HardSwish", prev, [out]))
+        elif isinstance(layer, GlobalAvgPool):
+            pooled = out if layer.keepdims else f"{name}.4d"
+            nodes.append(helper.make_node("GlobalAveragePool", prev, [pooled]))
+            if not layer.keepdims:
+                nodes.append(helper.make_node("Flatten", [pooled], [out], axis=1))
         else:
             raise ValueError(f"no ONNX op for {type(layer).__name__}")
-        prev = out
     graph = helper.make_graph(nodes, "sqref_float",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *model.input_shape])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", None])], inits)
+                              [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", *model.input_shape])],
+                              [helper.make_tensor_value_info(model.outputs[0], TensorProto.FLOAT, ["N", None])], inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     onnx.checker.check_model(proto)
     return proto
 
 
-
 def torch_model(model):
+    """A torch module computing `model` from its weights: nn.Sequential for a chain, a graph module otherwise."""
     import torch
 
     layers = []
@@ -120,10 +141,36 @@ def torch_model(model):
             m = torch.nn.ReLU()
         elif kind == "flatten":
             m = torch.nn.Flatten()
+        elif kind == "clip":
+            m = torch.nn.Hardtanh(float(layer.lo), float(layer.hi))
+        elif kind == "hard_swish":
+            m = torch.nn.Hardswish()
+        elif kind == "global_avg_pool":
+            m = torch.nn.AdaptiveAvgPool2d(1) if layer.keepdims else torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1),
+                                                                                          torch.nn.Flatten())
+        elif kind == "add" and layer.const is None:
+            m = None  # torch.add in GraphModule.forward
         else:
             raise ValueError(f"no torch equivalent for {kind}")
         layers.append(m)
-    return torch.nn.Sequential(*layers).eval()
+    chain = all(reads == (prev,) for reads, prev in zip(model.wiring, (INPUT,) + tuple(model.names)))
+    if chain and None not in layers:
+        return torch.nn.Sequential(*layers).eval()
+
+    class GraphModule(torch.nn.Module):
+        """model.wiring run in layer order, as sqref.run does."""
+
+        def __init__(self):
+            super().__init__()
+            self.ops = torch.nn.ModuleList([torch.nn.Identity() if m is None else m for m in layers])
+
+        def forward(self, x):
+            env = {INPUT: x}
+            for name, op, m, reads in zip(model.names, self.ops, layers, model.wiring):
+                env[name] = torch.add(env[reads[0]], env[reads[1]]) if m is None else op(env[reads[0]])
+            return env[model.outputs[0]]
+
+    return GraphModule().eval()
 
 
 def main(argv=None):
@@ -147,12 +194,15 @@ def main(argv=None):
     peak = gemm_peak(args.repeats)
     print(f"numpy float32 GEMM peak (1024^3): {peak:.1f} GFLOP/s; torch and onnxruntime threads {args.threads}; "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
-    header = (f"{'model':<10} {'batch':>5} {'sqref img/s':>12} {'torch img/s':>12} {'ort img/s':>10} "
+    header = (f"{'model':<14} {'batch':>5} {'sqref img/s':>12} {'torch img/s':>12} {'ort img/s':>10} "
               f"{'vs torch':>8} {'vs ort':>7} {'sqref GFLOP/s':>14} {'% of peak':>9}")
     print(header)
     print("-" * len(header))
-    for name in ("lenet5", "lenet300", "small_vgg"):
-        model = zoo.ARCHITECTURES[name](0)
+    for name in ("lenet5", "lenet300", "small_vgg", *GRAPH_MODELS):
+        if name in GRAPH_MODELS:
+            model = sqref.load(os.path.join(ROOT, GRAPH_MODELS[name]))
+        else:
+            model = zoo.ARCHITECTURES[name](0)
         flops = forward_flops(model)
         tm = torch_model(model) if torch is not None else None
         session = None
@@ -183,7 +233,7 @@ def main(argv=None):
             rates = [f"{batch / t:{w}.0f}" if t else f"{'-':>{w}}" for t, w in zip(cells, (12, 10))]
             ratios = [f"{t / t_sqref:{w}.2f}" if t else f"{'-':>{w}}" for t, w in zip(cells, (8, 7))]
             gflops = flops * batch / t_sqref / 1e9
-            print(f"{name:<10} {batch:>5} {batch / t_sqref:12.0f} {rates[0]} {rates[1]} {ratios[0]} {ratios[1]} "
+            print(f"{name:<14} {batch:>5} {batch / t_sqref:12.0f} {rates[0]} {rates[1]} {ratios[0]} {ratios[1]} "
                   f"{gflops:14.1f} {100 * gflops / peak:8.0f}%")
 
 

@@ -1,13 +1,15 @@
 """Every sqref benchmark in sequence, in one process, with the machine described first.
 
-    python benchmarks/run_all.py [--quick]
+    python benchmarks/run_all.py [--quick] [--profile]
 
 Prints the CPU, core count, numpy's BLAS, the library versions and the load
 average at the start (and the load average before each benchmark, since
 other jobs may share the machine), then runs bench_forward, bench_conv,
 bench_integer, bench_reference and bench_compress (which ends with bench_dynamic). Each
 benchmark's ratios are measured side by side within its own run. --quick
-uses fewer repeats and skips the VGG-16 compress (a few minutes).
+uses fewer repeats and skips the VGG-16 compress (a few minutes). --profile
+first prints profile_layers' per-layer, per-phase tables (LeNet-5 and the
+small VGG, float and integer paths).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import bench_conv  # noqa: E402
 import bench_forward  # noqa: E402
 import bench_integer  # noqa: E402
 import bench_reference  # noqa: E402
+import profile_layers  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -80,9 +83,13 @@ def section(title):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="print the per-layer, per-phase profile first")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     describe_machine()
+    if args.profile:
+        section("profile_layers: per layer and per phase, float and integer paths")
+        profile_layers.main(["--repeats", "3" if args.quick else "7"])
     section("bench_forward: float forward, sqref vs PyTorch")
     bench_forward.main(["--repeats", "3" if args.quick else "7"])
     section("bench_conv: the small VGG's conv layers, method by method")

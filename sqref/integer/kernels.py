@@ -4,8 +4,12 @@ Every conv and linear accumulates with `exact_matmul`: float32 GEMMs over
 integer-valued operands |x - z_x| <= 255, |w| <= 128, split along K into
 blocks of at most F32_EXACT_K = 514 terms, so that every partial sum is an
 integer of magnitude <= 514 * 255 * 128 < 2**24 and float32 holds it
-exactly; the blocks are summed in int64. The result is the exact integer
-sum whatever the BLAS, its blocking, FMA use or thread count.
+exactly; the blocks are summed in float64 (exact below 2**53) and cast to
+int64. The result is the exact integer
+sum whatever the BLAS, its blocking, FMA use or thread count. A conv
+layer whose weights prove a larger block exact (`exact_block`: the
+weights' L1 norms bound every partial sum) runs fewer, larger GEMMs,
+usually one; the sums are the same integers.
 
 ``accumulate="int16-pairs"`` reproduces the u8 x s8 kernels of onnxruntime
 and FBGEMM on x86 CPUs without VNNI, which sum adjacent products along K in
@@ -13,6 +17,8 @@ saturating int16 (docs/backends.md). The loop nests these kernels are
 tested against are in sqref.integer.oracle.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -42,22 +48,62 @@ def _check_zero_point(z):
     return z
 
 
-def exact_matmul(a, b):
+def exact_matmul(a, b, *, k_block=F32_EXACT_K, as_float=False):
     """a @ b as exact int64, for integer-valued float32 operands with |a| <= 255, |b| <= 128.
 
     Shapes: as np.matmul, contracting a's last axis with b's second to last (K).
-    Method: one float32 GEMM per block of at most F32_EXACT_K = 514 K positions.
-    Inside a block every product and every partial sum, in whatever order and
-    blocking the BLAS adds them (fused multiply-adds included), is an integer of
-    magnitude <= 514 * 255 * 128 = 16,776,960 < 2**24, which float32 represents
-    exactly: no rounding happens. The block results are summed in int64.
+    Method: one float32 GEMM per block of at most ``k_block`` K positions.
+    With the default F32_EXACT_K = 514, inside a block every product and every
+    partial sum, in whatever order and blocking the BLAS adds them (fused
+    multiply-adds included), is an integer of magnitude <= 514 * 255 * 128 =
+    16,776,960 < 2**24, which float32 represents exactly: no rounding happens.
+    A caller that has proven a larger block exact for its operands passes it
+    (`exact_block`); ``k_block`` is that proof's result, never a guess.
+    The block results are summed in float64 and cast to int64: a sum of
+    blocks is an integer of magnitude <= K * 255 * 128, exact in float64 while
+    K < 2**53 / 32,640 (2.7e11 terms).
+    as_float: return the same exact integers as floats (float32 for one block,
+    float64 for several), for a caller that casts them while copying anyway
+    (`conv2d_accumulate`: ops.conv_gemm's crop into the int64 output).
     Oracle: sqref.integer.oracle (tests/test_integer.py).
     """
     k = a.shape[-1]
-    acc = np.matmul(a[..., :F32_EXACT_K], b[..., :F32_EXACT_K, :]).astype(np.int64)
-    for k0 in range(F32_EXACT_K, k, F32_EXACT_K):
-        acc += np.matmul(a[..., k0:k0 + F32_EXACT_K], b[..., k0:k0 + F32_EXACT_K, :]).astype(np.int64)
-    return acc
+    acc = np.matmul(a[..., :k_block], b[..., :k_block, :])
+    if k > k_block:
+        acc = acc.astype(np.float64)
+        for k0 in range(k_block, k, k_block):
+            acc += np.matmul(a[..., k0:k0 + k_block], b[..., k0:k0 + k_block, :])  # float32 block, exact
+    return acc if as_float else acc.astype(np.int64)
+
+
+def exact_block(w, *, x_zero_point):
+    """The K positions one float32 GEMM sums exactly for these weights: all of K when the bound allows.
+
+    Shapes: w (OUT, K), the weight codes as integer-valued float32 (|w| <= 128).
+    Bound: every partial sum of output o, in any order, is at most
+    sum_k |x_k - z_x| |w[o, k]| <= A * L1(o), A = max(z_x, 255 - z_x) (x is a
+    uint8 code; conv padding holds z_x, so it adds 0), L1(o) = sum_k |w[o, k]|.
+    If A * max_o L1(o) <= 2**24, float32 holds every partial sum exactly and
+    one GEMM over all of K is exact. Otherwise blocks of 2**24 // (A * max|w|)
+    positions are, never fewer than F32_EXACT_K = 514 (the bound with A = 255,
+    |w| = 128). 8-bit weights have max|w| = 127 but a mean |w| near 25, so the
+    L1 bound admits K up to about 2**24 / (255 * 25) = 2,600 in one GEMM.
+    The L1 norms are float32 sums of integers <= 128 * K: exact while
+    K <= 2**17, and summed in float64 past that.
+    Cost: one pass over the weights, small next to a conv's output, which
+    every extra block would add once more (conv2d_accumulate uses it; a linear
+    layer's output is usually smaller than its weights, so it keeps 514).
+    """
+    k = w.shape[1]
+    if k <= F32_EXACT_K:
+        return max(k, 1)
+    zx = _check_zero_point(x_zero_point)
+    a_max = max(zx, ACT_QMAX - zx, 1)
+    w_abs = np.abs(w)
+    l1 = w_abs.sum(axis=1, dtype=np.float32 if k <= 2**17 else np.float64)
+    if a_max * float(l1.max()) <= 2**24:
+        return k
+    return max(F32_EXACT_K, 2**24 // (a_max * max(int(w_abs.max()), 1)))
 
 
 def int16_pairs_accumulate(a_raw, b, *, a_zero_point):
@@ -105,7 +151,7 @@ def conv2d_accumulate(xq, wq, *, x_zero_point, stride=1, padding=0, dilation=1, 
     Formula: acc[n, k, oh, ow] = sum_{c, i, j} (xpad[n, c, oh*SH + i*DH, ow*SW + j*DW] - z_x) * w[k, c, i, j],
     padding holds z_x (the code of real 0).
     "exact": sqref.ops.conv_gemm of float32 (x - z_x) with `exact_matmul` (exact
-    integer sums, K = C/groups * KH * KW). "int16-pairs": raw codes in
+    integer sums, K = C/groups * KH * KW, in blocks as large as `exact_block` proves exact). "int16-pairs": raw codes in
     onnxruntime/FBGEMM's NHWC im2col order, K = (KH, KW, C), summed by
     accumulate_u8s8_int16_pairs (the AVX2 saturation).
     Oracle: sqref.integer.oracle (tests/test_integer.py).
@@ -127,9 +173,13 @@ def conv2d_accumulate(xq, wq, *, x_zero_point, stride=1, padding=0, dilation=1, 
     zx = _check_zero_point(x_zero_point)
     KG = K // G
     if accumulate == "exact":
-        # padding with 0 after subtracting z_x = padding the codes with z_x (real 0)
-        return conv_gemm(xq.astype(np.float32) - np.float32(zx), wq.astype(np.float32), stride=(SH, SW),
-                         padding=(PH, PW), dilation=(DH, DW), groups=G, matmul=exact_matmul, out_dtype=np.int64)
+        # padding with 0 after subtracting z_x = padding the codes with z_x (real 0); the GEMMs' exact float
+        # sums are cast to int64 by conv_gemm's copy into its output
+        wf = wq.astype(np.float32)
+        matmul = functools.partial(exact_matmul, k_block=exact_block(wf.reshape(K, -1), x_zero_point=zx),
+                                   as_float=True)
+        return conv_gemm(np.subtract(xq, np.float32(zx), dtype=np.float32), wf, stride=(SH, SW),
+                         padding=(PH, PW), dilation=(DH, DW), groups=G, matmul=matmul, out_dtype=np.int64)
     out = np.empty((N, K, OH, OW), np.int64)
     chunk = max(1, IM2COL_MAX_BYTES // (C * KH * KW * OH * OW))
     for n0 in range(0, N, chunk):
@@ -150,7 +200,7 @@ def linear_accumulate(xq, wq, *, x_zero_point, accumulate="exact"):
 
     Shapes: xq (N, IN), wq (OUT, IN) -> (N, OUT). Dtypes: uint8 and int8 codes; int64 out.
     Formula: acc[n, o] = sum_i (x[n, i] - z_x) * w[o, i]; "exact" is `exact_matmul`
-    (float32 GEMMs over blocks of K, exact integer sums), "int16-pairs" the AVX2
+    (float32 GEMMs over blocks of 514 along K, exact integer sums), "int16-pairs" the AVX2
     saturation model with K in input-feature order. Oracle: sqref.integer.oracle (tests/test_integer.py).
     """
     xq = _check_codes("xq", xq, np.uint8, 2, "N, IN")
@@ -162,7 +212,7 @@ def linear_accumulate(xq, wq, *, x_zero_point, accumulate="exact"):
     zx = _check_zero_point(x_zero_point)
     if accumulate == "int16-pairs":
         return int16_pairs_accumulate(xq, wq.astype(np.int64).T, a_zero_point=zx)
-    return exact_matmul(xq.astype(np.float32) - np.float32(zx), wq.astype(np.float32).T)
+    return exact_matmul(np.subtract(xq, np.float32(zx), dtype=np.float32), wq.astype(np.float32).T)
 
 
 def _windows(q, kernel_size, stride, padding, fill):
@@ -254,12 +304,16 @@ def requantize_layer(acc, layer, *, mode):
     Shapes: acc (N, K, OH, OW) or (N, OUT) without the bias; channels on axis 1.
     M = requant.effective_multiplier(s_x, s_w, s_y, mode=mode) (the backend's precision).
     fbgemm adds the FLOAT bias as PyTorch does (requant.requant_fbgemm); the other modes
-    the int32 bias. Dtypes: uint8 out.
+    the int32 bias (onnxruntime through requant.requant_onnxruntime_uint8, which gives
+    requant_onnxruntime's codes in fewer passes). Dtypes: uint8 out.
     """
     zy = layer.y.zero_point
     qmin = zy if layer.relu else ACT_QMIN
     m = requant.effective_multiplier(layer.x.scale, layer.w_scale, layer.y.scale, mode=mode)
     shape = (1, -1) + (1,) * (acc.ndim - 2)
+    if mode == "onnxruntime":  # the default mode: the same codes, without int64 temporaries
+        return requant.requant_onnxruntime_uint8(acc, bias=layer.bias, multiplier=m, zero_point=zy, qmin=qmin,
+                                                 qmax=ACT_QMAX, axis=1)
     if mode == "fbgemm":
         ts = np.float32(layer.x.scale) * np.asarray(layer.w_scale, np.float32)
         y = requant.requant_fbgemm(acc, multiplier=m, zero_point=zy, qmin=qmin, qmax=ACT_QMAX, axis=1,

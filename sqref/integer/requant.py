@@ -256,11 +256,44 @@ def requant_onnxruntime(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
     acc = _int32_values(acc, "acc")
     zp, qmin, qmax = _check_range(zero_point, qmin, qmax)
     m = _along(_check_multiplier(multiplier), acc.ndim, axis, acc.shape, "multiplier").astype(np.float32)
-    v = acc.astype(np.float32)
-    v *= m  # float32 product, rounded once
-    np.maximum(v, np.float32(qmin - zp), out=v)  # the clamp, as two in-place ufuncs
-    np.minimum(v, np.float32(qmax - zp), out=v)
+    v = np.asarray(np.multiply(acc, m, dtype=np.float32))  # float32(acc) * float32(M): cast, one rounded product
+    np.clip(v, np.float32(qmin - zp), np.float32(qmax - zp), out=v)  # max then min, in place
     return np.rint(v, out=v).astype(np.int64) + zp
+
+
+def requant_onnxruntime_uint8(acc, *, bias, multiplier, zero_point, qmin, qmax, axis=1):
+    """``requant_onnxruntime(acc + bias, ...).astype(np.uint8)``, the same codes in fewer passes.
+
+    Shapes: acc any shape, WITHOUT the bias; bias (int32 values) and multiplier
+    scalar or per channel along ``axis``. Dtypes: integer in; uint8 out, so
+    0 <= qmin <= qmax <= 255.
+    Bound: when max|acc| + max|bias| <= 2**24, acc, bias and every acc + bias
+    are integers float32 holds exactly (and within int32), so one float32 add
+    gives float32(acc + bias) with no rounding; otherwise acc + bias is summed
+    in int64, checked to hold int32 values and cast (rounded once, as MLAS's
+    int32 -> float32 conversion). Then, in place on that one float32 array:
+    ``* float32(M)``, clamp to [qmin - zp, qmax - zp], round half even, and
+    ``+ zp`` with the cast to uint8 (the rounded values are integers in
+    [qmin, qmax]: exact). Oracle: requant_onnxruntime (tests/test_integer.py,
+    the golden files).
+    """
+    zp, qmin, qmax = _check_range(zero_point, qmin, qmax)
+    if qmin < 0 or qmax > 255:
+        raise ValueError(f"uint8 codes need 0 <= qmin <= qmax <= 255, got qmin={qmin}, qmax={qmax}")
+    acc = np.asarray(acc)
+    if acc.dtype.kind not in "iu":
+        raise TypeError(f"acc must be an integer array, got dtype {acc.dtype}")
+    b = _along(_int32_values(bias, "bias"), acc.ndim, axis, acc.shape, "bias")
+    m = _along(_check_multiplier(multiplier), acc.ndim, axis, acc.shape, "multiplier").astype(np.float32)
+    acc_max = max(-int(acc.min()), int(acc.max())) if acc.size else 0
+    if acc_max + (int(np.abs(b).max()) if b.size else 0) <= 2**24:
+        v = np.asarray(np.add(acc, b, dtype=np.float32))  # exact: all integers of magnitude <= 2**24
+    else:
+        v = np.asarray(_int32_values(np.add(acc, b, dtype=np.int64), "acc").astype(np.float32))
+    v *= m  # float32 product, rounded once
+    np.clip(v, np.float32(qmin - zp), np.float32(qmax - zp), out=v)
+    np.rint(v, out=v)
+    return np.add(v, np.float32(zp), out=np.empty(v.shape, np.uint8), casting="unsafe")
 
 
 def requant_onnx_reference(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
