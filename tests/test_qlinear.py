@@ -396,7 +396,7 @@ def quantize_op_case(draw, small=True):
     n = int(np.prod(pshape))
     scales = np.array([draw(st.one_of(st.integers(-6, 2).map(lambda k: 2.0**k), st.floats(0.01, 4.0)))
                        for _ in range(n)], ft).reshape(pshape)
-    zp = np.array([draw(testing._zero_points(st, qmin, qmax)) for _ in range(n)], dtype).reshape(pshape)
+    zp = np.array([draw(testing.strategies._zero_points(st, qmin, qmax)) for _ in range(n)], dtype).reshape(pshape)
     full = Q._along_axis("s", scales, shape, axis, block)
     steps = np.array(draw(st.lists(st.integers(-300, 300), min_size=int(np.prod(shape)),
                                    max_size=int(np.prod(shape))))).reshape(shape)
