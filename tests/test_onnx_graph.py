@@ -6,6 +6,8 @@ from small residual and depthwise-separable CNNs defined here in torch.nn, QDQ a
 S8S8, per tensor and per channel, every tensor compared); literal cases of the tie rule; a golden file
 altered on purpose, which must fail.
 """
+import hashlib
+
 import h5py
 import numpy as np
 import pytest
@@ -237,3 +239,28 @@ def test_the_two_commands_and_their_errors(tmp_path, capsys, monkeypatch):
         f.attrs["manifest_sha256"] = manifest_sha256(f)
     with pytest.raises(FileFormatError, match="not those of the stored graph"):
         onnx_golden.read_onnx_golden(tmp_path / "g.h5")
+
+
+def test_hostile_golden_files_are_refused_in_one_line(tmp_path, capsys):
+    path = _quantize(_export(tmp_path, "residual"), tmp_path / "q.onnx", "QOperator", "QUInt8", False)
+    x = np.random.default_rng(6).normal(size=(4, 3, 16, 16)).astype(F32)
+    good = tmp_path / "g.h5"
+    onnx_golden.write_onnx_golden(onnx_golden.make_onnx_golden(onnx.load(str(path)), {"input": x}), good)
+    data = good.read_bytes()
+    (tmp_path / "truncated.h5").write_bytes(data[: len(data) // 2])
+    (tmp_path / "random.h5").write_bytes(np.random.default_rng(0).bytes(5000))
+    for name in ("missing.h5", "graph.h5"):
+        (tmp_path / name).write_bytes(data)
+    with h5py.File(tmp_path / "missing.h5", "r+") as f:
+        del f["optimized"]  # the manifest no longer matches
+    with h5py.File(tmp_path / "graph.h5", "r+") as f:  # a damaged graph, every checksum resealed
+        damaged = f["optimized"][()]
+        damaged[100:200] = 0
+        f["optimized"][...] = damaged
+        f["optimized"].attrs["sha256"] = hashlib.sha256(damaged.tobytes()).hexdigest()
+        f.attrs["manifest_sha256"] = manifest_sha256(f)
+    for name, message in [("truncated.h5", "not a readable HDF5 file"), ("random.h5", "not a readable HDF5 file"),
+                          ("missing.h5", "manifest checksum mismatch"), ("graph.h5", "the stored graph cannot be read")]:
+        assert cli.main(["verify", str(tmp_path / name), "--backend", "onnxruntime"]) == 2, name
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, (name, err)
