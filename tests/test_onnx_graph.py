@@ -264,3 +264,22 @@ def test_hostile_golden_files_are_refused_in_one_line(tmp_path, capsys):
         assert cli.main(["verify", str(tmp_path / name), "--backend", "onnxruntime"]) == 2, name
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, (name, err)
+
+
+def test_constant_nodes_become_constants_and_unknown_ops_are_named():
+    # a Constant feeding a Reshape, then a QuantizeLinear: what a hand-written QDQ graph may hold
+    shape = helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([1, -1], np.int64)))
+    reshape = helper.make_node("Reshape", ["x", "shape"], ["flat"])
+    quant = helper.make_node("QuantizeLinear", ["flat", "s", "z"], ["q"])
+    inits = [numpy_helper.from_array(np.array(0.5, F32), "s"), numpy_helper.from_array(np.array(3, np.uint8), "z")]
+    graph = helper.make_graph([shape, reshape, quant], "g", [helper.make_tensor_value_info("x", 1, [1, 2, 2])],
+                              [helper.make_tensor_value_info("q", 2, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    g = onnx_graph.read_graph(model)
+    assert [n.op for n in g.nodes] == ["Reshape", "QuantizeLinear"] and g.constants["shape"].tolist() == [1, -1]
+    env = onnx_graph.run_graph(g, {"x": np.array([[[0.0, 0.5], [1.25, -2.0]]], F32)})
+    # round_half_even(x / 0.5) + 3, saturated at 0: 1.25 / 0.5 = 2.5 -> 2, -2 / 0.5 + 3 = -1 -> 0
+    assert env["q"].tolist() == [[3, 4, 5, 0]]
+    model.graph.node.append(helper.make_node("Erf", ["flat"], ["e"], name="my_erf"))
+    with pytest.raises(ValueError, match="node 3 'my_erf' \\(Erf\\): sqref cannot run this op"):
+        onnx_graph.read_graph(model)

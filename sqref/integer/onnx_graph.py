@@ -107,13 +107,17 @@ def read_graph(proto) -> QGraph:
     nodes = []
     for i, n in enumerate(proto.graph.node):
         where = f"node {i} {n.name or n.op_type!r} ({n.domain + ':' if n.domain else ''}{n.op_type})"
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            value = _attrs(n).get("value")
+            if not hasattr(value, "data_type"):  # value_float, value_ints, sparse_value, ...
+                raise ValueError(f"{where}: sqref reads a Constant's tensor attribute 'value' only")
+            constants[n.output[0]] = numpy_helper.to_array(value)
+            continue
         if n.domain not in ("", "ai.onnx", MS) or (n.op_type not in QUANTIZED_OPS | FLOAT_OPS) \
                 or (n.domain == MS) != (n.op_type in {"QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat",
                                                       "QLinearGlobalAveragePool", "QLinearAveragePool",
                                                       "QLinearSigmoid", "QLinearLeakyRelu"}):
             raise ValueError(f"{where}: sqref cannot run this op (docs/quantized_onnx.md lists what it runs)")
-        if n.op_type == "Constant":
-            continue
         nodes.append(Node(n.name or f"{n.op_type}_{i}", n.op_type, n.domain, tuple(n.input), tuple(n.output),
                           {k: _text(v) for k, v in _attrs(n).items()}))
     inputs = []
