@@ -260,7 +260,8 @@ def test_hostile_golden_files_are_refused_in_one_line(tmp_path, capsys):
         f["optimized"].attrs["sha256"] = hashlib.sha256(damaged.tobytes()).hexdigest()
         f.attrs["manifest_sha256"] = manifest_sha256(f)
     for name, message in [("truncated.h5", "not a readable HDF5 file"), ("random.h5", "not a readable HDF5 file"),
-                          ("missing.h5", "manifest checksum mismatch"), ("graph.h5", "the stored graph cannot be read")]:
+                          ("missing.h5", "manifest checksum mismatch"),
+                          ("graph.h5", "the stored graph cannot be read")]:
         assert cli.main(["verify", str(tmp_path / name), "--backend", "onnxruntime"]) == 2, name
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, (name, err)
