@@ -83,7 +83,7 @@ def _pairwise_sum(terms):
     return np.ascontiguousarray(terms).sum(axis=1)
 
 
-def _level_sum(terms, single):
+def level_sum(terms, single):
     """Row sums of a (T, K) array, term after term; pairwise (_pairwise_sum) on the rows where `single` is True."""
     sums = np.cumsum(terms, axis=1)[:, -1]
     if single.any():
@@ -158,7 +158,7 @@ def _narrow_lower_bound(a, cum1, cum2, ch, lo, hi, down, up, qmax, single):
     the gap ((j - 1) hi, j lo) and is charged its squared distance to the
     nearer end. down, up (T, qmax): _cuts at lo and hi (up: the first index
     with code >= j at s = hi). single (T,): the interval is its row's only
-    narrow one (the order of three sums, see _level_sum). Returns the bound,
+    narrow one (the order of three sums, see level_sum). Returns the bound,
     the fixed part's minimiser and the number of breakpoints inside, each (T,).
     """
     n = a.shape[1]
@@ -166,12 +166,12 @@ def _narrow_lower_bound(a, cum1, cum2, ch, lo, hi, down, up, qmax, single):
     left, right = (j - 1) * hi[:, None], j * lo[:, None]  # the gap's ends
     mid = np.clip(_positions(a, ch, 0.5 * (left + right)), down, up)
     c1_up, c1_down, c2_up, c2_down = _at(cum1, ch, up), _at(cum1, ch, down), _at(cum2, ch, up), _at(cum2, ch, down)
-    a_hi = _level_sum(_at(cum1, ch, n)[:, None] - c1_up, single)  # A and B at s = hi (see _pieces)
+    a_hi = level_sum(_at(cum1, ch, n)[:, None] - c1_up, single)  # A and B at s = hi (see _pieces)
     b_hi = ((n - up) * (2 * j - 1)).sum(axis=1)
     # the changing |x| (indices down .. up - 1 for level j) have code j - 1 at hi: take them out
-    a_fix = a_hi - _level_sum((j - 1) * (c1_up - c1_down), single)
+    a_fix = a_hi - level_sum((j - 1) * (c1_up - c1_down), single)
     b_fix = b_hi - ((j - 1) ** 2 * (up - down)).sum(axis=1)
-    s2_fix = _at(cum2, ch, n) - _level_sum(c2_up - c2_down, single)
+    s2_fix = _at(cum2, ch, n) - level_sum(c2_up - c2_down, single)
     s = np.clip(a_fix / np.maximum(b_fix, 1), lo, hi)
     fixed = s2_fix - 2.0 * s * a_fix + s * s * b_fix
     changing = _slice_sse(cum1, cum2, ch, down, mid, left) + _slice_sse(cum1, cum2, ch, mid, up, right)
@@ -272,7 +272,7 @@ def _pieces(a, cum1, r, qmax, lo, hi):
     half = np.arange(1, qmax + 1) - 0.5
     up, down = _cuts(a, ch, hi, qmax), _cuts(a, ch, lo, qmax)  # (S, qmax): first index with code >= j at hi, at lo
     odd = 2 * np.arange(1, qmax + 1) - 1
-    a_hi = _level_sum(cum1[r, n] - _at(cum1, ch, up), np.full(lo.size, lo.size == 1))
+    a_hi = level_sum(cum1[r, n] - _at(cum1, ch, up), np.full(lo.size, lo.size == 1))
     b_hi = ((n - up) * odd).sum(axis=1)
     # the breakpoints: for interval k and level j, the indices down[k, j] .. up[k, j] - 1
     count = (up - down).ravel()

@@ -49,7 +49,7 @@ def test_level_sums_keep_their_order():
     # 1 + 126 halves of an ulp: a running sum rounds each addition back to 1; numpy's pairwise sum adds
     # most of the halves among themselves first, so it ends above 1.
     terms = np.tile(np.concatenate([[1.0], np.full(126, 2.0**-53)]), (2, 1))
-    got = mse_search._level_sum(terms, np.array([False, True]))
+    got = mse_search.level_sum(terms, np.array([False, True]))
     assert got[0] == 1.0
     assert got[1] == terms[1].sum() > 1.0
 

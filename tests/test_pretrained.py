@@ -231,9 +231,9 @@ def test_study_command_line(tmp_path, capsys):
     from sqref.studies import pretrained as study
 
     sqref.save(zoo.mobilenet_mini(0), tmp_path / "m.h5")
-    assert study._main(["layer-sqnr", str(tmp_path / "m.h5"), "-q"]) == 0
+    assert study.main(["layer-sqnr", str(tmp_path / "m.h5"), "-q"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Command: `python -m sqref.studies.pretrained layer-sqnr m.h5`") and "| 2 bits |" in out
-    assert study._main(["views", str(tmp_path / "m.h5")]) == 2 and "usage:" in capsys.readouterr().err
-    assert study._main(["views", str(tmp_path / "m.h5"), str(tmp_path / "none.npz"), "-q"]) == 2
+    assert study.main(["views", str(tmp_path / "m.h5")]) == 2 and "usage:" in capsys.readouterr().err
+    assert study.main(["views", str(tmp_path / "m.h5"), str(tmp_path / "none.npz"), "-q"]) == 2
     assert capsys.readouterr().err.count("\n") == 1

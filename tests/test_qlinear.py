@@ -396,8 +396,8 @@ def quantize_op_case(draw, small=True):
     n = int(np.prod(pshape))
     scales = np.array([draw(st.one_of(st.integers(-6, 2).map(lambda k: 2.0**k), st.floats(0.01, 4.0)))
                        for _ in range(n)], ft).reshape(pshape)
-    zp = np.array([draw(testing.strategies._zero_points(st, qmin, qmax)) for _ in range(n)], dtype).reshape(pshape)
-    full = Q._along_axis("s", scales, shape, axis, block)
+    zp = np.array([draw(testing.strategies.zero_points(st, qmin, qmax)) for _ in range(n)], dtype).reshape(pshape)
+    full = Q.along_axis("s", scales, shape, axis, block)
     steps = np.array(draw(st.lists(st.integers(-300, 300), min_size=int(np.prod(shape)),
                                    max_size=int(np.prod(shape))))).reshape(shape)
     halves = draw(st.booleans())
@@ -422,12 +422,18 @@ def test_quantize_linear_oracle(case, mode):
     assert_bit_exact(got, want, err_msg=f"{mode} {kw}")
 
 
+def dequantize_input(case):
+    """(codes, scale, zero point, attributes) for DequantizeLinear from a quantize_op_case: the case's
+    float input quantized (NaN as 0), the zero point 0 where the case has none."""
+    x, s, z, kw, dtype = case
+    zz = z if z is not None else np.zeros(s.shape, dtype)
+    return Q.quantize_linear(np.nan_to_num(x), s, zz, axis=kw["axis"], block_size=kw["block_size"]), s, zz, kw
+
+
 @ORACLE
 @given(quantize_op_case(), st.sampled_from([None, F32, F16]))
 def test_dequantize_linear_oracle(case, out):
-    x, s, z, kw, dtype = case
-    zz = z if z is not None else np.zeros(s.shape, dtype)
-    q = Q.quantize_linear(np.nan_to_num(x), s, zz, axis=kw["axis"], block_size=kw["block_size"])
+    q, s, zz, kw = dequantize_input(case)
     got = Q.dequantize_linear(q, s, zz, axis=kw["axis"], block_size=kw["block_size"], output_dtype=out)
     want = Q.oracle_dequantize_linear(q, s, zz, axis=kw["axis"], block_size=kw["block_size"], output_dtype=out)
     assert_bit_exact(got, want)
@@ -771,9 +777,7 @@ def test_quantize_linear_backends(case):
 @BACKEND
 @given(quantize_op_case(), st.sampled_from([None, F32, F16]))
 def test_dequantize_linear_backends(case, out):
-    x, s, z, kw, dtype = case
-    zz = z if z is not None else np.zeros(s.shape, dtype)
-    q = Q.quantize_linear(np.nan_to_num(x), s, zz, axis=kw["axis"], block_size=kw["block_size"])
+    q, s, zz, kw = dequantize_input(case)
     inputs = {"x": q, "x_scale": s, "x_zero_point": zz}
     attrs = dict(axis=kw["axis"]) | ({"block_size": kw["block_size"]} if kw["block_size"] else {})
     if out is not None and out != s.dtype:

@@ -527,8 +527,8 @@ def tflite():
 def run_tflite(backend, build, feeds, kernels="reference"):
     """Build a one-op int8 model with ``build(builder, schema) -> (inputs, outputs)`` and run it on
     ``kernels`` (default the reference kernels, BUILTIN_REF)."""
-    schema, flatbuffers = backend._schema()
-    builder = backend._Builder(schema)
+    schema, flatbuffers = backend.load_schema()
+    builder = backend.FlatbufferBuilder(schema)
     ins, outs = build(builder, schema)
     it = backend.interpreter(builder.finish(ins, outs, flatbuffers), kernels=kernels)
     for detail, value in zip(it.get_input_details(), feeds):

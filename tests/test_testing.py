@@ -82,7 +82,6 @@ def test_scalar_mismatch():
 
 # ------------------------------------------------------------ one_node_model and the QLinear cases
 
-import inspect  # noqa: E402
 import textwrap  # noqa: E402
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -146,31 +145,23 @@ def _docstring_example():
     return textwrap.dedent("\n".join(lines)).strip()
 
 
-def test_module_docstring_example_runs():
-    # the example of sqref.testing's docstring, as written: this body between the markers must equal it
+def run_example(tmp_path, code, name):
+    """Save an example as a module and import it, as a user would, then call its two test functions."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tests = [f for key, f in vars(module).items() if key.startswith("test_")]
+    assert len(tests) == 2
+    for test in tests:
+        test()
+
+
+def test_module_docstring_example_runs(tmp_path):
+    # the example of sqref.testing's docstring, as written
     pytest.importorskip("onnxruntime")
-    # --- example
-    import onnxruntime as ort
-    from hypothesis import given
-    from sqref.testing import assert_backend_matches, qlinear_conv_cases, qlinear_matmul_cases
-
-    @given(qlinear_conv_cases(x_dtype="uint8", w_dtype="uint8", mode="onnxruntime"))
-    def test_onnxruntime_qlinear_conv(case):
-        assert_backend_matches("QLinearConv", case, "onnxruntime")
-
-    def my_runner(model, feeds):  # your backend: an onnx.ModelProto and its feeds in, a list of outputs out
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        return session.run(None, feeds)
-
-    @given(qlinear_matmul_cases(a_dtype="uint8", b_dtype="uint8", mode="onnxruntime"))
-    def test_my_runner_qlinear_matmul(case):
-        assert_backend_matches("QLinearMatMul", case, my_runner)
-    # --- end
-    test_onnxruntime_qlinear_conv()
-    test_my_runner_qlinear_matmul()
-    source = inspect.getsource(test_module_docstring_example_runs)
-    body = source[source.index("# --- example\n") + 14:source.index("    # --- end")]
-    assert textwrap.dedent(body).strip() == _docstring_example()
+    run_example(tmp_path, _docstring_example(), "docstring_example")
 
 
 CASE_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -495,14 +486,5 @@ def docs_example():
 
 
 def test_docs_example_runs(tmp_path):
-    # the block is written to a module and imported, as a user would save it
     pytest.importorskip("onnxruntime")
-    path = tmp_path / "docs_example.py"
-    path.write_text(docs_example())
-    spec = importlib.util.spec_from_file_location("docs_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    tests = [f for name, f in vars(module).items() if name.startswith("test_")]
-    assert len(tests) == 2
-    for test in tests:
-        test()
+    run_example(tmp_path, docs_example(), "docs_example")

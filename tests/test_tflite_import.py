@@ -8,7 +8,7 @@
 2. The imported model, run by sqref, equals ai-edge-litert's Interpreter on the same
    file at every tensor, with the options sqref.backends.tflite uses (XNNPACK, one
    thread), in the mode XNNPACK computes as (sqref.integer.verify.NATIVE_MODE).
-3. Hand-made files (the exporter's _Builder): float input with QUANTIZE, DEPTHWISE_CONV_2D
+3. Hand-made files (the exporter's FlatbufferBuilder): float input with QUANTIZE, DEPTHWISE_CONV_2D
    with SAME padding that is asymmetric, fused RELU6 below code 255, a RESHAPE that
    flattens NHWC before a FULLY_CONNECTED, DEQUANTIZE; and a residual ADD, a PAD folded
    into a conv, an average pool and a FULLY_CONNECTED reading a 4-D tensor. Checked
@@ -36,7 +36,7 @@ from sqref.qmodel import quantize_model  # noqa: E402
 from sqref.testing import assert_bit_exact  # noqa: E402
 
 BATCH = 20
-SCHEMA, FLATBUFFERS = tflite_io._schema()
+SCHEMA, FLATBUFFERS = tflite_io.load_schema()
 OP = SCHEMA.BuiltinOperator
 T = SCHEMA.TensorType
 
@@ -144,6 +144,17 @@ def bias(B, name, values, s_x, s_w):
                     zero_point=np.zeros(s_b.size, np.int64))
 
 
+def per_channel_fc(B, rng, x, s_x, shape, k, out):
+    """A FULLY_CONNECTED k -> shape[1] reading tensor x (scale s_x): random per-channel int8 weights and an int32
+    bias; returns its output tensor of parameters `out`."""
+    wf = np.float32(rng.uniform(0.005, 0.02, shape[1]))
+    fc = B.activation("fc", shape, out)
+    B.op(OP.FULLY_CONNECTED, [x, weights(B, "fc_w", rng_codes(rng, (shape[1], k)), wf, 0),
+                              bias(B, "fc_b", rng.integers(-500, 500, shape[1]), s_x, wf)], [fc],
+         SCHEMA.BuiltinOptions.FullyConnectedOptions, SCHEMA.FullyConnectedOptionsT(), version=12)
+    return fc
+
+
 def conv_options(opts, padding, stride, act):
     opts.padding, opts.strideH, opts.strideW = padding, stride, stride
     opts.dilationHFactor = opts.dilationWFactor = 1
@@ -157,7 +168,7 @@ def chain_file(n):
     -> RESHAPE (N, 12), NHWC order -> FULLY_CONNECTED 12 -> 5, per-channel -> DEQUANTIZE."""
     rng = np.random.default_rng(16)
     s, A, P = SCHEMA, SCHEMA.ActivationFunctionType, SCHEMA.Padding
-    B = tflite_io._Builder(s)
+    B = tflite_io.FlatbufferBuilder(s)
     x_f = B.tensor("images", (n, 8, 8, 2), T.FLOAT32)
     x = B.activation("x", (n, 8, 8, 2), act(2 / 255, 118))
     B.op(OP.QUANTIZE, [x_f], [x], version=2)
@@ -200,7 +211,7 @@ def residual_file(n):
     -> AVERAGE_POOL_2D 2x2 stride 2 -> FULLY_CONNECTED of the (N, 3, 3, 3) tensor -> 4."""
     rng = np.random.default_rng(17)
     s, A, P = SCHEMA, SCHEMA.ActivationFunctionType, SCHEMA.Padding
-    B = tflite_io._Builder(s)
+    B = tflite_io.FlatbufferBuilder(s)
     p_in = act(1 / 64, 100)
     x = B.activation("x", (n, 6, 6, 3), p_in)
     pads = B.tensor("paddings", (4, 2), T.INT32, data=np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.int32))
@@ -225,11 +236,7 @@ def residual_file(n):
     opts = s.Pool2DOptionsT()
     opts.padding, opts.strideH, opts.strideW, opts.filterHeight, opts.filterWidth = P.VALID, 2, 2, 2, 2
     B.op(OP.AVERAGE_POOL_2D, [add], [pool], s.BuiltinOptions.Pool2DOptions, opts, version=2)
-    wf = np.float32(rng.uniform(0.005, 0.02, 4))
-    fc = B.activation("fc", (n, 4), act(0.1, 120))
-    B.op(OP.FULLY_CONNECTED, [pool, weights(B, "fc_w", rng_codes(rng, (4, 27)), wf, 0),
-                              bias(B, "fc_b", rng.integers(-500, 500, 4), a3.scale, wf)], [fc],
-         s.BuiltinOptions.FullyConnectedOptions, s.FullyConnectedOptionsT(), version=12)
+    fc = per_channel_fc(B, rng, pool, a3.scale, (n, 4), 27, act(0.1, 120))
     return B.finish([x], [fc], FLATBUFFERS)
 
 
@@ -309,7 +316,7 @@ def small_ops_file(n):
     -> MAX_POOL_2D 3x3 SAME (pads 1), RELU -> RELU6 -> AVERAGE_POOL_2D 4x4 -> SQUEEZE (N, 3) -> FULLY_CONNECTED 2."""
     rng = np.random.default_rng(18)
     s, A, P = SCHEMA, SCHEMA.ActivationFunctionType, SCHEMA.Padding
-    B = tflite_io._Builder(s)
+    B = tflite_io.FlatbufferBuilder(s)
     p_in = act(0.1, 90)
     x_u8 = B.tensor("x_u8", (n, 4, 4, 2), T.UINT8, scale=p_in.scale, zero_point=p_in.zero_point)
     x = B.activation("x", (n, 4, 4, 2), p_in)
@@ -339,11 +346,7 @@ def small_ops_file(n):
     opts = s.SqueezeOptionsT()
     opts.squeezeDims = [1, 2]
     B.op(OP.SQUEEZE, [avg], [sq], s.BuiltinOptions.SqueezeOptions, opts)
-    wf = np.float32(rng.uniform(0.005, 0.02, 2))
-    fc = B.activation("fc", (n, 2), act(0.01, 128))
-    B.op(OP.FULLY_CONNECTED, [sq, weights(B, "fc_w", rng_codes(rng, (2, 3)), wf, 0),
-                              bias(B, "fc_b", rng.integers(-500, 500, 2), a1.scale, wf)], [fc],
-         s.BuiltinOptions.FullyConnectedOptions, s.FullyConnectedOptionsT(), version=12)
+    fc = per_channel_fc(B, rng, sq, a1.scale, (n, 2), 3, act(0.01, 128))
     return B.finish([x_u8], [fc], FLATBUFFERS)
 
 
@@ -394,7 +397,7 @@ def test_damaged_files_are_one_line_errors(tmp_path):
 
 
 def test_unsupported_operators_name_their_index():
-    B = tflite_io._Builder(SCHEMA)
+    B = tflite_io.FlatbufferBuilder(SCHEMA)
     p = act(0.05, 128)
     x = B.activation("x", (1, 4), p)
     y = B.activation("y", (1, 4), p)
@@ -406,7 +409,7 @@ def test_unsupported_operators_name_their_index():
 def test_a_final_softmax_is_dropped_and_elsewhere_refused():
     s = SCHEMA
     for softmax_last in (True, False):
-        B = tflite_io._Builder(s)
+        B = tflite_io.FlatbufferBuilder(s)
         x = B.activation("x", (1, 4), act(0.05, 128))
         w = weights(B, "w", np.eye(4, dtype=np.int8), np.float32(0.01), 0)
         fc = B.activation("fc", (1, 4), act(0.05, 128))
@@ -427,7 +430,7 @@ def test_a_final_softmax_is_dropped_and_elsewhere_refused():
 
 def test_average_pool_with_same_padding_is_refused():
     s = SCHEMA
-    B = tflite_io._Builder(s)
+    B = tflite_io.FlatbufferBuilder(s)
     p = act(0.05, 128)
     x = B.activation("x", (1, 5, 5, 1), p)
     y = B.activation("y", (1, 3, 3, 1), p)

@@ -151,13 +151,13 @@ def _check_external_data(tensors, base, name):
                                   f"of {location!r}")
 
 
-def _attrs(node):
+def node_attrs(node):
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _text(value):
+def attr_text(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -273,7 +273,7 @@ class _Importer:
             if shape is None or any(d is None for d in shape[1:]):
                 return False
             value = np.asarray([BATCH_SENTINEL if shape[0] is None else shape[0]] + shape[1:], np.int64)
-            attrs = _attrs(node)
+            attrs = node_attrs(node)
             start, end = attrs.get("start", 0), attrs.get("end", len(value))
             self.consts[node.output[0]] = value[start:end]
             return True
@@ -317,7 +317,7 @@ class _Importer:
         return np.ascontiguousarray(value)
 
     def pads(self, node, attrs, where, kernel, strides, dilations, symmetric):
-        auto = _text(attrs.get("auto_pad", "NOTSET"))
+        auto = attr_text(attrs.get("auto_pad", "NOTSET"))
         if auto in ("NOTSET", "VALID"):
             pads = [0, 0, 0, 0] if auto == "VALID" else list(attrs.get("pads", [0, 0, 0, 0]))
         elif auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -340,7 +340,7 @@ class _Importer:
 
     def convert(self, node, index):
         op, where = node.op_type, f"node {index} ({node.op_type} {node.name!r})"
-        attrs = _attrs(node)
+        attrs = node_attrs(node)
         if node.domain not in ("", "ai.onnx") or op not in IMPORTED_OPS:
             raise ValueError(f"unsupported ONNX op {(node.domain + '.' if node.domain else '') + op!r} at {where}; "
                              f"sqref imports {', '.join(IMPORTED_OPS)}")
@@ -443,7 +443,7 @@ class _Importer:
         elif op == "Reshape":
             self.reshape(node, attrs, where)
         elif op == "Pad":
-            mode = _text(attrs.get("mode", "constant"))
+            mode = attr_text(attrs.get("mode", "constant"))
             pads = [int(v) for v in self.const(node.input[1], where, "pads").reshape(-1)]
             value = self.optional_const(node, 2, where, "constant_value")
             if len(node.input) > 3 and node.input[3]:

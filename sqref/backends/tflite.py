@@ -47,7 +47,9 @@ from sqref.integer import requant
 KERNELS = ("xnnpack", "builtin", "reference")
 
 
-def _schema():
+def load_schema():
+    """(the TFLite flatbuffer schema module ai-edge-litert ships, the flatbuffers package): what the
+    exporter writes with and sqref.backends.tflite_import reads with."""
     try:
         import ai_edge_litert.schema_py_generated as schema
         import flatbuffers
@@ -56,7 +58,7 @@ def _schema():
     return schema, flatbuffers
 
 
-class _Builder:
+class FlatbufferBuilder:
     """A growing subgraph: tensors, buffers, operators and their codes (object API)."""
 
     def __init__(self, schema):
@@ -120,8 +122,8 @@ def build_tflite(imodel: integer.IntegerModel, batch: int):
     Returns (model bytes, {tensor name: (tensor index, "nhwc"|"flat")}) where names are
     "input" and the layer names (a fused ReLU maps to its conv/linear's tensor).
     """
-    s, flatbuffers = _schema()
-    B = _Builder(s)
+    s, flatbuffers = load_schema()
+    B = FlatbufferBuilder(s)
     T = s.TensorType
     shape = tuple(imodel.input_shape)
     if len(shape) == 3:

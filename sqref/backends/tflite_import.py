@@ -148,7 +148,7 @@ def _read_bytes(source):
 
 def _parse(data, name):
     """(schema module, ModelT) of TFLite bytes; TfliteImportError when they are not a TFLite flatbuffer."""
-    schema, _ = tflite_export._schema()
+    schema, _ = tflite_export.load_schema()
     if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
         raise TfliteImportError(f"{name}: not a TFLite flatbuffer (no 'TFL3' file identifier at bytes 4..8)")
     try:

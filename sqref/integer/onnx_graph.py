@@ -34,7 +34,7 @@ import numpy as np
 
 from sqref import ops
 from sqref.backends import onnx_package
-from sqref.backends.onnx_import import _attrs, _text
+from sqref.backends.onnx_import import node_attrs, attr_text
 from sqref.integer.qlinear import (conv_integer, dequantize_linear, matmul_integer, qlinear_conv, qlinear_matmul,
                                    quantize_linear)
 from sqref.integer.qlinear_elementwise import (qlinear_add, qlinear_concat, qlinear_leaky_relu, qlinear_mul,
@@ -108,7 +108,7 @@ def read_graph(proto) -> QGraph:
     for i, n in enumerate(proto.graph.node):
         where = f"node {i} {n.name or n.op_type!r} ({n.domain + ':' if n.domain else ''}{n.op_type})"
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
-            value = _attrs(n).get("value")
+            value = node_attrs(n).get("value")
             if not hasattr(value, "data_type"):  # value_float, value_ints, sparse_value, ...
                 raise ValueError(f"{where}: sqref reads a Constant's tensor attribute 'value' only")
             constants[n.output[0]] = numpy_helper.to_array(value)
@@ -119,7 +119,7 @@ def read_graph(proto) -> QGraph:
                                                       "QLinearSigmoid", "QLinearLeakyRelu"}):
             raise ValueError(f"{where}: sqref cannot run this op (docs/quantized_onnx.md lists what it runs)")
         nodes.append(Node(n.name or f"{n.op_type}_{i}", n.op_type, n.domain, tuple(n.input), tuple(n.output),
-                          {k: _text(v) for k, v in _attrs(n).items()}))
+                          {k: attr_text(v) for k, v in node_attrs(n).items()}))
     inputs = []
     for v in proto.graph.input:
         if v.name in constants:

@@ -56,13 +56,13 @@ AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 # ------------------------------------------------------------------ argument checks
 
 
-def _is_typed(a):
+def is_typed(a):
     return isinstance(a, (np.ndarray, np.generic))
 
 
 def _float_tensor(name, value, allowed=FLOATS):
     """An array of one of the ``allowed`` float dtypes; Python numbers and lists become float32."""
-    if not _is_typed(value):
+    if not is_typed(value):
         try:
             return np.asarray(value, dtype=np.float32)
         except (TypeError, ValueError):
@@ -74,29 +74,29 @@ def _float_tensor(name, value, allowed=FLOATS):
     return a
 
 
-def _scale(name, value, allowed=FLOATS):
+def check_scale(name, value, allowed=FLOATS):
     s = _float_tensor(name, value, allowed)
     if s.size == 0 or not np.all(np.isfinite(s) & (s > 0)):
         raise ValueError(f"{name} must be finite and > 0, got {s.ravel()[:5].tolist()}")
     return s
 
 
-def _int_tensor(name, value, allowed):
+def check_int_tensor(name, value, allowed):
     a = np.asarray(value)
-    if not _is_typed(value) or a.dtype not in allowed:
+    if not is_typed(value) or a.dtype not in allowed:
         names = ", ".join(np.dtype(d).name for d in allowed)
-        got = a.dtype if _is_typed(value) else type(value).__name__
+        got = a.dtype if is_typed(value) else type(value).__name__
         raise TypeError(f"{name} must be a NumPy array of dtype {names}, got {got}")
     return a
 
 
-def _zero_point(name, value, dtype, tensor):
+def check_zero_point(name, value, dtype, tensor):
     """A zero point of ``dtype`` (the dtype of ``tensor``): None is 0; a typed array must
     have that dtype; Python ints are range-checked and converted."""
     dtype = np.dtype(dtype)
     if value is None:
         return np.zeros((), dtype)
-    if _is_typed(value):
+    if is_typed(value):
         a = np.asarray(value)
         if a.dtype != dtype:
             raise TypeError(f"{name} must have {tensor}'s dtype {dtype.name}, got {a.dtype}")
@@ -110,7 +110,7 @@ def _zero_point(name, value, dtype, tensor):
     return a.astype(dtype)
 
 
-def _per_tensor(name, a):
+def per_tensor(name, a):
     if a.size != 1 or a.ndim > 1:
         raise ValueError(f"{name} must be a scalar (per tensor), got shape {a.shape}")
     return a.reshape(())
@@ -128,7 +128,7 @@ def _axis(axis, ndim):
     return int(axis) % max(ndim, 1)
 
 
-def _along_axis(name, p, shape, axis, block_size):
+def along_axis(name, p, shape, axis, block_size):
     """ONNX's per-tensor / per-axis / blocked parameter, shaped to broadcast against ``shape``
     (the evaluator's ``reshape_input``): one element is per tensor; 1-D of length shape[axis] is
     per axis; with block_size B > 0, p has x's rank and is repeated B times along axis."""
@@ -192,8 +192,8 @@ def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, saturate=True, blo
     if not isinstance(saturate, (bool, np.bool_, int)):
         raise TypeError(f"saturate must be a bool, got {saturate!r}")
     x = _float_tensor("x", x)
-    s = _scale("y_scale", y_scale)
-    if y_zero_point is not None and _is_typed(y_zero_point):
+    s = check_scale("y_scale", y_scale)
+    if y_zero_point is not None and is_typed(y_zero_point):
         dtype = np.asarray(y_zero_point).dtype
         if output_dtype is not None and np.dtype(output_dtype) != dtype:
             raise ValueError(f"output_dtype {np.dtype(output_dtype).name} differs from y_zero_point's {dtype.name}")
@@ -201,10 +201,10 @@ def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, saturate=True, blo
         dtype = np.dtype(np.uint8 if output_dtype is None else output_dtype)
     if dtype not in QUANT_RANGES:
         raise TypeError(f"y's dtype must be one of uint8, int8, uint16, int16, got {dtype.name}")
-    z = _zero_point("y_zero_point", y_zero_point, dtype, "y")
+    z = check_zero_point("y_zero_point", y_zero_point, dtype, "y")
     _same_granularity("y_scale", s, "y_zero_point", z, y_zero_point is not None)
-    sb = _along_axis("y_scale", s, x.shape, axis, block_size)
-    zb = _along_axis("y_zero_point", z, x.shape, axis, block_size) if z.size > 1 else z.reshape(())
+    sb = along_axis("y_scale", s, x.shape, axis, block_size)
+    zb = along_axis("y_zero_point", z, x.shape, axis, block_size) if z.size > 1 else z.reshape(())
     qmin, qmax = QUANT_RANGES[dtype]
     if mode == "onnx-reference" and np.result_type(x, sb) == np.float16:
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -227,17 +227,17 @@ def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, ou
     float32 (int32 x rounds to 24 bits there), times float32(scale), rounded once to
     float32, then cast to y's dtype (float16: a second rounding), via requant.dequantize_linear.
     """
-    x = _int_tensor("x", x, tuple(QUANT_RANGES) + (np.dtype(np.int32),))
-    s = _scale("x_scale", x_scale)
+    x = check_int_tensor("x", x, tuple(QUANT_RANGES) + (np.dtype(np.int32),))
+    s = check_scale("x_scale", x_scale)
     out = np.dtype(s.dtype if output_dtype is None else output_dtype)
     if out not in FLOATS:
         raise TypeError(f"output_dtype must be float32 or float16, got {out.name}")
-    z = _zero_point("x_zero_point", x_zero_point, x.dtype, "x")
+    z = check_zero_point("x_zero_point", x_zero_point, x.dtype, "x")
     if x.dtype == np.int32 and np.any(z != 0):
         raise ValueError("int32 x has no zero point (ONNX: it is 0); got a nonzero x_zero_point")
     _same_granularity("x_scale", s, "x_zero_point", z, x_zero_point is not None)
-    sb = _along_axis("x_scale", s, x.shape, axis, block_size)
-    zb = _along_axis("x_zero_point", z, x.shape, axis, block_size) if z.size > 1 else z.reshape(())
+    sb = along_axis("x_scale", s, x.shape, axis, block_size)
+    zb = along_axis("x_zero_point", z, x.shape, axis, block_size) if z.size > 1 else z.reshape(())
     y = _flat(lambda q, ss, zz, **kw: requant.dequantize_linear(q, ss, zz, **kw), x, sb.astype(np.float32),
               zb.astype(np.int64))
     return y.astype(out)
@@ -325,8 +325,8 @@ def _matmul_zero_point(name, z, operand, side):
 
 
 def _matmul_operands(a, b):
-    a = _int_tensor("a", a, EIGHT_BIT)
-    b = _int_tensor("b", b, EIGHT_BIT)
+    a = check_int_tensor("a", a, EIGHT_BIT)
+    b = check_int_tensor("b", b, EIGHT_BIT)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"a and b must be at least 1-D (numpy.matmul), got shapes {a.shape} and {b.shape}")
     a2 = a[None, :] if a.ndim == 1 else a
@@ -385,8 +385,8 @@ def matmul_integer(a, b, a_zero_point=None, b_zero_point=None, *, accumulate="ex
     """
     a, b, a2, b2 = _matmul_operands(a, b)
     pairs = _check_pairs(accumulate, "onnxruntime", a, b)
-    za = _matmul_zero_point("a_zero_point", _zero_point("a_zero_point", a_zero_point, a.dtype, "a"), a2, "a")
-    zb = _matmul_zero_point("b_zero_point", _zero_point("b_zero_point", b_zero_point, b.dtype, "b"), b2, "b")
+    za = _matmul_zero_point("a_zero_point", check_zero_point("a_zero_point", a_zero_point, a.dtype, "a"), a2, "a")
+    zb = _matmul_zero_point("b_zero_point", check_zero_point("b_zero_point", b_zero_point, b.dtype, "b"), b2, "b")
     acc = _matmul_acc(a2, b2, za, zb, pairs)
     return _squeeze_matmul(acc.astype(np.int32), a, b)  # astype wraps modulo 2**32
 
@@ -476,8 +476,8 @@ def _conv_acc(x, w, zx, zw, geo, pairs):
 
 
 def _conv_zero_points(x, w, x_zero_point, w_zero_point):
-    zx = _per_tensor("x_zero_point", _zero_point("x_zero_point", x_zero_point, x.dtype, "x"))
-    zw = _zero_point("w_zero_point", w_zero_point, w.dtype, "w")
+    zx = per_tensor("x_zero_point", check_zero_point("x_zero_point", x_zero_point, x.dtype, "x"))
+    zw = check_zero_point("w_zero_point", w_zero_point, w.dtype, "w")
     if zw.size == 1 and zw.ndim <= 1:
         zw = zw.reshape(())
     elif zw.ndim != 1 or zw.size != w.shape[0]:
@@ -497,8 +497,8 @@ def conv_integer(x, w, x_zero_point=None, w_zero_point=None, *, strides=None, pa
     tensor's dtype; int32 out. Arithmetic: exact integer sums wrapped to int32
     (onnxruntime's ConvInteger is exact on every CPU measured, u8 x s8 included).
     """
-    x = _int_tensor("x", x, EIGHT_BIT)
-    w = _int_tensor("w", w, EIGHT_BIT)
+    x = check_int_tensor("x", x, EIGHT_BIT)
+    w = check_int_tensor("w", w, EIGHT_BIT)
     x4, w4, s, p, d, g, squeeze = _conv_geometry(x, w, strides, pads, dilations, group, auto_pad, kernel_shape)
     zx, zw = _conv_zero_points(x, w, x_zero_point, w_zero_point)
     acc = _conv_acc(x4, w4, zx, zw, (s, p, d, g), pairs=False).astype(np.int32)
@@ -532,10 +532,10 @@ def _multiplier(s_x, s_w, s_y, mode):
 
 
 def _output_zero_point(y_zero_point):
-    if not _is_typed(y_zero_point) or np.asarray(y_zero_point).dtype not in EIGHT_BIT:
-        got = np.asarray(y_zero_point).dtype if _is_typed(y_zero_point) else type(y_zero_point).__name__
+    if not is_typed(y_zero_point) or np.asarray(y_zero_point).dtype not in EIGHT_BIT:
+        got = np.asarray(y_zero_point).dtype if is_typed(y_zero_point) else type(y_zero_point).__name__
         raise TypeError(f"y_zero_point must be a uint8 or int8 NumPy scalar or array (it sets y's dtype), got {got}")
-    return _per_tensor("y_zero_point", np.asarray(y_zero_point))
+    return per_tensor("y_zero_point", np.asarray(y_zero_point))
 
 
 def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, bias=None, *,
@@ -559,15 +559,15 @@ def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_
     output channel per group) stays exact, as ORT's depthwise kernel is.
     """
     check_mode(mode)
-    x = _int_tensor("x", x, EIGHT_BIT)
-    w = _int_tensor("w", w, EIGHT_BIT)
+    x = check_int_tensor("x", x, EIGHT_BIT)
+    w = check_int_tensor("w", w, EIGHT_BIT)
     pairs = _check_pairs(accumulate, mode, x, w)
     x4, w4, s, p, d, g, squeeze = _conv_geometry(x, w, strides, pads, dilations, group, auto_pad, kernel_shape)
     zx, zw = _conv_zero_points(x, w, x_zero_point, w_zero_point)
     zy = _output_zero_point(y_zero_point)
-    sx = _per_tensor("x_scale", _scale("x_scale", x_scale, (np.dtype(np.float32),)))
-    sy = _per_tensor("y_scale", _scale("y_scale", y_scale, (np.dtype(np.float32),)))
-    sw = _scale("w_scale", w_scale, (np.dtype(np.float32),))
+    sx = per_tensor("x_scale", check_scale("x_scale", x_scale, (np.dtype(np.float32),)))
+    sy = per_tensor("y_scale", check_scale("y_scale", y_scale, (np.dtype(np.float32),)))
+    sw = check_scale("w_scale", w_scale, (np.dtype(np.float32),))
     if sw.size == 1 and sw.ndim <= 1:
         sw = sw.reshape(())
     elif sw.ndim != 1 or sw.size != w.shape[0]:
@@ -576,7 +576,7 @@ def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_
         pairs = False  # ORT's depthwise kernel widens before summing
     acc = _conv_acc(x4, w4, zx, zw, (s, p, d, g), pairs)
     if bias is not None:
-        b = _int_tensor("bias", bias, (np.dtype(np.int32),))
+        b = check_int_tensor("bias", bias, (np.dtype(np.int32),))
         if b.shape != (w.shape[0],):
             raise ValueError(f"bias must have shape ({w.shape[0]},) (one per output channel), got {b.shape}")
         acc = acc + b.astype(np.int64)[None, :, None, None]
@@ -601,15 +601,15 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
     check_mode(mode)
     a, b, a2, b2 = _matmul_operands(a, b)
     pairs = _check_pairs(accumulate, mode, a, b)
-    za = _matmul_zero_point("a_zero_point", _zero_point("a_zero_point", a_zero_point, a.dtype, "a"), a2, "a")
-    zb = _matmul_zero_point("b_zero_point", _zero_point("b_zero_point", b_zero_point, b.dtype, "b"), b2, "b")
+    za = _matmul_zero_point("a_zero_point", check_zero_point("a_zero_point", a_zero_point, a.dtype, "a"), a2, "a")
+    zb = _matmul_zero_point("b_zero_point", check_zero_point("b_zero_point", b_zero_point, b.dtype, "b"), b2, "b")
     zy = _output_zero_point(y_zero_point)
-    sa, sb, sy = (_scale(n, v) for n, v in (("a_scale", a_scale), ("b_scale", b_scale), ("y_scale", y_scale)))
+    sa, sb, sy = (check_scale(n, v) for n, v in (("a_scale", a_scale), ("b_scale", b_scale), ("y_scale", y_scale)))
     if len({sa.dtype, sb.dtype, sy.dtype}) != 1:
         raise TypeError(f"a_scale, b_scale and y_scale must have one dtype, got {sa.dtype}, {sb.dtype}, {sy.dtype}")
     sa = _matmul_zero_point("a_scale", sa, a2, "a")
     sb = _matmul_zero_point("b_scale", sb, b2, "b")
-    sy = _per_tensor("y_scale", sy)
+    sy = per_tensor("y_scale", sy)
     acc = _matmul_acc(a2, b2, za, zb, pairs).astype(np.int32).astype(np.int64)
     y = _requantize(acc, _multiplier(sa, sb, sy, mode), zy, zy.dtype, mode, axis=-1)
     return _squeeze_matmul(y, a, b)

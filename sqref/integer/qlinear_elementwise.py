@@ -37,7 +37,7 @@ from fractions import Fraction
 import numpy as np
 
 from sqref.integer import requant
-from sqref.integer.qlinear import EIGHT_BIT, QUANT_RANGES, _is_typed, _per_tensor, _scale, _zero_point
+from sqref.integer.qlinear import EIGHT_BIT, QUANT_RANGES, is_typed, per_tensor, check_scale, check_zero_point
 
 __all__ = ["qlinear_add", "qlinear_mul", "qlinear_concat", "qlinear_sigmoid", "qlinear_leaky_relu", "relu_codes",
            "clip_codes", "lookup_table", "mlas_logistic", "ELEMENTWISE_MODES"]
@@ -63,46 +63,50 @@ LOGISTIC_BETA = tuple(F32(v) for v in (6.10247389755681e-13, 5.76102136993427e-0
 # ------------------------------------------------------------------ argument checks
 
 
-def _check_mode(mode, allowed=ELEMENTWISE_MODES, op=None):
+def check_op_mode(mode, allowed=ELEMENTWISE_MODES, op=None):
     if mode not in allowed:
         if op is not None and mode in requant.MODES:
             raise ValueError(f"mode {mode!r} has no model of {op}; mode must be one of {allowed}")
         raise ValueError(f"mode must be one of {allowed}, got {mode!r}")
 
 
-def _codes(name, x, dtype=None):
+def check_codes(name, x, dtype=None):
     """An 8-bit code array (uint8 or int8; ``dtype`` if given)."""
     allowed = EIGHT_BIT if dtype is None else (np.dtype(dtype),)
     a = np.asarray(x)
-    if not _is_typed(x) or a.dtype not in allowed:
-        got = a.dtype if _is_typed(x) else type(x).__name__
+    if not is_typed(x) or a.dtype not in allowed:
+        got = a.dtype if is_typed(x) else type(x).__name__
         names = " or ".join(d.name for d in allowed)
         raise TypeError(f"{name} must be a NumPy array of dtype {names}, got {got}")
     return a
 
 
-def _params(prefix, scale, zero_point, dtype):
+def check_qparams(prefix, scale, zero_point, dtype):
     """(float32 scale, int zero point) of one per-tensor quantized tensor of ``dtype``."""
-    s = _per_tensor(f"{prefix}_scale", _scale(f"{prefix}_scale", scale, (np.dtype(np.float32),)))
-    z = _per_tensor(f"{prefix}_zero_point", _zero_point(f"{prefix}_zero_point", zero_point, dtype, prefix))
+    s = per_tensor(f"{prefix}_scale", check_scale(f"{prefix}_scale", scale, (np.dtype(np.float32),)))
+    z = per_tensor(f"{prefix}_zero_point", check_zero_point(f"{prefix}_zero_point", zero_point, dtype, prefix))
     return F32(s), int(z)
-
-
-def _to_int32_x86(v):
-    """float32 values already rounded to integers -> int64, as CVTPS2DQ: NaN or out of int32 range -> INT32_MIN."""
-    return requant._float_to_int32_x86(v)
 
 
 # ------------------------------------------------------------------ QLinearAdd / QLinearMul
 
 
-def _binary_operands(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point):
-    """The checked inputs of QLinearAdd and QLinearMul: the codes a and b (one dtype) and the
-    (float32 scale, integer zero point) of a, b and c, zero points of a's dtype."""
-    a = _codes("a", a)
-    b = _codes("b", b, a.dtype)
-    return (a, b, _params("a", a_scale, a_zero_point, a.dtype), _params("b", b_scale, b_zero_point, a.dtype),
-            _params("c", c_scale, c_zero_point, a.dtype))
+def _binary_operands(op, mode, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point):
+    """The checked inputs of QLinearAdd and QLinearMul (``op``: "add" or "mul", for messages):
+    (a, b, a_shape, b_shape, (s_a, z_a), (s_b, z_b), (s_c, z_c), qmin, qmax). a and b are the
+    codes broadcast to one shape (one dtype); a_shape and b_shape their shapes before, which
+    decide the backends' loop orders; scales float32, zero points ints of a's dtype; qmin, qmax
+    that dtype's range. PyTorch's kernels give a's shape, so mode fbgemm needs b to broadcast to a."""
+    check_op_mode(mode)
+    a = check_codes("a", a)
+    b = check_codes("b", b, a.dtype)
+    params = [check_qparams(name, s, z, a.dtype) for name, s, z in
+              (("a", a_scale, a_zero_point), ("b", b_scale, b_zero_point), ("c", c_scale, c_zero_point))]
+    a_shape, b_shape = a.shape, b.shape
+    a, b = _broadcast(a, b)
+    if mode == "fbgemm" and a.shape != a_shape:
+        raise ValueError(f"PyTorch's quantized {op} gives a's shape: b {b_shape} must broadcast to a {a_shape}")
+    return (a, b, a_shape, b_shape, *params, *QUANT_RANGES[a.dtype])
 
 
 def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point=None, *,
@@ -158,15 +162,9 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     with z_c = 1, fbgemm's vectorized kernel gives 1 and its scalar kernel 2.
     Oracle: ``oracle_qlinear_add``; onnxruntime, TFLite and PyTorch in tests/test_qlinear_ops.py.
     """
-    _check_mode(mode)
-    a, b, (sa, za), (sb, zb), (sc, zc) = _binary_operands(a, a_scale, a_zero_point, b, b_scale, b_zero_point,
-                                                          c_scale, c_zero_point)
-    a_shape, b_shape = a.shape, b.shape
-    a, b = _broadcast(a, b)
-    qmin, qmax = QUANT_RANGES[a.dtype]
+    a, b, a_shape, b_shape, (sa, za), (sb, zb), (sc, zc), qmin, qmax = _binary_operands(
+        "add", mode, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point)
     if mode == "fbgemm":
-        if a.shape != a_shape:
-            raise ValueError(f"PyTorch's quantized add gives a's shape: b {b_shape} must broadcast to a {a_shape}")
         return _fbgemm_add(a.astype(np.int64), b.astype(np.int64), sa, za, sb, zb, sc, zc, b_shape, qmin,
                            qmax).astype(a.dtype)
     if mode == "tflite":
@@ -184,7 +182,7 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
             w = requant.fma_float32(fb, rb, requant.fma_float32(fa, ra, fixed))
         else:
             w = requant.fma_float32(fa, ra, requant.fma_float32(fb, rb, fixed))
-    r = _to_int32_x86(np.rint(w))
+    r = requant.float_to_int32_x86(np.rint(w))
     return np.clip(r, qmin, qmax).astype(a.dtype)
 
 
@@ -196,7 +194,7 @@ def _fbgemm_add(a, b, sa, za, sb, zb, sc, zc, b_shape, qmin, qmax):
         c_vec = requant.fma_float32(sa, a.astype(F32), sa * F32(-za)) + requant.fma_float32(sb, b.astype(F32),
                                                                                           sb * F32(-zb))
         t_vec = np.minimum(c_vec * inv, F32(2**31 - 128))
-        r_vec = requant._wrap_int32(_to_int32_x86(np.rint(t_vec)) + zc)
+        r_vec = requant.wrap_int32(requant.float_to_int32_x86(np.rint(t_vec)) + zc)
         # scalar kernel: plain dequantize, the zero point added in float32 before rounding
         c_sca = sa * (a - za).astype(F32) + sb * (b - zb).astype(F32)
         r_sca = np.clip(np.rint(c_sca * inv + F32(zc)), qmin, qmax).astype(np.int64)
@@ -281,21 +279,15 @@ def qlinear_mul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     QLinearAdd would give 1), 0.5 + 1 -> 2 in tflite, 0 + 1 = 1 in fbgemm.
     Oracle: ``oracle_qlinear_mul``; onnxruntime, TFLite and PyTorch in tests/test_qlinear_ops.py.
     """
-    _check_mode(mode)
-    a, b, (sa, za), (sb, zb), (sc, zc) = _binary_operands(a, a_scale, a_zero_point, b, b_scale, b_zero_point,
-                                                          c_scale, c_zero_point)
-    a_shape, b_shape = a.shape, b.shape
-    a, b = _broadcast(a, b)
-    qmin, qmax = QUANT_RANGES[a.dtype]
+    a, b, a_shape, b_shape, (sa, za), (sb, zb), (sc, zc), qmin, qmax = _binary_operands(
+        "mul", mode, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point)
     p = (a.astype(np.int64) - za) * (b.astype(np.int64) - zb)
     if mode == "fbgemm":
-        if a.shape != a_shape:
-            raise ValueError(f"PyTorch's quantized mul gives a's shape: b {b_shape} must broadcast to a {a_shape}")
         m = (sa * sb) * (F32(1) / sc)  # float32 throughout
         if m >= 2**15:
             raise ValueError(f"fbgemm mode has no model of quantized mul with s_a s_b / s_c = {float(m)} >= 2**15 "
                              "(PyTorch's vectorized and scalar kernels overflow int32 differently)")
-        r = _to_int32_x86(np.rint(p.astype(F32) * m))  # |p| <= 65280: exact in float32
+        r = requant.float_to_int32_x86(np.rint(p.astype(F32) * m))  # |p| <= 65280: exact in float32
         return np.clip(r + zc, qmin, qmax).astype(a.dtype)
     if mode == "tflite":
         m = float(sa) * float(sb) / float(sc)
@@ -303,7 +295,7 @@ def qlinear_mul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     ratio = (sa * sb) / sc  # float32 throughout
     with np.errstate(over="ignore"):
         w = p.astype(F32) * ratio + F32(zc)
-    r = _to_int32_x86(np.rint(w))
+    r = requant.float_to_int32_x86(np.rint(w))
     return np.clip(r, qmin, qmax).astype(a.dtype)
 
 
@@ -360,10 +352,10 @@ def _leaky(alpha):
 
 
 def _table_op(transform, x, x_scale, x_zero_point, y_scale, y_zero_point, mode, op):
-    _check_mode(mode, ("onnxruntime",), op)
-    x = _codes("x", x)
-    sx, zx = _params("x", x_scale, x_zero_point, x.dtype)
-    sy, zy = _params("y", y_scale, y_zero_point, x.dtype)
+    check_op_mode(mode, ("onnxruntime",), op)
+    x = check_codes("x", x)
+    sx, zx = check_qparams("x", x_scale, x_zero_point, x.dtype)
+    sy, zy = check_qparams("y", y_scale, y_zero_point, x.dtype)
     return _apply_table(x, lookup_table(transform, sx, zx, sy, zy, x.dtype))
 
 
@@ -419,17 +411,17 @@ def qlinear_concat(y_scale, y_zero_point, *inputs, axis, mode="onnxruntime"):
     # scale and zero point (a plain copy), so no "tflite" mode is needed.
     Oracle: ``oracle_qlinear_concat``; onnxruntime and PyTorch in tests/test_qlinear_ops.py.
     """
-    _check_mode(mode, ("onnxruntime", "fbgemm"), "QLinearConcat")
-    if not _is_typed(y_zero_point) or np.asarray(y_zero_point).dtype not in EIGHT_BIT:
+    check_op_mode(mode, ("onnxruntime", "fbgemm"), "QLinearConcat")
+    if not is_typed(y_zero_point) or np.asarray(y_zero_point).dtype not in EIGHT_BIT:
         raise TypeError("y_zero_point must be a uint8 or int8 NumPy scalar or array (it sets y's dtype)")
     dtype = np.asarray(y_zero_point).dtype
-    sy, zy = _params("y", y_scale, y_zero_point, dtype)
+    sy, zy = check_qparams("y", y_scale, y_zero_point, dtype)
     if len(inputs) < 3 or len(inputs) % 3:
         raise ValueError(f"inputs must be (tensor, scale, zero_point) triples, got {len(inputs)} values")
     parts = []
     for i in range(0, len(inputs), 3):
-        x = _codes(f"x{i // 3}", inputs[i], dtype)
-        sx, zx = _params(f"x{i // 3}", inputs[i + 1], inputs[i + 2], dtype)
+        x = check_codes(f"x{i // 3}", inputs[i], dtype)
+        sx, zx = check_qparams(f"x{i // 3}", inputs[i + 1], inputs[i + 2], dtype)
         if mode == "fbgemm":
             qmin, qmax = QUANT_RANGES[dtype]
             v = sx * (x.astype(np.int64) - zx).astype(F32)
@@ -480,8 +472,8 @@ def clip_codes(x, scale, zero_point, min=None, max=None):  # noqa: A002 - ONNX's
     # 2**-23 above ``lower`` is dropped, where the formula would give qmin + 1 when
     # float32(min) / s passes qmin - z + 0.5. Not modelled; no real model has such scales.
     """
-    x = _codes("x", x)
-    s, z = _params("x", scale, zero_point, x.dtype)
+    x = check_codes("x", x)
+    s, z = check_qparams("x", scale, zero_point, x.dtype)
     qmin, qmax = QUANT_RANGES[x.dtype]
     lo = qmin if min is None else quantize_bound(min, s, z, x.dtype)
     hi = qmax if max is None else quantize_bound(max, s, z, x.dtype)
@@ -496,8 +488,8 @@ def relu_codes(x, zero_point=None):
     otherwise runs it in float32 between DQ and Q; both give ``max(x, z)``.
     Dtypes: x uint8 or int8, zero point x's dtype (None: 0).
     """
-    x = _codes("x", x)
-    z = _per_tensor("zero_point", _zero_point("zero_point", zero_point, x.dtype, "x"))
+    x = check_codes("x", x)
+    z = per_tensor("zero_point", check_zero_point("zero_point", zero_point, x.dtype, "x"))
     return np.maximum(x, z.astype(x.dtype))
 
 

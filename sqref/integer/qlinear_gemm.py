@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from sqref.integer import requant
-from sqref.integer.qlinear import EIGHT_BIT, QUANT_RANGES, _int_tensor, _per_tensor, _scale, _zero_point, matmul_integer
+from sqref.integer.qlinear import (EIGHT_BIT, QUANT_RANGES, check_int_tensor, check_scale, check_zero_point,
+                                   matmul_integer, per_tensor)
 
 F32 = np.float32
 
@@ -32,8 +33,8 @@ def qgemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=No
     The arithmetic of each step is in the module docstring.
     Oracle: tests/test_onnx_graph.py checks it against onnxruntime.
     """
-    a = _int_tensor("a", a, EIGHT_BIT)
-    b = _int_tensor("b", b, EIGHT_BIT)
+    a = check_int_tensor("a", a, EIGHT_BIT)
+    b = check_int_tensor("b", b, EIGHT_BIT)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"QGemm takes 2-D a and b, got shapes {a.shape} and {b.shape}")
     a2 = a.T if trans_a else a
@@ -41,17 +42,17 @@ def qgemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=No
     if a2.shape[1] != b2.shape[0]:
         raise ValueError(f"a {a.shape} and b {b.shape} (trans_a={trans_a}, trans_b={trans_b}): K differs")
     n = b2.shape[1]
-    za = _per_tensor("a_zero_point", _zero_point("a_zero_point", a_zero_point, a.dtype, "a"))
-    zb = np.asarray(_zero_point("b_zero_point", b_zero_point, b.dtype, "b"))
-    sa = _per_tensor("a_scale", _scale("a_scale", a_scale, (np.dtype(np.float32),)))
-    sb = _scale("b_scale", b_scale, (np.dtype(np.float32),))
+    za = per_tensor("a_zero_point", check_zero_point("a_zero_point", a_zero_point, a.dtype, "a"))
+    zb = np.asarray(check_zero_point("b_zero_point", b_zero_point, b.dtype, "b"))
+    sa = per_tensor("a_scale", check_scale("a_scale", a_scale, (np.dtype(np.float32),)))
+    sb = check_scale("b_scale", b_scale, (np.dtype(np.float32),))
     for name, v in (("b_scale", sb), ("b_zero_point", zb)):
         if not (v.size == 1 or v.shape == (n,)):
             raise ValueError(f"{name} must be a scalar or one per column ({n},), got shape {v.shape}")
     acc = matmul_integer(np.ascontiguousarray(a2), np.ascontiguousarray(b2), za,
                          zb.reshape(()) if zb.size == 1 else zb, accumulate=accumulate).astype(np.int64)
     if c is not None:
-        c = _int_tensor("c", c, (np.dtype(np.int32),))
+        c = check_int_tensor("c", c, (np.dtype(np.int32),))
         try:
             acc = acc + np.broadcast_to(c.astype(np.int64), acc.shape)
         except ValueError:
@@ -62,7 +63,7 @@ def qgemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=No
         if y_zero_point is not None:
             raise ValueError("y_zero_point without y_scale: QGemm's float output has no zero point")
         return (acc.astype(F32) * scale).astype(F32)
-    sy = _per_tensor("y_scale", _scale("y_scale", y_scale, (np.dtype(np.float32),)))
+    sy = per_tensor("y_scale", check_scale("y_scale", y_scale, (np.dtype(np.float32),)))
     zy = np.asarray(y_zero_point) if y_zero_point is not None else np.zeros((), a.dtype)
     if zy.dtype not in EIGHT_BIT:
         raise TypeError(f"y_zero_point must be uint8 or int8, got {zy.dtype}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from sqref.integer import requant
 from sqref.integer.qlinear import AUTO_PADS, QUANT_RANGES
-from sqref.integer.qlinear_elementwise import _check_mode, _codes, _params
+from sqref.integer.qlinear_elementwise import check_op_mode, check_codes, check_qparams
 from sqref.ops import pool_output_size
 
 __all__ = ["qlinear_global_average_pool", "qlinear_average_pool", "max_pool_codes", "pool_geometry",
@@ -182,12 +182,12 @@ def qlinear_global_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point,
     # (reference_integer_ops/mean.h); it is not modelled ("tflite" raises).
     Oracle: ``oracle_qlinear_global_average_pool``; onnxruntime and PyTorch in tests/test_qlinear_ops.py.
     """
-    _check_mode(mode, ("onnxruntime", "fbgemm"), "QLinearGlobalAveragePool")
-    x = _codes("x", x)
+    check_op_mode(mode, ("onnxruntime", "fbgemm"), "QLinearGlobalAveragePool")
+    x = check_codes("x", x)
     if x.ndim < 3:
         raise ValueError(f"x must have at least 3 dimensions (N, C, spatial...), got shape {x.shape}")
-    sx, zx = _params("x", x_scale, x_zero_point, x.dtype)
-    sy, zy = _params("y", y_scale, y_zero_point, x.dtype)
+    sx, zx = check_qparams("x", x_scale, x_zero_point, x.dtype)
+    sy, zy = check_qparams("y", y_scale, y_zero_point, x.dtype)
     if channels_last not in (0, 1, False, True):
         raise ValueError(f"channels_last must be 0 or 1, got {channels_last!r}")
     if mode == "fbgemm":
@@ -252,10 +252,10 @@ def qlinear_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point, *, ker
                    # kernel; not modelled (ValueError), nor divisor_override.
     Oracle: ``oracle_qlinear_average_pool``; onnxruntime, TFLite and PyTorch in tests/test_qlinear_ops.py.
     """
-    _check_mode(mode, POOL_MODES)
-    x = _codes("x", x)
-    sx, zx = _params("x", x_scale, x_zero_point, x.dtype)
-    sy, zy = _params("y", y_scale, y_zero_point, x.dtype)
+    check_op_mode(mode, POOL_MODES)
+    x = check_codes("x", x)
+    sx, zx = check_qparams("x", x_scale, x_zero_point, x.dtype)
+    sy, zy = check_qparams("y", y_scale, y_zero_point, x.dtype)
     if count_include_pad not in (0, 1, False, True) or ceil_mode not in (0, 1, False, True):
         raise ValueError(f"count_include_pad and ceil_mode must be 0 or 1, got {count_include_pad!r}, {ceil_mode!r}")
     x4, back = _nchw("x", x, channels_last)
@@ -306,7 +306,7 @@ def qlinear_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point, *, ker
         count = sum(m.astype(np.int64) for m in masks).astype(F32)
     with np.errstate(over="ignore"):
         t = (acc / count) / sy + F32(zy)
-    r = requant._float_to_int32_x86(np.rint(t))
+    r = requant.float_to_int32_x86(np.rint(t))
     return back(np.clip(r, qmin, qmax).astype(x.dtype))
 
 
@@ -325,7 +325,7 @@ def max_pool_codes(x, *, kernel_shape, strides=None, pads=None, dilations=None, 
     pairs and runs this kernel). ``storage_order`` only affects the Indices output.
     Oracle: ``oracle_max_pool_codes``; onnxruntime in tests/test_qlinear_ops.py.
     """
-    x = _codes("x", x)
+    x = check_codes("x", x)
     if storage_order not in (0, 1):
         raise ValueError(f"storage_order must be 0 or 1, got {storage_order!r}")
     x4, back = _nchw("x", x, 0)

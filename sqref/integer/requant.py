@@ -57,7 +57,7 @@ def _int32_values(x, name):
     return a
 
 
-def _wrap_int32(x):
+def wrap_int32(x):
     """Two's-complement int32 wraparound of an int64 array (what x86 `add`/`shl` do)."""
     return ((np.asarray(x, np.int64) + 2**31) & (2**32 - 1)) - 2**31
 
@@ -117,7 +117,7 @@ def fma_float32(a, b, c):
     return np.where(fix, toward, r64).astype(np.float32)
 
 
-def _float_to_int32_x86(v):
+def float_to_int32_x86(v):
     """Round-to-integer-valued floats -> int64, as x86 CVT(T)SS2SI: NaN/out of range -> INT32_MIN."""
     v = np.asarray(v, dtype=np.float64)
     bad = ~np.isfinite(v) | (v < INT32_MIN) | (v >= 2.0**31)
@@ -226,12 +226,12 @@ def multiply_by_quantized_multiplier(acc, m0, shift, *, single_rounding=False, o
             raise ValueError(f"single rounding needs shift in [-31, 30], got {np.unique(shift)[:5].tolist()}")
         total = 31 - shift
         result = (acc * m0 + (np.int64(1) << (total - 1))) >> total
-        return _wrap_int32(result)
+        return wrap_int32(result)
     left = np.maximum(shift, 0)
     if left.size and left.max() > 31:
         raise ValueError(f"shift must be <= 31 (M < 2**31), got {np.unique(left)[-3:].tolist()}")
     shifted = acc << left  # exact in int64: |acc| <= 2**31, left <= 31
-    wrapped = _wrap_int32(shifted)
+    wrapped = wrap_int32(shifted)
     if overflow == "raise" and np.any(wrapped != shifted):
         bad = np.broadcast_to(acc, shifted.shape)[wrapped != shifted]
         raise ValueError(
@@ -382,7 +382,7 @@ def requant_fbgemm(acc, *, multiplier, zero_point, qmin, qmax, axis=1, bias=None
             b = b / s
         raw = raw + b.astype(np.float32)
     v = raw * m
-    r = _float_to_int32_x86(np.rint(v))
+    r = float_to_int32_x86(np.rint(v))
     return np.clip(r + zp, qmin, qmax)
 
 
@@ -402,7 +402,7 @@ def requant_tflite_ruy(acc, *, multiplier, zero_point, qmin, qmax, axis=1):
     m = _along(np.asarray(multiplier, np.float64), acc.ndim, axis, acc.shape, "multiplier")
     m0, shift = quantize_multiplier(m)
     left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
-    x = saturating_rounding_doubling_high_mul(_wrap_int32(acc << left), m0)
+    x = saturating_rounding_doubling_high_mul(wrap_int32(acc << left), m0)
     y = (x + ((np.int64(1) << right) >> 1)) >> right
     return np.clip(y + int(zero_point), qmin, qmax)
 
@@ -512,11 +512,11 @@ def quantize_linear(x, scale, zero_point, *, qmin, qmax, mode, axis=1):
             np.minimum(v, hi, out=v)
             return np.rint(v, out=v).astype(np.int64) + zp
         if mode == "onnx-reference":
-            r = _float_to_int32_x86(np.rint(xf / s))
-            return np.clip(_wrap_int32(r + zp), qmin, qmax)
+            r = float_to_int32_x86(np.rint(xf / s))
+            return np.clip(wrap_int32(r + zp), qmin, qmax)
         if mode == "tflite":
-            r = _float_to_int32_x86(round_half_away(xf / s))
-            return np.clip(_wrap_int32(r + zp), qmin, qmax)
+            r = float_to_int32_x86(round_half_away(xf / s))
+            return np.clip(wrap_int32(r + zp), qmin, qmax)
         # fbgemm: torch 2.13 on x86 with FMA computes VFMADD(x, 1/scale, zp), one rounding,
         # then rounds to integer (measured; docs/backends.md)
         v = fma_float32(xf, np.float32(1.0) / s, zp.astype(np.float32))

@@ -218,7 +218,7 @@ USAGE = ("usage: python -m sqref.studies.pretrained layer-sqnr MODEL.h5\n"
          "(MODEL.h5: sqref data efficientnet-lite0 ...; VIEWS.npz: sqref data imagenet-20 --views ten-crop ...)")
 
 
-def _main(argv=None) -> int:
+def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     quiet = "-q" in argv
     argv = [a for a in argv if a != "-q"]
@@ -238,4 +238,4 @@ def _main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_main())
+    raise SystemExit(main())

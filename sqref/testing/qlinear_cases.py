@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sqref.testing.strategies import (DTYPE_RANGES, _binary, _range, _strategies, _zero_points, codes,
-                                      quantize_cases)
+from sqref.testing.strategies import (DTYPE_RANGES, code_range, codes, float32_binary, hypothesis_strategies,
+                                      quantize_cases, zero_points)
 
 
 def _np_dtype(name, value, allowed=("uint8", "int8")):
@@ -44,20 +44,20 @@ def _output_scale(st, draw, acc, base, *, tie):
     return base * peak / spread * draw(st.floats(0.5, 2.0))
 
 
-def _aligned(st, draw, array, zero_points):
+def _aligned(st, draw, array, zps):
     """Most codes at one type limit and the zero points at the other: |code - zero point| = 255 with one
     sign, so that a K-term sum passes 2**24 once K > 258 (float32 would round it)."""
     lo, hi = (int(v) for v in DTYPE_RANGES[array.dtype.type])
     top = draw(st.booleans())
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     out = np.where(rng.random(array.shape) < 0.9, hi if top else lo, array).astype(array.dtype)
-    return out, [lo if top else hi] * len(zero_points)
+    return out, [lo if top else hi] * len(zps)
 
 
 def _tie_zero_point(st, draw, ry, tie):
     """y's zero point; with a planted tie, odd half the time (rounding before or after adding an odd
     zero point is what separates onnxruntime from the ONNX evaluator)."""
-    z = draw(_zero_points(st, *ry))
+    z = draw(zero_points(st, *ry))
     if tie and z % 2 == 0 and draw(st.booleans()):
         z += 1 if z < ry[1] else -1
     return z
@@ -152,7 +152,7 @@ def qlinear_matmul_cases(a_dtype=None, b_dtype=None, *, y_dtype=None, scale_dtyp
     lands inside y's range rather than saturating (accumulators past 2**24 need M = 2**-k with
     k > 16, which one or two codes cannot reach: about a quarter of all cases get a tie).
     """
-    st = _strategies()
+    st = hypothesis_strategies()
     from sqref.integer import qlinear, requant
 
     if op not in ("QLinearMatMul", "MatMulInteger"):
@@ -176,12 +176,12 @@ def qlinear_matmul_cases(a_dtype=None, b_dtype=None, *, y_dtype=None, scale_dtyp
         b = draw(codes(batch[-1:] + (k, n), tb.type))  # b broadcasts over a's leading batch axis
         cols = draw(st.booleans()) if per_column is None else per_column
         ra, rb, ry = (qlinear.QUANT_RANGES[t] for t in (ta, tb, ty))
-        za = [draw(_zero_points(st, *ra)) for _ in range(m if per_row else 1)]
+        za = [draw(zero_points(st, *ra)) for _ in range(m if per_row else 1)]
         # per column: (N,) for a 2-D b, b's batch shape + (1, N) for a batched b (ONNX's N-D form;
         # onnxruntime refuses a 1-D one there), each batch element its own columns
         col_shape = (b.shape[:-2] + (1, n) if b.ndim > 2 else (n,)) if cols else ()
         n_cols = int(np.prod(col_shape))
-        zb = [draw(_zero_points(st, *rb)) for _ in range(n_cols)]
+        zb = [draw(zero_points(st, *rb)) for _ in range(n_cols)]
         if k > 514 and draw(st.booleans()):  # |acc| past 2**24
             a, za = _aligned(st, draw, a, za)
             b, zb = _aligned(st, draw, b, zb)
@@ -238,7 +238,7 @@ def qlinear_conv_cases(x_dtype=None, w_dtype=None, *, y_dtype=None, per_channel=
     half the time, a power-of-two M with a bias per channel chosen so that one output lands
     exactly on a .5 tie inside the output range.
     """
-    st = _strategies()
+    st = hypothesis_strategies()
     from sqref.integer import qlinear
 
     if op not in ("QLinearConv", "ConvInteger"):
@@ -272,8 +272,8 @@ def qlinear_conv_cases(x_dtype=None, w_dtype=None, *, y_dtype=None, per_channel=
         m_out = w.shape[0]
         chan = draw(st.booleans()) if per_channel is None else per_channel
         rx, rw, ry = (qlinear.QUANT_RANGES[t] for t in (tx, tw, ty))
-        zx = draw(_zero_points(st, *rx))
-        zw = [draw(_zero_points(st, *rw)) for _ in range(m_out if chan else 1)]
+        zx = draw(zero_points(st, *rx))
+        zw = [draw(zero_points(st, *rw)) for _ in range(m_out if chan else 1)]
         if shape == "large_k" and draw(st.booleans()):  # |acc| past 2**24
             x, (zx,) = _aligned(st, draw, x, [zx])
             w, zw = _aligned(st, draw, w, zw)
@@ -332,13 +332,13 @@ def _broadcast_pair(st, draw):
     return (b, a) if draw(st.booleans()) else (a, b)
 
 
-def _plant_elementwise_tie(st, draw, op, a, b, zero_points, scales, code_range):
+def _plant_elementwise_tie(st, draw, op, a, b, zps, scales, limits):
     """a and b with one element each (often only a's) changed so that one output of QLinearAdd,
     ``z_c + s_a/s_c (a - z_a) + s_b/s_c (b - z_b)``, or QLinearMul, ``z_c + s_a s_b/s_c (a - z_a)(b - z_b)``,
     is exactly t + 1/2 with t and t + 1 inside the code range. The scales are powers of two, so
     float64 holds these values exactly, and so does every backend's float32. Unchanged when no
     pair of codes gives a .5 (both ratios 1, say)."""
-    (za, zb, zc), (sa, sb, sc), (lo, hi) = zero_points, scales, code_range
+    (za, zb, zc), (sa, sb, sc), (lo, hi) = zps, scales, limits
     shape = np.broadcast_shapes(a.shape, b.shape)
     ia = np.broadcast_to(np.arange(a.size).reshape(a.shape), shape).ravel()
     ib = np.broadcast_to(np.arange(b.size).reshape(b.shape), shape).ravel()
@@ -374,7 +374,7 @@ def qlinear_add_cases(dtype=None, *, op="QLinearAdd", mode="onnxruntime"):
     mantissas; "saturate": s_c up to 2**10 times smaller than the inputs' scales, so most
     outputs saturate. Zero points favour the type limits.
     """
-    st = _strategies()
+    st = hypothesis_strategies()
     from sqref.integer import qlinear_elementwise
 
     if op not in ("QLinearAdd", "QLinearMul"):
@@ -385,11 +385,11 @@ def qlinear_add_cases(dtype=None, *, op="QLinearAdd", mode="onnxruntime"):
     @st.composite
     def draw_case(draw):
         t = fixed if fixed is not None else np.dtype(draw(st.sampled_from(["uint8", "int8"])))
-        lo, hi = _range(t.name)
+        lo, hi = code_range(t.name)
         sa_shape, sb_shape = _broadcast_pair(st, draw)
         a = draw(codes(sa_shape, t.type))
         b = draw(codes(sb_shape, t.type))
-        za, zb, zc = (draw(_zero_points(st, lo, hi)) for _ in range(3))
+        za, zb, zc = (draw(zero_points(st, lo, hi)) for _ in range(3))
         kind = draw(st.sampled_from(["tie", "tie", "f16", "saturate"]))
         if kind == "tie":
             sc = 2.0 ** draw(st.integers(-10, 0))
@@ -398,7 +398,7 @@ def qlinear_add_cases(dtype=None, *, op="QLinearAdd", mode="onnxruntime"):
             sa, sb, sc = (draw(st.integers(2**10, 2**11 - 1)) * 2.0 ** (draw(st.integers(-12, 0)) - 10)
                           for _ in range(3))
         else:
-            sa, sb = (draw(_binary(st, -8, -1)) for _ in range(2))
+            sa, sb = (draw(float32_binary(st, -8, -1)) for _ in range(2))
             sc = min(sa, sb) * 2.0 ** -draw(st.integers(0, 10)) * (1 if op == "QLinearAdd" else min(sa, sb))
         if kind == "tie":
             a, b = _plant_elementwise_tie(st, draw, op, a, b, (za, zb, zc), (sa, sb, sc), (lo, hi))
@@ -426,7 +426,7 @@ def quantize_linear_cases(dtype=None, *, op="QuantizeLinear", mode="onnxruntime"
                            land on .5); ``expected`` the tuple (y, y_scale, y_zero_point) of
                            qlinear.dynamic_quantize_linear in ``mode``.
     """
-    st = _strategies()
+    st = hypothesis_strategies()
     from sqref.integer import qlinear
 
     if op not in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):

@@ -8,7 +8,7 @@ import numpy as np
 _RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
 
-def _strategies():
+def hypothesis_strategies():
     try:
         from hypothesis import strategies as st
     except ImportError as e:  # pragma: no cover - exercised only without hypothesis
@@ -22,18 +22,18 @@ def _f32(x):
     return float(np.float32(x))
 
 
-def _range(dtype):
+def code_range(dtype):
     if dtype not in _RANGES:
         raise ValueError(f"dtype must be one of {tuple(_RANGES)}, got {dtype!r}")
     return _RANGES[dtype]
 
 
-def _zero_points(st, qmin, qmax):
+def zero_points(st, qmin, qmax):
     # the type limits on purpose: ORT's clamp [qmin - zp, qmax - zp] is then one-sided
     return st.one_of(st.sampled_from([qmin, qmax, (qmin + qmax + 1) // 2]), st.integers(qmin, qmax))
 
 
-def _binary(st, lo, hi):
+def float32_binary(st, lo, hi):
     """mant * 2**(e - 23), mant a 24-bit integer, e in [lo, hi]: float32-exact, in [2**lo, 2**(hi + 1))."""
     return st.tuples(st.integers(2**23, 2**24 - 1), st.integers(lo, hi)).map(lambda me: me[0] * 2.0 ** (me[1] - 23))
 
@@ -46,7 +46,7 @@ def codes(shape, dtype, lo=None, hi=None, *, dists=("extremes", "uniform", "smal
     (default: the dtype's range), NumPy drawing the bulk from a drawn seed so that K can be
     in the hundreds. Distributions: "extremes" (lo, hi, their neighbours and the midpoint:
     saturating int16 pairs, type limits), "uniform", "small" (|v| <= 8)."""
-    st = _strategies()
+    st = hypothesis_strategies()
     lo = DTYPE_RANGES[dtype][0] if lo is None else lo
     hi = DTYPE_RANGES[dtype][1] if hi is None else hi
 
@@ -72,13 +72,13 @@ def qparams(dtype=None):
     [2**-20, 2**4): powers of two (exact ties) or a 24-bit mantissa (so that
     1/scale is inexact); zero points favour qmin, qmax and the middle.
     """
-    st = _strategies()
+    st = hypothesis_strategies()
 
     @st.composite
     def draw_qparams(draw):
-        qmin, qmax = _range(draw(st.sampled_from(["uint8", "int8"])) if dtype is None else dtype)
-        scale = draw(st.one_of(st.integers(-20, 3).map(lambda k: 2.0**k), _binary(st, -20, 3)))
-        return scale, draw(_zero_points(st, qmin, qmax)), qmin, qmax
+        qmin, qmax = code_range(draw(st.sampled_from(["uint8", "int8"])) if dtype is None else dtype)
+        scale = draw(st.one_of(st.integers(-20, 3).map(lambda k: 2.0**k), float32_binary(st, -20, 3)))
+        return scale, draw(zero_points(st, qmin, qmax)), qmin, qmax
 
     return draw_qparams()
 
@@ -90,8 +90,8 @@ def multipliers(kind=None):
     "large" ([1, 256]: TFLite's left shift can overflow), "tiny"
     ([2**-40, 2**-30]: TFLite flushes M < 2**-32 to 0).
     """
-    st = _strategies()
-    binary = lambda lo, hi: _binary(st, lo, hi)  # noqa: E731
+    st = hypothesis_strategies()
+    binary = lambda lo, hi: float32_binary(st, lo, hi)  # noqa: E731
     kinds = {
         "tie": st.integers(1, 16).map(lambda k: 2.0**-k),
         "generic": binary(-16, -1),
@@ -120,7 +120,7 @@ def requant_cases(dtype=None, *, max_size=8, kinds=None):
       "tiny"      M < 2**-30, around TFLite's flush-to-zero threshold
       "generic"   |acc| < 2**20, M in [2**-16, 1)
     """
-    st = _strategies()
+    st = hypothesis_strategies()
     all_kinds = ("tie", "boundary", "large", "overflow", "tiny", "generic")
     kinds = all_kinds if kinds is None else tuple(kinds)
     if not kinds or any(k not in all_kinds for k in kinds):
@@ -129,8 +129,8 @@ def requant_cases(dtype=None, *, max_size=8, kinds=None):
 
     @st.composite
     def draw_case(draw):
-        qmin, qmax = _range(draw(st.sampled_from(["uint8", "int8"])) if dtype is None else dtype)
-        zp = draw(_zero_points(st, qmin, qmax))
+        qmin, qmax = code_range(draw(st.sampled_from(["uint8", "int8"])) if dtype is None else dtype)
+        zp = draw(zero_points(st, qmin, qmax))
         kind = draw(st.sampled_from(kinds))
         n = draw(st.integers(1, max_size))
         if kind == "tie":
@@ -184,7 +184,7 @@ def quantize_cases(dtype=None, *, max_size=8, allow_nan=False, kinds=None):
       "saturate"    |x / s| past the type range, +-inf (and NaN if allow_nan)
       "generic"     x / s within about the type range
     """
-    st = _strategies()
+    st = hypothesis_strategies()
     all_kinds = ("tie", "reciprocal", "saturate", "generic")
     kinds = all_kinds if kinds is None else tuple(kinds)
     if not kinds or any(k not in all_kinds for k in kinds):
@@ -192,8 +192,8 @@ def quantize_cases(dtype=None, *, max_size=8, allow_nan=False, kinds=None):
 
     @st.composite
     def draw_case(draw):
-        qmin, qmax = _range(draw(st.sampled_from(["uint8", "int8"])) if dtype is None else dtype)
-        zp = draw(_zero_points(st, qmin, qmax))
+        qmin, qmax = code_range(draw(st.sampled_from(["uint8", "int8"])) if dtype is None else dtype)
+        zp = draw(zero_points(st, qmin, qmax))
         kind = draw(st.sampled_from(kinds))
         size = draw(st.integers(1, max_size))
         steps = st.integers(qmin - zp - 2, qmax - zp + 1)
