@@ -216,7 +216,7 @@ def run_onnxruntime_graph(optimized: bytes, feeds: dict, dtypes: dict) -> dict:
     return dict(zip(names, session.run(names, feeds)))
 
 
-def _tie_explained(q_node, q_args, golden_codes, backend_codes, reference):
+def tie_explained(q_node, q_args, golden_codes, backend_codes, reference):
     """How many differing codes of a QuantizeLinear are rounding ties of the reduction before it
     (module docstring), and how many are not."""
     value, bound = reference
@@ -305,7 +305,7 @@ def _classify(node, name, graph, producer, golden_env, backend_env, anchored, ro
             i == "" or np.array_equal(golden_env[i], backend_env[i]) for i in source.inputs):
         reference = onnx_graph.float_reference(source, [None if i == "" else golden_env[i] for i in source.inputs])
         q_args = [None if i == "" else golden_env[i] for i in node.inputs]
-        ties, other = _tie_explained(node, q_args, golden_env[name], backend_env[name], reference)
+        ties, other = tie_explained(node, q_args, golden_env[name], backend_env[name], reference)
         row["explained"], row["unexplained"] = ties, other
         return "ties" if other == 0 else "UNEXPLAINED"
     if all(i == "" or np.array_equal(golden_env[i], backend_env[i]) for i in node.inputs):
