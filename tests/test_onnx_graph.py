@@ -6,6 +6,7 @@ from small residual and depthwise-separable CNNs defined here in torch.nn, QDQ a
 S8S8, per tensor and per channel, every tensor compared); literal cases of the tie rule; a golden file
 altered on purpose, which must fail.
 """
+import collections
 import hashlib
 
 import h5py
@@ -175,6 +176,10 @@ def test_quantize_static_models_verify_against_onnxruntime(tmp_path, kind, fmt, 
     assert report["match"], [(r["name"], r["status"]) for r in report["tensors"] if r["status"] not in STATUSES]
     graph = back.graph()
     ops = {n.op for n in graph.nodes}
+    partition = collections.Counter(n.op for n in graph.nodes)  # printed with -s: docs/quantized_onnx.md quotes it
+    print(f"\n  {kind} {fmt} {activations} {'per channel' if per_channel else 'per tensor'}: "
+          + ", ".join(f"{op} {k}" for op, k in sorted(partition.items())) + "; statuses "
+          + ", ".join(f"{status} {k}" for status, k in sorted(report["counts"].items())))
     if activations != "QInt16":
         assert ops & {"QLinearConv", "QGemm", "QLinearMatMul"}  # onnxruntime fused some groups into integer kernels
     for row, node in zip(report["tensors"], graph.nodes):
@@ -228,7 +233,11 @@ def test_the_two_commands_and_their_errors(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "through the graph onnxruntime" in out and "--backend sqref|onnxruntime" in out
     assert cli.main(["verify", "g.h5", "--backend", "onnxruntime"]) == 0
-    assert "OK: " in capsys.readouterr().out
+    verdict = capsys.readouterr().out.strip().splitlines()[-1]
+    assert verdict.startswith("OK: ")
+    with capsys.disabled():  # with -s: the two commands' summary lines, quoted in docs/quantized_onnx.md
+        print("\n" + "\n".join(line for line in out.splitlines() if line.lstrip().startswith(("nodes", "float"))))
+        print(verdict)
     for argv, message in [(["verify", "g.h5", "--backend", "torch"], "checked with sqref or onnxruntime"),
                           (["golden", "q.onnx", "--mode", "tflite", "--inputs", "x.npz", "-o", "h.h5"],
                            "--mode onnxruntime")]:
