@@ -157,7 +157,7 @@ CALIBRATION_BATCH_BYTES = 1 << 28  # the float64 tensors of one calibration batc
 def calibration_batch(model: Model, limit=500) -> int:
     """Images per calibration batch: at most `limit`, and few enough that one batch's float64
     tensors (every layer's output is held while the batch runs) take about CALIBRATION_BATCH_BYTES.
-    LeNet-5: 500; EfficientNet-Lite0 at 224 x 224 (about 10M values per image): 3."""
+    LeNet-5: 500; EfficientNet-Lite0 at 224 x 224 (about 15.5M values, 124 MB per image): 2."""
     per_image = 8 * sum(int(np.prod(s)) for s in tensor_shapes(model).values())
     return int(max(1, min(limit, CALIBRATION_BATCH_BYTES // max(per_image, 1))))
 
