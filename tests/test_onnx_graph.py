@@ -174,7 +174,7 @@ def test_quantize_static_models_verify_against_onnxruntime(tmp_path, kind, fmt, 
     back = onnx_golden.read_onnx_golden(tmp_path / "g.h5")
     report = onnx_golden.verify_onnx_golden(back, "onnxruntime")
     assert report["match"], [(r["name"], r["status"]) for r in report["tensors"] if r["status"] not in STATUSES]
-    graph = back.graph()
+    graph = back.graph
     ops = {n.op for n in graph.nodes}
     partition = collections.Counter(n.op for n in graph.nodes)  # printed with -s: docs/quantized_onnx.md quotes it
     print(f"\n  {kind} {fmt} {activations} {'per channel' if per_channel else 'per tensor'}: "
@@ -193,7 +193,7 @@ def test_the_contract_fails_on_a_wrong_golden_file(tmp_path):
     path = _quantize(_export(tmp_path, "residual"), tmp_path / "q.onnx", "QOperator", "QUInt8", False)
     x = np.random.default_rng(4).normal(size=(8, 3, 16, 16)).astype(F32)
     g = onnx_golden.make_onnx_golden(onnx.load(str(path)), {"input": x})
-    name = next(n.outputs[0] for n in g.graph().nodes if n.op == "QLinearConv")
+    name = next(n.outputs[0] for n in g.graph.nodes if n.op == "QLinearConv")
     g.tensors[name][0, 0, 0, 0] ^= 1  # one code of an integer kernel's output, as a sqref bug would
     report = onnx_golden.verify_onnx_golden(g, "onnxruntime")
     assert not report["match"]

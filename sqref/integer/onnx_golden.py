@@ -26,6 +26,7 @@ The file verifies (exit 0) when no tensor is UNEXPLAINED; 1 otherwise.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -63,7 +64,9 @@ class OnnxGolden:
     accumulate: dict
     meta: dict = field(default_factory=dict)
 
+    @functools.cached_property
     def graph(self):
+        """The QGraph of ``optimized``, parsed once."""
         return onnx_graph.read_graph(onnx_graph.onnx_package().load_model_from_string(self.optimized))
 
 
@@ -186,7 +189,7 @@ def read_onnx_golden(path) -> OnnxGolden:
                              for i in range(int(count))}
     g = OnnxGolden(model, optimized, version, groups["inputs"], groups["tensors"], accumulate, meta)
     try:
-        graph = g.graph()
+        graph = g.graph
     except Exception as exc:  # a protobuf DecodeError, or a node sqref cannot run
         raise FileFormatError(f"{where}: the stored graph cannot be read: {str(exc).splitlines()[0]}") from None
     written = [o for n in graph.nodes for o in n.outputs if o]
@@ -246,7 +249,7 @@ def verify_onnx_golden(g: OnnxGolden, backend="onnxruntime", *, progress=None) -
     "match" is True when no tensor is UNEXPLAINED."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: a golden file of an ONNX model is checked with one of {BACKENDS}")
-    graph = g.graph()
+    graph = g.graph
     dtypes = {name: np.asarray(v).dtype for name, v in g.tensors.items()}
     if backend == "onnxruntime":
         got = run_onnxruntime_graph(g.optimized, g.inputs, dtypes)
@@ -255,7 +258,12 @@ def verify_onnx_golden(g: OnnxGolden, backend="onnxruntime", *, progress=None) -
         got = {name: env[name] for name in dtypes}
     if progress is not None:
         progress(1, f"{backend} ran")
-    anchored = onnx_graph.run_graph(graph, g.inputs, accumulate=g.accumulate, anchor={**g.inputs, **got})
+    anchored = {}
+
+    def on_backend_inputs():  # each node run on the backend's inputs: needed only where a tensor differs
+        if not anchored:
+            anchored.update(onnx_graph.run_graph(graph, g.inputs, accumulate=g.accumulate, anchor={**g.inputs, **got}))
+        return anchored
     producer = {o: n for n in graph.nodes for o in n.outputs}
     golden_env = {**graph.constants, **g.inputs, **g.tensors}
     backend_env = {**graph.constants, **g.inputs, **got}
@@ -267,7 +275,7 @@ def verify_onnx_golden(g: OnnxGolden, backend="onnxruntime", *, progress=None) -
             row = compare(name, got[name], g.tensors[name])
             row["op"] = node.op
             row["status"] = "exact" if row["match"] else _classify(node, name, graph, producer, golden_env,
-                                                                   backend_env, anchored, row)
+                                                                   backend_env, on_backend_inputs(), row)
             counts[row["status"]] = counts.get(row["status"], 0) + 1
             rows.append(row)
             if progress is not None:

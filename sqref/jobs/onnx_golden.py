@@ -107,7 +107,7 @@ def onnx_golden_file(model_path, *, mode="onnxruntime", output=None, count=None,
     bar.update(1)
     bar.close()
     onnx_golden.write_onnx_golden(g, out, overwrite=overwrite)
-    graph = g.graph()
+    graph = g.graph
     ops = Counter((f"{n.domain}:" if n.domain else "") + n.op for n in graph.nodes)
     islands = sum(1 for n in graph.nodes if n.op in onnx_graph.REDUCTIONS)
     final = g.tensors[graph.outputs[0]] if graph.outputs and graph.outputs[0] in g.tensors else None
