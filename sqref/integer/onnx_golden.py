@@ -70,7 +70,7 @@ class OnnxGolden:
         return onnx_graph.read_graph(onnx_graph.onnx_package().load_model_from_string(self.optimized))
 
 
-def node_accumulation(graph, feeds_shapes=None, *, probe=None) -> dict:
+def node_accumulation(graph, *, probe=None) -> dict:
     """The accumulation of each integer GEMM node: onnxruntime's u8 x s8 kernels saturate int16 pairs on
     x86 without VNNI, probed once per kind of kernel (sqref.backends.probe: "matmul" for QLinearMatMul,
     QGemm and MatMulInteger; "conv" for dense and 1x1 QLinearConv/ConvInteger; "depthwise" for a conv
@@ -84,7 +84,7 @@ def node_accumulation(graph, feeds_shapes=None, *, probe=None) -> dict:
         kind = INTEGER_GEMMS.get(node.op)
         if kind is None:
             continue
-        x_dtype = _const_or_input_dtype(graph, node.inputs[0])
+        x_dtype = _activation_dtype(graph, node)
         w_index = 3 if node.op in ("QLinearConv", "QLinearMatMul", "QGemm") else 1
         w = graph.constants.get(node.inputs[w_index])
         if w is None or x_dtype != np.dtype(np.uint8) or w.dtype != np.int8:
@@ -98,27 +98,14 @@ def node_accumulation(graph, feeds_shapes=None, *, probe=None) -> dict:
     return out
 
 
-def _const_or_input_dtype(graph, name):
-    """The dtype a tensor will have: a constant's, a graph input's, or the zero point's of the node writing it."""
-    if name in graph.constants:
-        return graph.constants[name].dtype
-    for input_name, dtype, _ in graph.inputs:
-        if input_name == name:
-            return dtype
-    for node in graph.nodes:
-        if name in node.outputs and node.op in ("QuantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm",
-                                                 "QLinearAdd", "QLinearMul", "QLinearConcat",
-                                                 "QLinearGlobalAveragePool", "QLinearAveragePool",
-                                                 "QLinearSigmoid", "QLinearLeakyRelu"):
-            zp = {"QuantizeLinear": 2, "QLinearConv": 7, "QLinearMatMul": 7, "QGemm": 8, "QLinearConcat": 1,
-                  "QLinearGlobalAveragePool": 4, "QLinearAveragePool": 4, "QLinearSigmoid": 4,
-                  "QLinearLeakyRelu": 4}.get(node.op, 7)
-            if zp < len(node.inputs) and node.inputs[zp] in graph.constants:
-                return graph.constants[node.inputs[zp]].dtype
-            return np.dtype(np.uint8)
-        if name in node.outputs and node.op in ("MaxPool", "Relu", "Clip", "Identity", "Reshape", "Flatten"):
-            return _const_or_input_dtype(graph, node.inputs[0])
-    return None
+def _activation_dtype(graph, node):
+    """The dtype of an integer GEMM node's activation: that of its zero point (input 2 of QLinearConv,
+    QLinearMatMul, QGemm, ConvInteger and MatMulInteger, of the activation's dtype by ONNX's rules)
+    when it is a constant, else the graph input's it reads, else None."""
+    zero_point = node.inputs[2] if len(node.inputs) > 2 else ""
+    if zero_point in graph.constants:
+        return graph.constants[zero_point].dtype
+    return next((dtype for name, dtype, _ in graph.inputs if name == node.inputs[0]), None)
 
 
 def make_onnx_golden(proto, feeds: dict, *, accumulate="auto", meta=None, probe=None) -> OnnxGolden:
