@@ -80,18 +80,33 @@ def load_baseline(revision):
 def baseline_kernels(base):
     """run_integer with the baseline's accumulators and requantization (restored on exit)."""
     old_kernels, old_requant = base
-    names = ("conv2d_accumulate", "linear_accumulate", "requantize_layer", "max_pool2d_codes", "avg_pool2d_codes")
+    names = ("conv2d_accumulate", "linear_accumulate", "requantize_layer", "max_pool2d_codes", "avg_pool2d_codes",
+             "conv2d_requant", "linear_requant")
     saved = {name: getattr(irun, name) for name in names}
     saved_requant = irun.requant
     try:
         for name in names:
-            setattr(irun, name, getattr(old_kernels, name))
+            setattr(irun, name, getattr(old_kernels, name, None) or two_steps(old_kernels, name))
         irun.requant = old_requant
         yield
     finally:
         for name, fn in saved.items():
             setattr(irun, name, fn)
         irun.requant = saved_requant
+
+
+def two_steps(kernels, name):
+    """conv2d_requant / linear_requant of a revision that had no fused kernels: its accumulator, then its
+    requantize_layer (what run_integer called there)."""
+    def conv(q, layer):
+        acc = kernels.conv2d_accumulate(q, layer.weight, x_zero_point=layer.x.zero_point, stride=layer.stride,
+                                        padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+        return kernels.requantize_layer(acc, layer, mode="onnxruntime")
+
+    def linear(q, layer):
+        acc = kernels.linear_accumulate(q, layer.weight, x_zero_point=layer.x.zero_point)
+        return kernels.requantize_layer(acc, layer, mode="onnxruntime")
+    return {"conv2d_requant": conv, "linear_requant": linear}[name]
 
 
 def gemm_operands(imodel, x):

@@ -173,7 +173,7 @@ def check_conv_args(x, w, b, *, stride, padding, dilation, groups):
     return x, w, b
 
 
-def conv_gemm(x, w, *, stride=1, padding=0, dilation=1, groups=1, matmul=np.matmul, out_dtype=None):
+def conv_gemm(x, w, *, stride=1, padding=0, dilation=1, groups=1, matmul=np.matmul, out_dtype=None, epilogue=None):
     """The convolution's sum without bias: one GEMM per chunk of images, W_g @ columns_g.
 
     Shapes: x (N, C, H, W), w (K, C/groups, KH, KW) -> (N, K, OH, OW) of out_dtype
@@ -184,6 +184,10 @@ def conv_gemm(x, w, *, stride=1, padding=0, dilation=1, groups=1, matmul=np.matm
     other strides from `im2col`. The batch goes in chunks whose column matrix
     stays under IM2COL_MAX_BYTES. Padding is zeros. Arguments are not checked
     here (conv2d and integer.conv2d_accumulate check them).
+    epilogue: None, or a function applied to each chunk's GEMM result, shaped
+    (K, n * OH * width), before it is stored (the integer path requantizes
+    there, while the chunk is in cache: sqref.integer.kernels.conv2d_requant);
+    it returns an array of that shape, stored as out_dtype.
     """
     N, C, H, W = x.shape
     K, CG, KH, KW = w.shape
@@ -204,6 +208,8 @@ def conv_gemm(x, w, *, stride=1, padding=0, dilation=1, groups=1, matmul=np.matm
         else:
             cols = im2col(xs, (KH, KW), stride=(SH, SW), padding=(PH, PW), dilation=(DH, DW))
         out = matmul(w_mat, cols.reshape(G, kdim, n * OH * width))  # (G, KG, n*OH*width)
+        if epilogue is not None:
+            out = epilogue(out.reshape(K, n * OH * width))
         y[n0 : n0 + n] = out.reshape(K, n, OH, width)[..., :OW].transpose(1, 0, 2, 3)
     return y
 

@@ -193,6 +193,102 @@ def test_fast_pair_model_equals_requant_pair_model(data):
                      requant.accumulate_u8s8_int16_pairs(a, b, a_zero_point=za))
 
 
+# ------------------------------------------------------------ the fused conv/linear + requantization (mode onnxruntime)
+
+
+@st.composite
+def layer_params(draw, acc, sx):
+    """w_scale (per tensor or per channel), bias (small, or near and past the fused bound 2**24), relu, and
+    y: a scale spreading acc + bias over ~spread codes, half the time a power of two times s_x * s_w, so
+    that exact .5 ties occur (outputs all clamped at 0 or 255 would test nothing)."""
+    k = acc.shape[1]
+    pick = st.one_of(st.integers(-10, -2).map(lambda e: 2.0 ** e), st.floats(1e-3, 0.5).map(np.float32))
+    sw = np.float32([draw(pick) for _ in range(k)]) if draw(st.booleans()) else np.float32(draw(pick))
+    top = draw(st.sampled_from([2**8, 2**16, 2**24, 2**31 - 1]))
+    bias = np.array(draw(st.lists(st.integers(-top, top), min_size=k, max_size=k)), np.int32)
+    total = acc + bias.astype(np.int64).reshape((1, -1) + (1,) * (acc.ndim - 2))
+    peak, spread = max(1, int(np.abs(total).max())), draw(st.sampled_from([3, 30, 120]))
+    if draw(st.booleans()):
+        sy = np.float32(sx * float(np.max(sw)) * 2.0 ** int(np.ceil(np.log2(peak / spread))))
+    else:
+        sy = np.float32(sx * float(np.max(sw)) * peak / spread * draw(st.floats(0.5, 2.0)))
+    return sw, bias, act(max(sy, np.float32(2.0 ** -100)), draw(st.sampled_from([0, 255, 128, draw(st.integers(0, 255))]))), draw(st.booleans())
+
+
+def two_step_oracle(acc, layer):
+    """requant_onnxruntime (the general, int64 one) of the naive loop's sums plus the bias, as uint8."""
+    qmin = layer.y.zero_point if layer.relu else 0
+    m = requant.effective_multiplier(layer.x.scale, layer.w_scale, layer.y.scale, mode="onnxruntime")
+    total = acc + layer.bias.astype(np.int64).reshape((1, -1) + (1,) * (acc.ndim - 2))
+    return requant.requant_onnxruntime(total, multiplier=m, zero_point=layer.y.zero_point, qmin=qmin, qmax=255,
+                                       axis=1).astype(np.uint8)
+
+
+@given(conv_cases(), st.data())
+def test_fused_conv_requant_matches_naive_loop_then_requant(case, data):
+    xq, zx, wq, geo = case
+    acc = naive_conv(xq, wq, x_zero_point=zx, **geo)
+    sw, bias, y, relu = data.draw(layer_params(acc, 0.25))
+    layer = IntConv2d(wq, sw, bias, bias.astype(np.float32), act(0.25, zx), y, relu=relu, **geo)
+    note(f"plan {integer.fused_plan(layer) is not None}, max|acc| {np.abs(acc).max()}, max|bias| {np.abs(bias).max()}")
+    try:
+        want = two_step_oracle(acc, layer)
+    except ValueError:  # acc + bias outside int32: both paths refuse it
+        with pytest.raises(ValueError):
+            integer.conv2d_requant(xq, layer)
+        return
+    assert_bit_exact(integer.conv2d_requant(xq, layer), want)
+    assert_bit_exact(integer.apply_layer(layer, xq, mode="onnxruntime"), want)
+
+
+@given(st.data())
+def test_fused_linear_requant_matches_naive_loop_then_requant(data):
+    n, k, o = data.draw(st.integers(1, 4)), data.draw(st.sampled_from([1, 7, 40, 514, 515, 1100])), data.draw(st.integers(1, 5))
+    xq, wq = data.draw(codes((n, k), np.uint8)), data.draw(codes((o, k), np.int8))
+    zx = data.draw(st.integers(0, 255))
+    acc = naive_linear(xq, wq, x_zero_point=zx)
+    sw, bias, y, relu = data.draw(layer_params(acc, 0.25))
+    layer = IntLinear(wq, sw, bias, bias.astype(np.float32), act(0.25, zx), y, relu=relu)
+    try:
+        want = two_step_oracle(acc, layer)
+    except ValueError:
+        with pytest.raises(ValueError):
+            integer.linear_requant(xq, layer)
+        return
+    assert_bit_exact(integer.linear_requant(xq, layer), want)
+
+
+def test_fused_plan_bound_literal():
+    # A = max(z_x, 255 - z_x) = 255 (z_x = 0); one filter of 514 weights of -128: A * L1 = 16,776,960 = 2**24 - 256
+    w = np.full((1, 514), -128, np.int8)
+    layer = IntLinear(w, np.float32(1), np.array([256], np.int32), np.zeros(1, np.float32), act(1, 0), act(2.0 ** 20, 0))
+    assert integer.fused_plan(layer) is not None  # 2**24 - 256 + 256 = 2**24: every sum exact in float32
+    past = IntLinear(w, np.float32(1), np.array([257], np.int32), np.zeros(1, np.float32), act(1, 0), act(2.0 ** 20, 0))
+    assert integer.fused_plan(past) is None  # one past the bound: the two-step path runs, with the same codes
+    x = np.full((1, 514), 255, np.uint8)  # acc = 514 * 255 * -128 = -16,776,960
+    for lay in (layer, past):
+        want = integer.requantize_layer(integer.linear_accumulate(x, w, x_zero_point=0), lay, mode="onnxruntime")
+        assert integer.linear_requant(x, lay).tolist() == want.tolist() == [[0]]  # -16 after rounding, clamped at 0
+
+
+def test_quantize_onnxruntime_uint8_literal():
+    # x / s = [2.5, 3.5, -0.5, nan, inf, -inf, 1e30] with zp 10: rne then + 10; NaN -> qmin; clamps at 0 and 255
+    x = np.float32([1.25, 1.75, -0.25, np.nan, np.inf, -np.inf, 1e30])
+    assert requant.quantize_onnxruntime_uint8(x, np.float32(0.5), 10).tolist() == [12, 14, 10, 0, 255, 0, 255]
+
+
+@given(st.data())
+def test_quantize_onnxruntime_uint8_matches_quantize_linear(data):
+    special = st.sampled_from([np.nan, np.inf, -np.inf, 0.5, -0.5, 1.5, 2.5, 1e30, -1e30, 0.0, -0.0])
+    values = data.draw(st.lists(st.one_of(special, st.floats(-600, 600, width=32)), min_size=1, max_size=40))
+    x = np.array(values, np.float32)
+    s = np.float32(data.draw(st.sampled_from([1.0, 0.5, 0.1, 4 / 255, 2.0 ** -20, 3e5])))
+    zp = data.draw(st.integers(0, 255))
+    qmin = data.draw(st.sampled_from([0, zp]))
+    want = requant.quantize_linear(x, s, zp, qmin=qmin, qmax=255, mode="onnxruntime").astype(np.uint8)
+    assert_bit_exact(requant.quantize_onnxruntime_uint8(x, s, zp, qmin=qmin, qmax=255), want)
+
+
 @given(pool_cases())
 def test_max_pool_matches_naive_loop(case):
     q, kernel, stride, pad = case

@@ -23,15 +23,17 @@ sqref.integer.verify), which need the backends.
 """
 from sqref.integer.calibration import (ACT_QMAX, ACT_QMIN, CALIBRATION_RULES, ActParams, Calibration, act_params,
                                        activation_range, calibrate)
-from sqref.integer.kernels import (F32_EXACT_K, avg_pool2d_codes, conv2d_accumulate, exact_matmul,
-                                   int16_pairs_accumulate, linear_accumulate, max_pool2d_codes, requantize_layer)
+from sqref.integer.kernels import (F32_EXACT_K, avg_pool2d_codes, conv2d_accumulate, conv2d_requant, exact_matmul,
+                                   fused_plan, int16_pairs_accumulate, linear_accumulate, linear_requant,
+                                   max_pool2d_codes, requantize_layer)
 from sqref.integer.model import (ACCUMULATE, BIAS_LIMIT, QUANTIZE_MODE, IntAdd, IntAvgPool2d, IntClip, IntConv2d,
                                  IntegerModel, IntFlatten, IntGlobalAvgPool, IntLinear, IntMaxPool2d, IntPad, IntReLU,
                                  build_integer_model, check_accumulate, check_mode, output_shapes, quantize_bias)
 from sqref.integer.run import BATCH, apply_layer, quantize_input, run_integer, run_model_integer
 
 __all__ = ["ACT_QMAX", "ACT_QMIN", "CALIBRATION_RULES", "ActParams", "Calibration", "act_params", "activation_range",
-           "calibrate", "F32_EXACT_K", "avg_pool2d_codes", "conv2d_accumulate", "exact_matmul",
+           "calibrate", "F32_EXACT_K", "avg_pool2d_codes", "conv2d_accumulate", "conv2d_requant", "exact_matmul",
+           "fused_plan", "linear_requant",
            "int16_pairs_accumulate", "linear_accumulate", "max_pool2d_codes", "requantize_layer", "ACCUMULATE",
            "BIAS_LIMIT", "QUANTIZE_MODE", "IntAdd", "IntAvgPool2d", "IntClip", "IntGlobalAvgPool", "IntPad",
            "IntConv2d", "IntegerModel", "IntFlatten", "IntLinear",

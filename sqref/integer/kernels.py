@@ -19,6 +19,8 @@ tested against are in sqref.integer.oracle.
 from __future__ import annotations
 
 import functools
+import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -322,3 +324,107 @@ def requantize_layer(acc, layer, *, mode):
         total = acc + layer.bias.astype(np.int64).reshape(shape)
         y = requant.requantize(total, multiplier=m, zero_point=zy, qmin=qmin, qmax=ACT_QMAX, mode=mode, axis=1)
     return y.astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- one fused pass, mode onnxruntime
+
+
+@dataclass(frozen=True)
+class FusedPlan:
+    """What `conv2d_requant` / `linear_requant` need of a layer, built once per layer (`fused_plan`).
+
+    weight      the int8 weight codes as float32 (conv: K, C/groups, KH, KW; linear: OUT, IN)
+    bias        the int32 bias as float32 (K,), exact: |bias| <= 2**24
+    multiplier  float32 M = effective_multiplier(..., mode="onnxruntime"), () or (K,)
+    lo, hi, zp  float32 clamp bounds qmin - z_y, 255 - z_y, and z_y
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    multiplier: np.ndarray
+    lo: np.float32
+    hi: np.float32
+    zp: np.float32
+
+
+_PLANS = weakref.WeakKeyDictionary()  # layer -> FusedPlan or None; an entry goes with its layer
+
+
+def fused_plan(layer):
+    """The layer's FusedPlan, or None when the bound below does not hold (then the two-step path runs).
+
+    Bound: every partial sum of output o is at most A * L1(o) (`exact_block`:
+    A = max(z_x, 255 - z_x), L1(o) = sum_k |w[o, k]|); when A * max_o L1(o)
+    + max|bias| <= 2**24, one float32 GEMM over all of K gives the exact
+    integer sums, and float32 holds acc, bias and acc + bias exactly. The
+    requantization is then `requant.requant_onnxruntime_uint8`'s own float32
+    branch (the branch it takes, since its test max|acc| + max|bias| <= 2**24
+    is implied), run in place on the GEMM's float32 output: the same codes.
+    Cached per layer object (the layers are frozen).
+    """
+    if layer in _PLANS:
+        return _PLANS[layer]
+    w = layer.weight.astype(np.float32)
+    zx = _check_zero_point(layer.x.zero_point)
+    a_max = max(zx, ACT_QMAX - zx)
+    l1 = np.abs(w.reshape(w.shape[0], -1)).sum(axis=1, dtype=np.float64)
+    bias = np.asarray(layer.bias, np.int64)
+    bound = a_max * float(l1.max(initial=0.0)) + float(np.abs(bias).max(initial=0))
+    plan = None
+    if bound <= 2**24:
+        zy = layer.y.zero_point
+        m = requant.effective_multiplier(layer.x.scale, layer.w_scale, layer.y.scale, mode="onnxruntime")
+        plan = FusedPlan(weight=w, bias=bias.astype(np.float32), multiplier=np.asarray(m, np.float32),
+                         lo=np.float32((zy if layer.relu else ACT_QMIN) - zy), hi=np.float32(ACT_QMAX - zy),
+                         zp=np.float32(zy))
+    _PLANS[layer] = plan
+    return plan
+
+
+def _requant_in_place(v, plan, axis):
+    """requant_onnxruntime_uint8's float32 branch on exact float32 sums v (channels on `axis`), in place -> uint8."""
+    shape = [1] * v.ndim
+    shape[axis] = -1
+    v += plan.bias.reshape(shape)
+    v *= plan.multiplier.reshape(shape) if plan.multiplier.ndim else plan.multiplier
+    np.clip(v, plan.lo, plan.hi, out=v)
+    np.rint(v, out=v)
+    return np.add(v, plan.zp, out=np.empty(v.shape, np.uint8), casting="unsafe")
+
+
+def conv2d_requant(xq, layer):
+    """requantize_layer(conv2d_accumulate(xq, layer.weight, ...), layer, mode="onnxruntime"), in one pass per chunk.
+
+    The same codes (see `fused_plan`), without the int64 accumulator: each
+    chunk's float32 GEMM result is requantized in place while in cache
+    (ops.conv_gemm's epilogue) and stored as uint8. A layer whose bound does
+    not hold runs the two steps. Shapes and checks as conv2d_accumulate.
+    Tests: tests/test_integer.py compares it with the two steps.
+    """
+    plan = fused_plan(layer)
+    if plan is None:
+        acc = conv2d_accumulate(xq, layer.weight, x_zero_point=layer.x.zero_point, stride=layer.stride,
+                                padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+        return requantize_layer(acc, layer, mode="onnxruntime")
+    xq = _check_codes("xq", xq, np.uint8, 4, "N, C, H, W")
+    if xq.shape[1] != plan.weight.shape[1] * layer.groups:
+        raise ValueError(f"weight {plan.weight.shape} with groups={layer.groups} does not fit input {xq.shape}")
+    return conv_gemm(np.subtract(xq, np.float32(layer.x.zero_point), dtype=np.float32), plan.weight,
+                     stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                     out_dtype=np.uint8, epilogue=lambda v: _requant_in_place(v, plan, axis=0))
+
+
+def linear_requant(xq, layer):
+    """requantize_layer(linear_accumulate(xq, layer.weight, ...), layer, mode="onnxruntime"): one GEMM, one pass.
+
+    The same codes (see `fused_plan`); a layer whose bound does not hold runs the two steps.
+    """
+    plan = fused_plan(layer)
+    if plan is None:
+        acc = linear_accumulate(xq, layer.weight, x_zero_point=layer.x.zero_point)
+        return requantize_layer(acc, layer, mode="onnxruntime")
+    xq = _check_codes("xq", xq, np.uint8, 2, "N, IN")
+    if xq.shape[1] != plan.weight.shape[1]:
+        raise ValueError(f"xq shape {xq.shape} and wq shape {plan.weight.shape}: IN must match")
+    v = np.subtract(xq, np.float32(layer.x.zero_point), dtype=np.float32) @ plan.weight.T
+    return _requant_in_place(v, plan, axis=1)

@@ -525,6 +525,31 @@ def quantize_linear(x, scale, zero_point, *, qmin, qmax, mode, axis=1):
         return np.clip(r, qmin, qmax)
 
 
+def quantize_onnxruntime_uint8(x, scale, zero_point, *, qmin=0, qmax=255):
+    """``quantize_linear(x, scale, zero_point, mode="onnxruntime", ...).astype(np.uint8)`` in fewer passes.
+
+    Per tensor: scale and zero_point scalars; 0 <= qmin <= qmax <= 255. The
+    same arithmetic on one float32 array: ``v = float32(x / scale)``, then in
+    place ``fmax(v, qmin - zp)`` (NaN -> qmin - zp, as the general function's
+    NaN rule), ``fmin(v, qmax - zp)``, round half even, and ``+ zp`` with the
+    cast to uint8 (the rounded values are integers in [qmin, qmax]: exact).
+    5 passes instead of 9, none in int64. Oracle: quantize_linear
+    (tests/test_integer.py).
+    """
+    zp, qmin, qmax = _check_range(zero_point, qmin, qmax)
+    if qmin < 0 or qmax > 255:
+        raise ValueError(f"uint8 codes need 0 <= qmin <= qmax <= 255, got qmin={qmin}, qmax={qmax}")
+    s = np.float32(scale)
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"scale must be finite and > 0, got {[float(s)]}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = np.asarray(np.divide(np.asarray(x, dtype=np.float32), s))
+        np.fmax(v, np.float32(qmin - zp), out=v)
+        np.fmin(v, np.float32(qmax - zp), out=v)
+        np.rint(v, out=v)
+    return np.add(v, np.float32(zp), out=np.empty(v.shape, np.uint8), casting="unsafe")
+
+
 def dequantize_linear(q, scale, zero_point, *, axis=1):
     """Integer -> float32 DEQUANTIZE, ``float32((q - zp) * scale)``, as every backend.
 

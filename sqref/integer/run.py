@@ -32,8 +32,8 @@ import numpy as np
 
 from sqref.integer import requant
 from sqref.integer.calibration import ACT_QMAX, ACT_QMIN, Calibration
-from sqref.integer.kernels import (avg_pool2d_codes, conv2d_accumulate, linear_accumulate, max_pool2d_codes,
-                                   requantize_layer)
+from sqref.integer.kernels import (avg_pool2d_codes, conv2d_accumulate, conv2d_requant, linear_accumulate,
+                                   linear_requant, max_pool2d_codes, requantize_layer)
 from sqref.integer.model import (QUANTIZE_MODE, IntAdd, IntAvgPool2d, IntClip, IntConv2d, IntegerModel, IntFlatten,
                                  IntGlobalAvgPool, IntLinear, IntMaxPool2d, IntPad, IntReLU, build_integer_model,
                                  check_accumulate, check_mode)
@@ -64,10 +64,14 @@ def apply_layer(layer, q, *more, mode, accumulate="exact"):
     if isinstance(layer, IntConv2d):
         depthwise = layer.weight.shape[1] == 1 and layer.weight.shape[0] == layer.groups
         acc_mode = "exact" if (depthwise and mode == "onnxruntime") else accumulate  # ORT's depthwise kernel is exact
+        if mode == "onnxruntime" and acc_mode == "exact":
+            return conv2d_requant(q, layer)  # the same codes as the two steps below, in one pass per chunk
         acc = conv2d_accumulate(q, layer.weight, x_zero_point=layer.x.zero_point, stride=layer.stride, padding=layer.padding,
                                 dilation=layer.dilation, groups=layer.groups, accumulate=acc_mode)
         return requantize_layer(acc, layer, mode=mode)
     if isinstance(layer, IntLinear):
+        if mode == "onnxruntime" and accumulate == "exact":
+            return linear_requant(q, layer)  # the same codes as the two steps below
         return requantize_layer(linear_accumulate(q, layer.weight, x_zero_point=layer.x.zero_point, accumulate=accumulate),
                                 layer, mode=mode)
     if isinstance(layer, IntMaxPool2d):
@@ -106,6 +110,8 @@ def quantize_input(imodel: IntegerModel, x, *, mode=None):
     if x.dtype.kind != "f":
         raise TypeError(f"input must be float images or uint8 codes, got dtype {x.dtype}")
     p = imodel.input
+    if mode == "onnxruntime":  # the same codes in fewer passes
+        return requant.quantize_onnxruntime_uint8(x, p.scale, p.zero_point, qmin=ACT_QMIN, qmax=ACT_QMAX)
     q = requant.quantize_linear(x, p.scale, p.zero_point, qmin=ACT_QMIN, qmax=ACT_QMAX, mode=QUANTIZE_MODE[mode])
     return q.astype(np.uint8)
 
