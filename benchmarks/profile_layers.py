@@ -19,11 +19,13 @@ the profile (the functions that run are the shipped ones):
     copy      the rest of ops.conv_gemm (chunks, cropping the padded grid,
               the transpose to NCHW, the cast into the int64 accumulator) and
               of integer.exact_matmul (int64 block sums); flatten
-    cast      the rest of integer.conv2d_accumulate / linear_accumulate: checks
-              and the float32 (x - z_x) of the uint8 codes
+    cast      the rest of integer.conv2d_accumulate / linear_accumulate (and of the
+              fused conv2d_requant / linear_requant): checks and the float32
+              (x - z_x) of the uint8 codes
     bias/act  the float bias add and ReLU layers
     pool      pooling layers
-    requant   integer.requantize_layer (int32 bias, requantization, uint8 codes);
+    requant   integer.requantize_layer (int32 bias, requantization, uint8 codes),
+              or kernels.requant_in_place on each chunk of the fused path;
               the input QUANTIZE of the integer path is its own row
     other     what no phase above claims (the layer's own checks and glue)
 
@@ -84,7 +86,9 @@ def patched(clock):
     targets = [(ops, "grid_im2col", "im2col"), (ops, "im2col", "im2col"), (ops, "conv_gemm", "copy"),
                (kernels, "conv_gemm", "copy"), (kernels, "exact_matmul", "copy"),
                (irun, "conv2d_accumulate", "cast"), (irun, "linear_accumulate", "cast"),
-               (irun, "requantize_layer", "requant"), (irun, "max_pool2d_codes", "pool"),
+               (irun, "conv2d_requant", "cast"), (irun, "linear_requant", "cast"),
+               (irun, "requantize_layer", "requant"), (kernels, "requant_in_place", "requant"),
+               (irun, "max_pool2d_codes", "pool"),
                (np, "matmul", "GEMM")]
     saved = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in targets]
     try:

@@ -381,7 +381,7 @@ def fused_plan(layer):
     return plan
 
 
-def _requant_in_place(v, plan, axis):
+def requant_in_place(v, plan, axis):
     """requant_onnxruntime_uint8's float32 branch on exact float32 sums v (channels on `axis`), in place -> uint8."""
     shape = [1] * v.ndim
     shape[axis] = -1
@@ -411,7 +411,7 @@ def conv2d_requant(xq, layer):
         raise ValueError(f"weight {plan.weight.shape} with groups={layer.groups} does not fit input {xq.shape}")
     return conv_gemm(np.subtract(xq, np.float32(layer.x.zero_point), dtype=np.float32), plan.weight,
                      stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                     out_dtype=np.uint8, epilogue=lambda v: _requant_in_place(v, plan, axis=0))
+                     matmul=np.matmul, out_dtype=np.uint8, epilogue=lambda v: requant_in_place(v, plan, axis=0))
 
 
 def linear_requant(xq, layer):
@@ -426,5 +426,5 @@ def linear_requant(xq, layer):
     xq = _check_codes("xq", xq, np.uint8, 2, "N, IN")
     if xq.shape[1] != plan.weight.shape[1]:
         raise ValueError(f"xq shape {xq.shape} and wq shape {plan.weight.shape}: IN must match")
-    v = np.subtract(xq, np.float32(layer.x.zero_point), dtype=np.float32) @ plan.weight.T
-    return _requant_in_place(v, plan, axis=1)
+    v = np.matmul(np.subtract(xq, np.float32(layer.x.zero_point), dtype=np.float32), plan.weight.T)
+    return requant_in_place(v, plan, axis=1)
