@@ -126,10 +126,12 @@ def test_nothing_listening_is_a_one_line_error_within_seconds(capsys, monkeypatc
 
 
 @pytest.mark.parametrize("option", [["--workers", "2"], ["--scheduler", "tcp://127.0.0.1:1"]])
-def test_a_study_not_yet_converted_says_which_are(option, capsys):
-    assert main(["study", "paper", *option]) == 2
+def test_structural_alone_on_a_cluster_is_a_one_line_error(option, capsys):
+    assert main(["study", "structural", *option]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "on a Dask cluster so far: clipping; 'paper' runs in-process only" in err, err
+    assert err == (f"sqref: error: 'structural' runs in-process only: it measures the wall time and peak memory "
+                   f"of child processes, which cells running at the same time would distort (drop {option[0]}; "
+                   f"'all' {option[0]} runs it in this process after the others)\n"), err
 
 
 # --- on a LocalCluster of two processes -------------------------------------------------------------------------
@@ -421,7 +423,8 @@ def test_the_cache_works_with_the_cluster(scheduler, small_clipping, tmp_path, c
 
 @pytest.mark.parametrize("name, message", [
     ("clipping", "cache {path} is not a directory"),
-    ("paper", "--cache keeps the cells of these studies so far: clipping; 'paper' has no cache (drop --cache)"),
+    ("structural", "--cache: 'structural' keeps no cache: it runs in this process, and again every time "
+                   "(drop --cache)"),
 ])
 def test_a_bad_cache_is_a_one_line_error(name, message, tmp_path, capsys):
     path = tmp_path / "file"
@@ -429,3 +432,120 @@ def test_a_bad_cache_is_a_one_line_error(name, message, tmp_path, capsys):
     assert main(["study", name, "--cache", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == f"sqref: error: {message.format(path=path)}\n", err
+
+
+# --- every converted study, reduced: the same bytes in-process and on the cluster ---------------------------------
+
+# module -> {constant: value}: the studies read these in this process to list their cells (each cell gets
+# everything it needs as parameters, so the workers, which never see these values, compute the same cells)
+REDUCED = {
+    "sqref.studies.paper": {"MODELS": ["lenet300"], "PER_LAYER_RANKS": [10]},
+    "sqref.studies.finetune": {"FINETUNE_SETTINGS": {"lenet5": [20, "2,conv1=4", 1]}, "FINETUNE_SEEDS": [0],
+                               "SELECT_SEEDS": [0], "SELECT_SETTING": [20, "2,conv1=4", 1],
+                               "FINETUNE_CANDIDATES": {"labels only": None, "distill T=4, alpha=0.9": [4.0, 0.9]},
+                               "BITS_CANDIDATES": ["2,conv1=4"], "CROSSFIT_SPLITS": 2},
+    # no rank for the per-layer row ("no rank in  qualifies"): its greedy search on LeNet-5 takes 25 s
+    "sqref.studies.replicate": {"REPLICATE_SEEDS": [1], "PER_LAYER_RANKS": [],
+                                "FINETUNE_SETTINGS": {"lenet5": [20, "2,conv1=4", 1]}},
+    "sqref.studies.tradeoff": {"RANKS": [20], "BITS": [4, 6]},
+    "sqref.zoo": {"RECIPES": {"lenet5": {"epochs": 1, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+                                         "batch_size": 32, "max_shift": 2, "keep": "last"}}},
+}
+# the study functions' own arguments; the in-process finetune run fills a cache (read back on the cluster)
+KWARGS = {"paper": {}, "finetune-select": {}, "finetune-bits": {}, "finetune-keep": {}, "finetune": {},
+          "replicate": {}, "tradeoff": {"finetune_epochs": 1}}
+
+IN_PROCESS = """
+import importlib, json, sys
+reduced, kwargs, cache = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+for module, values in reduced.items():
+    for name, value in values.items():
+        setattr(importlib.import_module(module), name, value)
+from sqref.studies import STUDIES
+kwargs["finetune"]["cache"] = cache
+out = {name: STUDIES[name](**kw) for name, kw in kwargs.items()}
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed"))
+assert not loaded, loaded
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory):
+    """({study: markdown} of every reduced study run in a child process with one BLAS thread, as the
+    workers have (fine-tuning sums in the BLAS's order): the in-process default, which never imports
+    Dask; the cache its finetune study filled)."""
+    cache = tmp_path_factory.mktemp("cells")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", IN_PROCESS, json.dumps(REDUCED), json.dumps(KWARGS), str(cache)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), cache
+
+
+@pytest.fixture
+def reduced(monkeypatch):
+    for module, values in REDUCED.items():
+        for name, value in values.items():
+            monkeypatch.setattr(importlib.import_module(module), name, value)
+
+
+@pytest.mark.parametrize("name", list(KWARGS))
+def test_a_reduced_study_is_byte_identical_on_the_cluster(name, scheduler, alone, reduced):
+    from sqref.studies import STUDIES
+
+    assert STUDIES[name](scheduler=scheduler, **KWARGS[name]) == alone[0][name]
+
+
+def test_a_fine_tuning_study_reads_every_cell_back_from_its_cache(scheduler, alone, reduced, capsys):
+    from sqref.studies.finetune import finetune_study
+
+    markdown, cache = alone
+    assert "BLAS threads: OPENBLAS_NUM_THREADS=1 (" in markdown["finetune"]
+    assert len(list((cache / "finetune").iterdir())) == 1
+    # the cluster's cells have the in-process run's keys (parameters, BLAS threads, code version)
+    assert finetune_study(progress=True, scheduler=scheduler, cache=str(cache)) == markdown["finetune"]
+    assert "finetune: all 1 cells from the cache" in capsys.readouterr().err
+
+
+# --- sqref study all: one LocalCluster for the studies that use it, then structural in this process --------------
+
+def test_all_uses_one_cluster_then_runs_structural_here(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("dask.distributed")
+    events = []
+
+    class Borrowed:
+        scheduler_address = "tcp://127.0.0.1:1"
+
+        def __enter__(self):
+            events.append("start")
+            return self
+
+        def __exit__(self, *exc):
+            events.append("stop")
+            return False
+
+    def on_cluster(name):
+        def study(progress=False, *, workers=None, scheduler=None, cache=None):
+            events.append((name, workers, scheduler, cache))
+            return f"## {name}\n"
+        return study
+
+    def structural(progress=False):
+        events.append("structural")
+        return "## structural\n"
+
+    monkeypatch.setattr(parallel, "local_cluster", lambda workers: events.append(workers) or Borrowed())
+    monkeypatch.setattr("sqref.cli.study.STUDIES", {"one": on_cluster("one"), "structural": structural,
+                                                    "two": on_cluster("two")})
+    cache = str(tmp_path / "cells")
+    assert main(["study", "all", "--workers", "2", "--cache", cache]) == 0
+    out, err = capsys.readouterr()
+    assert events == [2, "start", ("one", None, Borrowed.scheduler_address, cache),
+                      ("two", None, Borrowed.scheduler_address, cache), "stop", "structural"]
+    assert out.index("## one") < out.index("## structural") < out.index("## two")  # the page keeps its order
+    assert "sqref study 2/3: two\nsqref study 3/3: structural (in this process)\n" in err
+    events.clear()
+    assert main(["study", "all", "-q", "--scheduler", "tcp://127.0.0.1:2"]) == 0
+    assert events == [("one", None, "tcp://127.0.0.1:2", None), ("two", None, "tcp://127.0.0.1:2", None),
+                      "structural"]

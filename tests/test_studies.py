@@ -56,14 +56,14 @@ def test_per_layer_bits_rejects_an_unknown_rule(setting):
 
 def test_finetune_keep_study_reads_validation_only(monkeypatch):
     # a reduced run (one seed, two epochs, two halvings): every rule gets a row, the pick is
-    # one of them, and the test split is never loaded
-    real = studies.load_split
+    # one of them, and the test split is never asked for (its cells run in this process)
+    real = studies.data_split
 
-    def no_test(*args, split, **kwargs):
+    def no_test(split):
         assert split != "test", "the keep-rule study read the test split"
-        return real(*args, split=split, **kwargs)
+        return real(split)
 
-    monkeypatch.setattr(studies, "load_split", no_test)
+    monkeypatch.setattr(studies, "data_split", no_test)
     monkeypatch.setattr(studies, "SELECT_SEEDS", (0,))
     monkeypatch.setattr(studies, "SELECT_SETTING", (20, "2,conv1=4", 2))
     monkeypatch.setattr(studies, "CROSSFIT_SPLITS", 2)
@@ -179,14 +179,9 @@ def test_label_needs_update():
 
 
 def test_which_studies_run_on_a_cluster():
-    # a study runs on a Dask cluster once it takes workers and scheduler (sqref.parallel.run_tasks)
-    assert results.distributed_studies(STUDIES) == ["clipping"]
-    with pytest.raises(ValueError, match="study 'paper' runs in-process only"):
-        results.run_studies({"paper": STUDIES["paper"]}, workers=2)
+    # a study runs on a Dask cluster once it takes workers and scheduler (sqref.parallel.run_tasks);
+    # structural measures time and memory, so it never does
+    assert results.distributed_studies(STUDIES) == [name for name in STUDIES if name != "structural"]
+    with pytest.raises(ValueError, match="study 'structural' runs in-process only: it measures the wall time"):
+        results.run_studies({"structural": STUDIES["structural"]}, workers=2)
 
-
-def test_workers_on_a_study_not_yet_converted_is_one_line(capsys):
-    assert main(["study", "all", "--workers", "2"]) == 2
-    err = capsys.readouterr().err
-    assert err == ("sqref: error: --workers runs only these studies on a Dask cluster so far: clipping; "
-                   "'paper' runs in-process only (drop --workers)\n")

@@ -30,13 +30,18 @@ Progress with an ETA goes to stderr (which study of how many, then the study's c
 
 --workers N runs a study's cells on a Dask LocalCluster of N processes on this machine, --scheduler ADDR on
 an existing cluster (`dask scheduler`, then `dask worker ADDR` on each host, with the same sqref version);
-the output is byte for byte the same as in-process (docs/scale.md). Needs the `distributed` extra:
-pip install "sqref[distributed]". Studies that run on a cluster so far: see --workers below.
+the output is byte for byte the same as in-process (docs/scale.md), where the in-process run has the
+workers' one BLAS thread: OPENBLAS_NUM_THREADS=1 (fine-tuning sums in the BLAS's order). Needs the
+`distributed` extra: pip install "sqref[distributed]". Every study but structural runs on a cluster.
+structural runs in this process only: it measures the wall time and peak memory of child processes, which
+cells running at the same time would distort. With 'all', one LocalCluster serves every other study, one
+after the other, and is stopped; then structural runs here, alone.
 
 --cache DIR keeps every finished cell of a study in DIR and reads it back on the next run, so a run that was
 interrupted (or crashed) resumes and prints the same bytes; an entry is keyed by the cell's parameters and the
-code version (sqref's version, the sources the cell runs, the model and data files), and a corrupted entry is
-ignored (with a note) and computed again (docs/scale.md)."""
+code version (sqref's version, the sources the cell runs, the model and data files; a fine-tuning cell's
+parameters include the BLAS threads it ran with), and a corrupted entry is ignored (with a note) and computed
+again (docs/scale.md). With 'all', structural keeps no cache: it measures, so it runs again every time."""
 
 
 def register(sub, add):
@@ -54,11 +59,13 @@ def register(sub, add):
                                    "a study, e.g. finetune OPENBLAS_NUM_THREADS=2 in docs/results.md)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the tradeoff study's accuracy curves (needs matplotlib)")
     p.add_argument("--force", action="store_true", help="replace an existing output file (-o, --plot)")
-    add_cluster_options(p, "the study's cells", note=f"studies: {', '.join(results.distributed_studies(STUDIES))}")
+    here = ", ".join(name for name in STUDIES if name not in results.distributed_studies(STUDIES))
+    add_cluster_options(p, "the study's cells", note=f"every study but {here}, which 'all' runs in this process "
+                                                      "after the others")
     p.add_argument("--cache", metavar="DIR",
                    help="keep each finished cell in DIR (created if missing; one JSON file per cell, keyed by its "
                         "parameters and the code version) and read it back instead of computing it again, so an "
-                        f"interrupted run resumes (studies: {', '.join(cached_studies(STUDIES))}; default: no cache)")
+                        f"interrupted run resumes (every study but {here}; default: no cache)")
     p.set_defaults(func=cmd_study)
 
 
@@ -70,15 +77,13 @@ def cmd_study(args) -> dict:
         raise UsageError("--label selects a labelled section to --update: use it with one study and --update FILE")
     option = cluster_option(args)
     if option is not None:
-        able = results.distributed_studies(STUDIES)
-        unable = [name for name in names if name not in able]
-        if unable:
-            raise UsageError(f"{option} runs only these studies on a Dask cluster so far: {', '.join(able) or 'none'}"
-                             f"; {unable[0]!r} runs in-process only (drop {option})")
+        if args.name != "all" and args.name not in results.distributed_studies(STUDIES):
+            raise UsageError(f"{args.name!r} runs in-process only: {results.in_process_reason(args.name)} "
+                             f"(drop {option}; 'all' {option} runs it in this process after the others)")
         require_dask(option)
     studies = {name: STUDIES[name] for name in names}
     if args.cache is not None:
-        studies = _with_cache(studies, args.cache)
+        studies = _with_cache(studies, args.cache, every=args.name == "all")
     keys = {name: results.section_key(name, args.label) for name in names}
     plot = check_output_path(args.plot, force=args.force) if args.plot else None
     out = check_output_path(args.output, force=args.force) if args.output else None
@@ -110,12 +115,14 @@ def cached_studies(studies: dict) -> list[str]:
     return [name for name, study in studies.items() if "cache" in inspect.signature(study).parameters]
 
 
-def _with_cache(studies: dict, directory) -> dict:
-    """Each study given `cache=directory` (checked now: a file there is a one-line error, exit 2)."""
-    able = cached_studies(STUDIES)
+def _with_cache(studies: dict, directory, *, every=False) -> dict:
+    """Each study that keeps a cache given `cache=directory` (checked now: a file there is a one-line
+    error, exit 2). A study without one is a one-line error, unless `every` ('all'): it runs as it is."""
+    able = cached_studies(studies)
     unable = [name for name in studies if name not in able]
-    if unable:
-        raise UsageError(f"--cache keeps the cells of these studies so far: {', '.join(able) or 'none'}; "
-                         f"{unable[0]!r} has no cache (drop --cache)")
+    if unable and not every:
+        raise UsageError(f"--cache: {unable[0]!r} keeps no cache: it runs in this process, and again every time "
+                         "(drop --cache)")
     directory = check_cache_dir(directory)
-    return {name: functools.partial(study, cache=directory) for name, study in studies.items()}
+    return {name: functools.partial(study, cache=directory) if name in able else study
+            for name, study in studies.items()}

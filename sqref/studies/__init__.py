@@ -4,7 +4,10 @@ One module per study (clipping, paper, finetune: the fine-tuned results and
 the three choices made before them, replicate, tradeoff, structural); what
 they share is in common, and the page they fill (markers, header, update)
 in results. Every choice (rank, bits, method) is made on the VALIDATION
-split; the test split only reports.
+split; the test split only reports. Every study but structural runs its
+cells through common.run_cells, in this process or on a Dask cluster, with
+an optional cache (docs/scale.md); structural measures time and memory, so
+it runs in this process only.
 """
 # BITS_CANDIDATES and FINETUNE_CANDIDATES are cited as sqref.studies.* in the tables of docs/results.md
 from sqref.studies.clipping import clipping_study

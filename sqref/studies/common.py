@@ -3,6 +3,10 @@ one tick of the progress bar over a study's cells, and the cells themselves:
 `run_cells` runs a study's independent cells through sqref.parallel.run_tasks,
 reading finished ones from a `CellCache` and storing each new one as it
 completes, so an interrupted run resumes where it stopped (docs/scale.md).
+A cell loads what it needs once per process (`load_model`, `data_split`,
+`float_setting`, `factored`: in this process, or once per Dask worker); a
+cell that fine-tunes or trains also checks the BLAS threads it runs with
+(`check_blas_threads`), since its results depend on them.
 
 Accuracy is always given with the prediction agreement between the
 compressed and the float model (1,000 test images: one image is 0.1 point,
@@ -10,6 +14,7 @@ the standard error near 98% about 0.45 points).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -21,8 +26,10 @@ import tempfile
 import numpy as np
 
 import sqref
+from sqref import parallel
 from sqref.accounting import sizes
-from sqref.data import DATA_DIR
+from sqref.compress import factor_model
+from sqref.data import DATA_DIR, DEFAULT_DATA, load_split
 from sqref.hdf5 import atomic_text, file_sha256
 from sqref.model import predict
 from sqref.parallel import run_tasks
@@ -34,9 +41,30 @@ HEADER = ["| model | settings | float % | compressed % | drop (points) | agreeme
           "file ratio | Huffman ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
 
 
+@functools.lru_cache(maxsize=None)
 def load_model(name):
-    """A shipped model, data/NAME.h5."""
+    """A shipped model, data/NAME.h5; read once per process (callers must not modify it)."""
     return sqref.load(DATA_DIR / f"{name}.h5")
+
+
+@functools.lru_cache(maxsize=None)
+def data_split(split: str):
+    """(x, y) of one split of the shipped data (sqref.data.load_split), read once per process."""
+    return load_split(split=split)
+
+
+@functools.lru_cache(maxsize=None)
+def float_setting(name: str):
+    """(model, x, y, float predictions) of shipped model `name` on the test split, once per process."""
+    model = load_model(name)
+    x, y = data_split("test")
+    return model, x, y, predict(model, x)
+
+
+@functools.lru_cache(maxsize=None)
+def factored(name: str, rank: int):
+    """Shipped model `name` with its FC layers factored at SVD rank `rank` (sqref.compress.factor_model)."""
+    return factor_model(load_model(name), rank=rank)[0]
 
 
 def score(model, float_preds, x, y) -> tuple[float, float]:
@@ -70,6 +98,58 @@ def tick(bar: Progress) -> None:
     bar.update(bar.done + 1)
 
 
+# ----------------------------------------------------------------------------- where and how cells run
+
+
+@contextlib.contextmanager
+def cluster(workers=None, scheduler=None):
+    """The scheduler address for every round of cells of a study (or of `sqref study all`): with
+    `workers`, one LocalCluster of that many processes (sqref.parallel.local_cluster), started
+    here and stopped at the end; otherwise `scheduler` itself (None: the cells run in this process)."""
+    if workers is None:
+        yield scheduler
+        return
+    if scheduler is not None:
+        raise ValueError("give either workers (a local cluster) or scheduler (an existing one), not both")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    with parallel.local_cluster(workers) as local:
+        yield local.scheduler_address
+
+
+def blas_threads() -> str:
+    """The BLAS threads of this task, in the words of the fine-tuning study's text: one thread is
+    'OPENBLAS_NUM_THREADS=1', whether the variable says so or threadpoolctl's limit does (with
+    threadpoolctl installed, sqref.parallel.run_one runs every task under one BLAS thread, whatever
+    the variable says; the two give the same numbers); otherwise 'OPENBLAS_NUM_THREADS=N' (the
+    variable) or 'OpenBLAS default (C cores)'. Meant to run as a task (run_tasks)."""
+    value = os.environ.get("OPENBLAS_NUM_THREADS")
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threads = set()
+    else:
+        threads = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+    if threads == {1}:
+        value = "1"
+    return f"OPENBLAS_NUM_THREADS={value}" if value else f"OpenBLAS default ({os.cpu_count()} cores)"
+
+
+def cells_blas_threads(scheduler=None) -> str:
+    """blas_threads() where the cells will run: as one task in this process, or on the cluster at
+    `scheduler`. Fine-tuning sums in the BLAS's order, so a fine-tuning cell takes this as its
+    parameter `blas`: it enters the cell's cache key, and the cell checks it (check_blas_threads)."""
+    return run_tasks(blas_threads, [{}], scheduler=scheduler)[0]
+
+
+def check_blas_threads(blas: str) -> None:
+    """Raise unless this task runs with the BLAS threads `blas` (the cell's parameter)."""
+    here = blas_threads()
+    if here != blas:
+        raise ValueError(f"this cell's results depend on the BLAS thread count: it must run with {blas}, "
+                         f"and its process has {here}")
+
+
 # ----------------------------------------------------------------------------- cells and their cache
 
 CACHE_FORMAT = "sqref-cell-cache"
@@ -99,6 +179,27 @@ def source_sha256(*modules: str) -> str:
 def model_sha256(name: str) -> str:
     """The SHA-256 of a shipped model file, data/NAME.h5."""
     return file_sha256(DATA_DIR / f"{name}.h5")
+
+
+@functools.lru_cache(maxsize=None)
+def data_sha256() -> str:
+    """The SHA-256 of the shipped data file (sqref.data.DEFAULT_DATA)."""
+    return file_sha256(DEFAULT_DATA)
+
+
+# the modules every table cell runs: the forward pass, quantization, the accounting and the file it writes
+COMMON_SOURCES = ("sqref.studies.common", "sqref.data", "sqref.model", "sqref.ops", "sqref.qmodel", "sqref.quant",
+                  "sqref.clipping", "sqref.mse_search", "sqref.accounting", "sqref.fileformat", "sqref.hdf5",
+                  "sqref.packing", "sqref.compress", "sqref.svd")
+
+
+def code_version(sources, models=()) -> dict:
+    """A cell's code version, the rest of its cache key (CellCache): sqref's and NumPy's versions,
+    the SHA-256 of the modules `sources` and COMMON_SOURCES, and of the shipped `models` and the
+    data file."""
+    return {"sqref": sqref.__version__, "numpy": np.__version__,
+            "sources": source_sha256(*dict.fromkeys((*sources, *COMMON_SOURCES))),
+            "models": {name: model_sha256(name) for name in models}, "data": data_sha256()}
 
 
 def check_cache_dir(directory) -> str:

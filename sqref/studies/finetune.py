@@ -3,21 +3,26 @@ several seeds) and the three choices made before it on the validation split
 only: `finetune-select` (the method), `finetune-bits` (the bit allocation)
 and `finetune-keep` (the epoch fine-tuning returns, cross-fitted).
 
-Each study's progress bar counts fine-tuning epochs over all of its runs.
+Each fine-tuning run (candidate or setting x seed) is a cell, run through
+sqref.studies.common.run_cells: in this process, or on a Dask cluster
+(docs/scale.md). Its seed is its parameter `seed` (SELECT_SEEDS,
+FINETUNE_SEEDS), as before the cells. Training sums in the BLAS's order, so
+every cell also takes the BLAS threads it must run with (`blas`), which
+enter its cache key. The tables are built here from the ordered results.
 """
 from __future__ import annotations
 
-import os
+import functools
 
 import numpy as np
 
-from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP, distill_kwargs, factor_model, finetune
+from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP, distill_kwargs, finetune
 from sqref.crossfit import crossfit
-from sqref.data import load_split
 from sqref.model import predict, run
-from sqref.progress import Progress
 from sqref.qmodel import quantize_model
-from sqref.studies.common import HEADER, load_model, payload_ratio, score, table_row, tick
+from sqref.studies.common import (HEADER, CellCache, cells_blas_threads, check_blas_threads, cluster, code_version,
+                                  data_split, factored, float_setting, load_model, payload_ratio, run_cells, score,
+                                  table_row)
 
 FINETUNE_SETTINGS = {
     # rank, bits spec, epochs: the fine-tuned settings reported in docs/results.md
@@ -46,16 +51,13 @@ SELECT_SETTING = (20, "2,conv1=4", 30)  # rank, bits, epochs: LeNet-5's 100x set
 BITS_CANDIDATES = ("2,conv1=4", "2,conv1=4,fc2=4")
 
 CROSSFIT_SPLITS = 20
+# the modules a cell runs besides sqref.studies.common.COMMON_SOURCES: a change is a new cache key
+SOURCES = ("sqref.studies.finetune", "sqref.train", "sqref.grad", "sqref.crossfit")
 
 VALIDATION_NOTE = ("the test split is not read. 'kept': validation accuracy of the returned model (the epoch "
                    "early stopping keeps, so every candidate gets the same upward selection bias); 'last': of the "
                    "last epoch (no selection); agreement: with the float model on validation, of the returned "
                    "model. 500 images: one image is 0.2 points.")
-
-
-def blas_threads_text() -> str:
-    value = os.environ.get("OPENBLAS_NUM_THREADS")
-    return f"OPENBLAS_NUM_THREADS={value}" if value else f"OpenBLAS default ({os.cpu_count()} cores)"
 
 
 def method_text() -> str:
@@ -71,15 +73,60 @@ def keep_text() -> str:
             "best": "epoch of best validation accuracy (earliest of ties)"}[FINETUNE_KEEP]
 
 
-def allocation_label(factored, spec) -> str:
-    """'SPEC (RATIOx)': a bits spec with the payload ratio it gives `factored` (float16 biases)."""
-    return f"{spec} ({payload_ratio(quantize_model(factored, bits=spec, bias_bits=16)):.1f}x)"
+def allocation_label(model, spec) -> str:
+    """'SPEC (RATIOx)': a bits spec with the payload ratio it gives `model` (float16 biases)."""
+    return f"{spec} ({payload_ratio(quantize_model(model, bits=spec, bias_bits=16)):.1f}x)"
 
 
-def finetune_study(progress=False) -> str:
-    """Quantization-aware fine-tuning (STE, dynamic boundary recomputed every step), several seeds."""
-    x, y = load_split(split="test")
-    train_xy, val = load_split(split="train"), load_split(split="val")
+def qkw_of(spec) -> dict:
+    """The quantization every fine-tuning cell trains through and reports: dynamic boundary, float16 biases."""
+    return dict(bits=spec, rule="dynamic", bias_bits=16)
+
+
+@functools.lru_cache(maxsize=None)
+def val_predictions(name: str):
+    """The float predictions of shipped model `name` on the validation split, once per process."""
+    return predict(load_model(name), data_split("val")[0])
+
+
+@functools.lru_cache(maxsize=None)
+def val_logits(name: str):
+    """The float logits of shipped model `name` on the validation split, once per process."""
+    return run(load_model(name), data_split("val")[0])
+
+
+def cell_version(task: dict) -> dict:
+    """A fine-tuning cell's code version (its cache key, with its parameters, `blas` among them)."""
+    return code_version(SOURCES, [task["model"]])
+
+
+def finetune_cell(model: str, rank: int, spec: str, epochs: int, seed: int, distill, keep: str, blas: str) -> list:
+    """One run of `sqref study finetune`: shipped model `model`, SVD at `rank`, bits `spec`, `epochs`
+    of fine-tuning with `seed`, distillation (temperature, alpha) or None, the epoch rule `keep`.
+    Returns [its results-table row (markdown), its test drop in points]."""
+    check_blas_threads(blas)
+    float_model, x, y, float_preds = float_setting(model)
+    qkw = qkw_of(spec)
+    tuned, _ = finetune(factored(model, rank), data_split("train"), data_split("val"), epochs=epochs,
+                        quantize_kwargs=qkw, seed=seed, keep=keep, **distill_kwargs(float_model, distill))
+    qm = quantize_model(tuned, **qkw)
+    drop = 100 * (float(np.mean(float_preds == y)) - score(qm, float_preds, x, y)[0])
+    return [table_row(model, float_model, qm, float_preds, x, y,
+                      f"rank {rank}; bits {spec}; {epochs} epochs; seed {seed}"), drop]
+
+
+def finetune_study(progress=False, *, workers=None, scheduler=None, cache=None) -> str:
+    """Quantization-aware fine-tuning (STE, dynamic boundary recomputed every step), several seeds:
+    one cell per model x seed (finetune_cell), in-process, on a LocalCluster of `workers`
+    processes, or at `scheduler`; with `cache` (a directory), finished cells are kept there."""
+    with cluster(workers, scheduler) as address:
+        blas = cells_blas_threads(address)
+        tasks = [{"model": name, "rank": rank, "spec": spec, "epochs": epochs, "seed": seed,
+                  "distill": None if not FINETUNE_DISTILL else list(FINETUNE_DISTILL), "keep": FINETUNE_KEEP,
+                  "blas": blas}
+                 for name, (rank, spec, epochs) in FINETUNE_SETTINGS.items() for seed in FINETUNE_SEEDS]
+        cells = run_cells(finetune_cell, tasks, label="finetune", progress=progress, scheduler=address,
+                          cache=None if cache is None else CellCache(cache, "finetune"), code=cell_version)
     lines = ["## With quantization-aware fine-tuning", "",
              f"Command: `sqref study finetune`; the LeNet-5 seed-0 row is also `sqref compress --rank "
              f"{FINETUNE_SETTINGS['lenet5'][0]} --bits {FINETUNE_SETTINGS['lenet5'][1]} --bias-bits 16 --finetune "
@@ -89,51 +136,46 @@ def finetune_study(progress=False) -> str:
              "finetune-keep`, see sqref.compress.finetune). Seeds change the batch order and "
              "the augmentation shifts; one run is one draw, so every setting is run with "
              f"{len(FINETUNE_SEEDS)} seeds and the mean drop is given below the table. Biases in float16. "
-             f"BLAS threads: {blas_threads_text()} (another thread count sums in another order, and training "
+             f"BLAS threads: {blas} (another thread count sums in another order, and training "
              "follows another path).", ""] + HEADER
-    epochs_total = sum(epochs for _, _, epochs in FINETUNE_SETTINGS.values()) * len(FINETUNE_SEEDS)
-    bar = Progress(epochs_total, "finetune (epochs)", enabled=progress)
     means = []
-    for name, (rank, spec, epochs) in FINETUNE_SETTINGS.items():
-        model = load_model(name)
-        float_preds = predict(model, x)
-        float_acc = float(np.mean(float_preds == y))
-        qkw = dict(bits=spec, rule="dynamic", bias_bits=16)
-        factored = factor_model(model, rank=rank)[0]
-        drops = []
-        for seed in FINETUNE_SEEDS:
-            tuned, _ = finetune(factored, train_xy, val, epochs=epochs, quantize_kwargs=qkw, seed=seed,
-                                on_epoch=lambda epoch, m: tick(bar), **distill_kwargs(model, FINETUNE_DISTILL))
-            qm = quantize_model(tuned, **qkw)
-            drops.append(100 * (float_acc - score(qm, float_preds, x, y)[0]))
-            lines.append(table_row(name, model, qm, float_preds, x, y,
-                                   f"rank {rank}; bits {spec}; {epochs} epochs; seed {seed}"))
+    for name in FINETUNE_SETTINGS:
+        mine = [cell for task, cell in zip(tasks, cells) if task["model"] == name]
+        lines += [row for row, _ in mine]
+        drops = [drop for _, drop in mine]
         means.append(f"{name}: mean drop {np.mean(drops):.2f} points over seeds "
                      f"{', '.join(map(str, FINETUNE_SEEDS))} (each: {', '.join(f'{d:+.1f}' for d in drops)})")
-    bar.close()
     return "\n".join(lines + [""] + [f"- {m}" for m in means]) + "\n"
 
 
-def validation_runs(model, candidates, rank, epochs, bar):
-    """Fine-tune `model` (SVD at `rank`) under each candidate {label: (bits
-    spec, distill kwargs)} with every seed in SELECT_SEEDS, reading only the
-    validation split; every epoch ticks `bar`. Returns (markdown rows,
-    {label: (mean kept, mean agreement)})."""
-    x_val, y_val = val = load_split(split="val")
-    train_xy = load_split(split="train")
-    float_val_preds = predict(model, x_val)
-    factored = factor_model(model, rank=rank)[0]
+def validation_cell(model: str, rank: int, spec: str, epochs: int, seed: int, distill, blas: str) -> list:
+    """One run of a selection study (finetune-select, finetune-bits), reading the validation split
+    only: shipped model `model`, SVD at `rank`, bits `spec`, `epochs` with `seed`, distillation
+    (temperature, alpha) or None, the latest best epoch kept. Returns [validation accuracy of the
+    returned model, its agreement with the float model, validation accuracy of the last epoch]."""
+    check_blas_threads(blas)
+    x_val, y_val = val = data_split("val")
+    qkw = qkw_of(spec)
+    tuned, history = finetune(factored(model, rank), data_split("train"), val, epochs=epochs, quantize_kwargs=qkw,
+                              seed=seed, keep="best-latest", **distill_kwargs(load_model(model), distill))
+    acc, agreement = score(quantize_model(tuned, **qkw), val_predictions(model), x_val, y_val)
+    return [acc, agreement, history[-1]["val_accuracy"]]
+
+
+def validation_runs(study, candidates, rank, epochs, *, progress, scheduler, cache):
+    """Fine-tune LeNet-5 (SVD at `rank`) under each candidate {label: (bits spec, distillation or
+    None)} with every seed in SELECT_SEEDS, reading only the validation split: one validation_cell
+    each, the cells of study `study`. Returns (markdown rows, {label: (mean kept, mean agreement)})."""
+    blas = cells_blas_threads(scheduler)
+    tasks = [{"model": "lenet5", "rank": rank, "spec": spec, "epochs": epochs, "seed": seed,
+              "distill": None if not distill else list(distill), "blas": blas}
+             for spec, distill in candidates.values() for seed in SELECT_SEEDS]
+    cells = run_cells(validation_cell, tasks, label=study, progress=progress, scheduler=scheduler,
+                      cache=None if cache is None else CellCache(cache, study), code=cell_version)
     rows, scores = [], {}
-    for label, (spec, distill) in candidates.items():
-        qkw = dict(bits=spec, rule="dynamic", bias_bits=16)
-        kept, last, agree = [], [], []
-        for seed in SELECT_SEEDS:
-            tuned, history = finetune(factored, train_xy, val, epochs=epochs, quantize_kwargs=qkw, seed=seed,
-                                      keep="best-latest", on_epoch=lambda epoch, m: tick(bar), **distill)
-            acc, agreement = score(quantize_model(tuned, **qkw), float_val_preds, x_val, y_val)
-            kept.append(acc)
-            agree.append(agreement)
-            last.append(history[-1]["val_accuracy"])
+    for index, label in enumerate(candidates):
+        mine = cells[index * len(SELECT_SEEDS):(index + 1) * len(SELECT_SEEDS)]
+        kept, agree, last = ([cell[i] for cell in mine] for i in range(3))
         scores[label] = (np.mean(kept), np.mean(agree))
         rows.append(f"| {label} | {', '.join(f'{100 * a:.1f}' for a in kept)} | {100 * np.mean(kept):.2f} | "
                     f"{100 * np.mean(last):.2f} | {100 * np.mean(agree):.2f} |")
@@ -149,16 +191,17 @@ def validation_section(title, description, column, rows, pick) -> str:
     return "\n".join(lines) + "\n"
 
 
-def finetune_select_study(progress=False) -> str:
+def finetune_select_study(progress=False, *, workers=None, scheduler=None, cache=None) -> str:
     """Choose the fine-tuning method on the validation split only (LeNet-5, the
     100x setting): every candidate, five seeds; the pick is the best mean
-    validation accuracy of the returned models (ties: mean agreement)."""
+    validation accuracy of the returned models (ties: mean agreement). One cell
+    per candidate x seed (validation_cell); `workers`, `scheduler`, `cache` as
+    for finetune_study."""
     rank, spec, epochs = SELECT_SETTING
-    model = load_model("lenet5")
-    candidates = {label: (spec, distill_kwargs(model, d)) for label, d in FINETUNE_CANDIDATES.items()}
-    bar = Progress(len(candidates) * len(SELECT_SEEDS) * epochs, "finetune-select (epochs)", enabled=progress)
-    rows, scores = validation_runs(model, candidates, rank, epochs, bar)
-    bar.close()
+    candidates = {label: (spec, d) for label, d in FINETUNE_CANDIDATES.items()}
+    with cluster(workers, scheduler) as address:
+        rows, scores = validation_runs("finetune-select", candidates, rank, epochs, progress=progress,
+                                       scheduler=address, cache=cache)
     description = (f"Command: `sqref study finetune-select`. LeNet-5, rank {rank}, bits {spec}, {epochs} epochs, "
                    f"seeds {', '.join(map(str, SELECT_SEEDS))}; the candidates were fixed before any was run "
                    "(sqref.studies.FINETUNE_CANDIDATES), ")
@@ -166,17 +209,17 @@ def finetune_select_study(progress=False) -> str:
                               rows, max(scores, key=lambda k: scores[k]))
 
 
-def finetune_bits_study(progress=False) -> str:
+def finetune_bits_study(progress=False, *, workers=None, scheduler=None, cache=None) -> str:
     """Choose LeNet-5's fine-tuned bit allocation on the validation split only:
-    the pick is the best mean validation accuracy (ties: the smaller model)."""
+    the pick is the best mean validation accuracy (ties: the smaller model). One
+    cell per allocation x seed (validation_cell); `workers`, `scheduler`, `cache`
+    as for finetune_study."""
     rank, _, epochs = SELECT_SETTING
-    model = load_model("lenet5")
-    distill = distill_kwargs(model, FINETUNE_DISTILL)
-    factored = factor_model(model, rank=rank)[0]
-    candidates = {f"bits {allocation_label(factored, spec)}": (spec, distill) for spec in BITS_CANDIDATES}
-    bar = Progress(len(candidates) * len(SELECT_SEEDS) * epochs, "finetune-bits (epochs)", enabled=progress)
-    rows, scores = validation_runs(model, candidates, rank, epochs, bar)
-    bar.close()
+    candidates = {f"bits {allocation_label(factored('lenet5', rank), spec)}": (spec, FINETUNE_DISTILL)
+                  for spec in BITS_CANDIDATES}
+    with cluster(workers, scheduler) as address:
+        rows, scores = validation_runs("finetune-bits", candidates, rank, epochs, progress=progress,
+                                       scheduler=address, cache=cache)
     description = (f"Command: `sqref study finetune-bits`. LeNet-5, rank {rank}, {epochs} epochs, {method_text()}, "
                    f"seeds {', '.join(map(str, SELECT_SEEDS))}; the candidates (sqref.studies.BITS_CANDIDATES) were "
                    "fixed after the first fine-tuned test results, see docs/results.md; ")
@@ -185,36 +228,43 @@ def finetune_bits_study(progress=False) -> str:
                               "bits (payload ratio)", rows, pick)
 
 
-def finetune_keep_study(progress=False) -> str:
+def keep_cell(model: str, rank: int, spec: str, epochs: int, seed: int, distill, splits: int, blas: str) -> list:
+    """One run of finetune-keep, reading the validation split only: fine-tune as finetune_cell does
+    (the epoch kept does not matter), run every epoch's quantized model on validation, and score
+    every keep rule by cross-fitting over `splits` halvings (sqref.crossfit.crossfit). Returns
+    [[rule, its (2 * splits) x 3 scores], ...] in the order of sqref.crossfit.KEEP_RULES (a list,
+    not a dict: the cache writes a dict's keys sorted)."""
+    check_blas_threads(blas)
+    x_val, y_val = val = data_split("val")
+    logits = []
+    finetune(factored(model, rank), data_split("train"), val, epochs=epochs, quantize_kwargs=qkw_of(spec), seed=seed,
+             on_epoch=lambda epoch, m: logits.append(run(m, x_val)), **distill_kwargs(load_model(model), distill))
+    return [[name, v.tolist()] for name, v in crossfit(np.stack(logits), y_val, val_logits(model),
+                                                       splits=splits).items()]
+
+
+def finetune_keep_study(progress=False, *, workers=None, scheduler=None, cache=None) -> str:
     """Choose which epoch fine-tuning returns, and then the bit allocation, on
     the validation split only, by cross-fitting (sqref.crossfit): each keep
     rule picks its epoch on one half of validation and is scored on the other.
     The rule picked is the best mean score (accuracy minus the float model's)
     over both allocations; the allocation, the best under that rule (ties:
-    the smaller model)."""
+    the smaller model). One cell per allocation x seed (keep_cell); `workers`,
+    `scheduler`, `cache` as for finetune_study."""
     rank, _, epochs = SELECT_SETTING
-    model = load_model("lenet5")
-    x_val, y_val = val = load_split(split="val")
-    train_xy = load_split(split="train")
-    teacher_logits = run(model, x_val)
-    factored = factor_model(model, rank=rank)[0]
-    bar = Progress(len(BITS_CANDIDATES) * len(SELECT_SEEDS) * epochs, "finetune-keep (epochs)", enabled=progress)
-    labels, scores = [], {}
-    for spec in BITS_CANDIDATES:
-        qkw = dict(bits=spec, rule="dynamic", bias_bits=16)
-        labels.append(allocation_label(factored, spec))
-        for seed in SELECT_SEEDS:
-            logits = []
-
-            def record(epoch, m):
-                logits.append(run(m, x_val))
-                tick(bar)
-
-            finetune(factored, train_xy, val, epochs=epochs, quantize_kwargs=qkw, seed=seed, on_epoch=record,
-                     **distill_kwargs(model, FINETUNE_DISTILL))
-            for name, v in crossfit(np.stack(logits), y_val, teacher_logits, splits=CROSSFIT_SPLITS).items():
-                scores.setdefault(name, {}).setdefault(labels[-1], []).append(v)
-    bar.close()
+    labels = [allocation_label(factored("lenet5", rank), spec) for spec in BITS_CANDIDATES]
+    with cluster(workers, scheduler) as address:
+        blas = cells_blas_threads(address)
+        tasks = [{"model": "lenet5", "rank": rank, "spec": spec, "epochs": epochs, "seed": seed,
+                  "distill": None if not FINETUNE_DISTILL else list(FINETUNE_DISTILL), "splits": CROSSFIT_SPLITS,
+                  "blas": blas}
+                 for spec in BITS_CANDIDATES for seed in SELECT_SEEDS]
+        cells = run_cells(keep_cell, tasks, label="finetune-keep", progress=progress, scheduler=address,
+                          cache=None if cache is None else CellCache(cache, "finetune-keep"), code=cell_version)
+    scores = {}
+    for task, cell in zip(tasks, cells):
+        for name, v in cell:
+            scores.setdefault(name, {}).setdefault(labels[BITS_CANDIDATES.index(task["spec"])], []).append(v)
     mean = {rule: {label: np.concatenate(v).mean(axis=0) for label, v in by.items()} for rule, by in scores.items()}
     rule = max(mean, key=lambda r: (np.mean([m[0] for m in mean[r].values()]),
                                     np.mean([m[1] for m in mean[r].values()])))

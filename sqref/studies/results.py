@@ -22,6 +22,7 @@ import re
 import sys
 
 from sqref.hdf5 import atomic_path
+from sqref.studies.common import cluster
 
 RESULTS_HEADER = """# sqref results
 
@@ -138,6 +139,11 @@ def update_page(path, sections: dict[str, str]) -> None:
             fh.write(text)
 
 
+# the studies that never run on a cluster, and why (`sqref study all --workers N` runs them here, afterwards)
+IN_PROCESS_ONLY = {"structural": "it measures the wall time and peak memory of child processes, which cells "
+                                 "running at the same time would distort"}
+
+
 def distributed_studies(studies: dict) -> list[str]:
     """The names of the studies whose cells can run on a Dask cluster: those that take
     `workers` and `scheduler` (and hand their cells to sqref.parallel.run_tasks)."""
@@ -145,24 +151,42 @@ def distributed_studies(studies: dict) -> list[str]:
             if {"workers", "scheduler"} <= set(inspect.signature(study).parameters)]
 
 
+def in_process_reason(name: str) -> str:
+    """Why study `name` runs in this process only (IN_PROCESS_ONLY, or: it takes no workers)."""
+    return IN_PROCESS_ONLY.get(name, "it takes no workers or scheduler")
+
+
 def run_studies(studies: dict, *, progress=False, collect=None, stream=None, workers=None,
                 scheduler=None) -> dict[str, str]:
-    """Run each {name: study function} in order; returns {name: markdown}.
+    """Run each {name: study function}; returns {name: markdown}, in the order given.
     With `progress`, each study shows its own progress bar and, when there
     are several, a line 'sqref study 2/9: paper' on `stream` (stderr) first.
-    `collect` (a list) goes to the tradeoff study, for its accuracy curves;
-    `workers` or `scheduler` (sqref.parallel.run_tasks) to every study, which
-    must then be one of distributed_studies."""
+    `collect` (a list) goes to the tradeoff study, for its accuracy curves.
+    With `workers` (one LocalCluster for all of them, sqref.studies.common.cluster) or
+    `scheduler`, the distributed_studies run their cells there, one after the other, and
+    then the others run in this process, after the LocalCluster has stopped (structural
+    measures time and memory: IN_PROCESS_ONLY); ValueError if none can use the cluster."""
     stream = sys.stderr if stream is None else stream
+    on_cluster = [] if workers is None and scheduler is None else distributed_studies(studies)
+    if (workers is not None or scheduler is not None) and not on_cluster:
+        name = next(iter(studies))
+        raise ValueError(f"study {name!r} runs in-process only: {in_process_reason(name)}")
+    order = on_cluster + [name for name in studies if name not in on_cluster]
     out = {}
-    for index, (name, study) in enumerate(studies.items()):
+
+    def run(name, **kwargs):
         if progress and len(studies) > 1:
-            stream.write(f"sqref study {index + 1}/{len(studies)}: {name}\n")
+            where = " (in this process)" if on_cluster and name not in on_cluster else ""
+            stream.write(f"sqref study {order.index(name) + 1}/{len(studies)}: {name}{where}\n")
             stream.flush()
-        kwargs = {"collect": collect} if name == "tradeoff" and collect is not None else {}
-        if workers is not None or scheduler is not None:
-            if name not in distributed_studies({name: study}):
-                raise ValueError(f"study {name!r} runs in-process only: it takes no workers or scheduler")
-            kwargs.update(workers=workers, scheduler=scheduler)
-        out[name] = study(progress=progress, **kwargs)
-    return out
+        if name == "tradeoff" and collect is not None:
+            kwargs["collect"] = collect
+        out[name] = studies[name](progress=progress, **kwargs)
+
+    if on_cluster:
+        with cluster(workers, scheduler) as address:
+            for name in on_cluster:
+                run(name, scheduler=address)
+    for name in order[len(on_cluster):]:
+        run(name)
+    return {name: out[name] for name in studies}

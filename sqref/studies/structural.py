@@ -1,5 +1,10 @@
 """`sqref study structural`: sizes, time and peak memory of `sqref compress`
-on AlexNet- and VGG-16-shaped models with random weights."""
+on AlexNet- and VGG-16-shaped models with random weights.
+
+It runs in this process only, one child process at a time, and keeps no
+cell cache: other work running beside a child would distort the time and
+memory it measures (`sqref study all --workers N` runs it here, after the
+cluster's studies; docs/scale.md)."""
 from __future__ import annotations
 
 import json
