@@ -2,7 +2,8 @@
 
     python benchmarks/bench_integer.py [--repeats 5] [--ort-threads 2] [--calibration 300] [--baseline REV]
 
-For LeNet-5 (data/lenet5.h5) and LeNet-300-100 (data/lenet300.h5), weights
+For LeNet-5 (data/lenet5.h5), LeNet-300-100 (data/lenet300.h5) and the
+residual ResNet-mini (data/resnet_mini.h5), weights
 quantized to 8 bits (sqref.qmodel.quantize_model, dynamic rule) and
 activations calibrated ("max") on the first `--calibration` TRAIN images:
 
@@ -49,7 +50,8 @@ from sqref.model import INPUT
 from bench_dynamic import git_source, load_module
 from bench_forward import median_seconds
 
-MODELS = {"lenet5": "data/lenet5.h5", "lenet300": "data/lenet300.h5"}
+# resnet_mini: a graph (residual adds, a global average pool); mobilenet_mini's hard-swish has no integer layer
+MODELS = {"lenet5": "data/lenet5.h5", "lenet300": "data/lenet300.h5", "resnet_mini": "data/resnet_mini.h5"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -135,7 +137,7 @@ def gemm_operands(imodel, x):
 def gemm_methods(models, batch, repeats, base):
     """The exact accumulation's GEMM, method by method, per layer (see the module docstring)."""
     print(f"\nexact accumulation, GEMM only (columns prebuilt), batch {batch}, ms; median of {repeats}")
-    header = (f"{'model':<9} {'layer':<14} {'O x K x M':>20} {'blocks':>6} {'514-blocks':>10} {'proven':>8} "
+    header = (f"{'model':<11} {'layer':<14} {'O x K x M':>20} {'blocks':>6} {'514-blocks':>10} {'proven':>8} "
               f"{'float64':>8} {'int32':>8} {'514/proven':>10} {'f64/proven':>10}")
     print(header)
     print("-" * len(header))
@@ -162,7 +164,7 @@ def gemm_methods(models, batch, repeats, base):
             totals += np.nan_to_num(t)
             shape = f"{w.shape[0]}x{k}x{cols.shape[1]}"
             cells = " ".join(f"{1e3 * v:{width}.2f}" for v, width in zip(t, (10, 8, 8, 8)))
-            print(f"{name:<9} {layer:<14} {shape:>20} {-(-k // block):>6} {cells} {t[0] / t[1]:10.2f} "
+            print(f"{name:<11} {layer:<14} {shape:>20} {-(-k // block):>6} {cells} {t[0] / t[1]:10.2f} "
                   f"{t[2] / t[1]:10.2f}")
     print(f"{'total':<9} {'':<14} {'':>20} {'':>6} " + " ".join(f"{1e3 * v:{w}.2f}" for v, w in
                                                                zip(totals[:3], (10, 8, 8))))
@@ -173,8 +175,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ort-threads", type=int, default=2, help="onnxruntime intra-op threads (default: %(default)s)")
     parser.add_argument("--calibration", type=int, default=300, help="train images to calibrate on")
-    parser.add_argument("--baseline", default="6ef879d", metavar="REV",
-                        help="git revision of the kernels to compare against ('' for none; default %(default)s)")
+    parser.add_argument("--baseline", default="1897294", metavar="REV",
+                        help="git revision of the kernels to compare against ('' for none; default %(default)s, "
+                             "the last one before the fused conv/linear requantization)")
     parser.add_argument("--no-gemm-table", action="store_true", help="skip the GEMM method table")
     args = parser.parse_args(argv)
     base = load_baseline(args.baseline)
@@ -183,7 +186,7 @@ def main(argv=None):
     print(f"8-bit weights, 'max' calibration on {args.calibration} train images; onnxruntime threads "
           f"{args.ort_threads}; OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; "
           f"median of {args.repeats} after one warm-up")
-    header = (f"{'model':<9} {'batch':>5} {'float img/s':>12} {'integer img/s':>14} {'ort img/s':>10} "
+    header = (f"{'model':<11} {'batch':>5} {'float img/s':>12} {'integer img/s':>14} {'ort img/s':>10} "
               f"{'base img/s':>10} {'int/float':>9} {'int/ort':>8} {'int/base':>8} {'int acc':>8} {'int=ort':>8}")
     print(header)
     print("-" * len(header))
@@ -206,7 +209,7 @@ def main(argv=None):
                 base_cells = f"{batch / t_base:10.0f} {t_base / t_int:8.2f}"
             pred_int = integer.run_integer(imodel, x).argmax(1)
             pred_ort = session.run(["logits"], {"input": x})[0].argmax(1)
-            print(f"{name:<9} {batch:>5} {batch / t_float:12.0f} {batch / t_int:14.0f} {batch / t_ort:10.0f} "
+            print(f"{name:<11} {batch:>5} {batch / t_float:12.0f} {batch / t_int:14.0f} {batch / t_ort:10.0f} "
                   f"{base_cells.split()[0]:>10} {t_float / t_int:9.2f} {t_ort / t_int:8.3f} "
                   f"{base_cells.split()[1]:>8} {np.mean(pred_int == y_test[:batch]):8.3f} "
                   f"{np.mean(pred_int == pred_ort):8.3f}")
