@@ -75,6 +75,9 @@ def load_baseline(revision):
     old_requant = load_module(sources[1], f"requant_{revision}", folder)
     old_kernels = load_module(sources[0], f"kernels_{revision}", folder)
     old_kernels.requant = old_requant  # the baseline kernels call the baseline requantization
+    if not hasattr(old_requant, "quantize_onnxruntime_uint8"):  # what run_integer calls, as the baseline did it
+        old_requant.quantize_onnxruntime_uint8 = lambda x, scale, zero_point, *, qmin, qmax: old_requant.quantize_linear(
+            x, scale, zero_point, qmin=qmin, qmax=qmax, mode="onnxruntime").astype(np.uint8)
     return old_kernels, old_requant
 
 

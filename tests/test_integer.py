@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import sqref
 from sqref import integer
 from sqref.integer import calibration, requant
+from sqref.integer import run as irun
 from sqref.data import load_split
 from sqref.integer import ActParams, IntConv2d, IntegerModel, IntLinear
 from sqref.model import Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU
@@ -555,6 +556,20 @@ def test_identical_outputs_with_1_and_2_blas_threads():
                              text=True, check=True)
         digests.append(out.stdout.strip())
     assert digests[0] == digests[1] and len(digests[0]) == 64
+
+
+def test_outputs_do_not_depend_on_the_batch(lenet5, monkeypatch):
+    _, imodel = lenet5
+    x = load_split(split="test")[0][:7]
+    logits, codes = integer.run_integer(imodel, x, return_intermediates=True)  # one batch of 7
+    monkeypatch.setattr(irun, "BATCH_BYTES", 1)  # batch_size 1: seven batches of one image
+    assert integer.batch_size(imodel) == 1
+    seen = []
+    one_logits, one_codes = integer.run_integer(imodel, x, return_intermediates=True, progress=seen.append)
+    assert seen == [1, 2, 3, 4, 5, 6, 7]
+    assert_bit_exact(one_logits, logits)
+    for a, b in zip(one_codes, codes):
+        assert_bit_exact(a, b)
 
 
 def test_run_model_integer_convenience(lenet5):

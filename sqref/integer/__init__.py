@@ -29,7 +29,8 @@ from sqref.integer.kernels import (F32_EXACT_K, avg_pool2d_codes, conv2d_accumul
 from sqref.integer.model import (ACCUMULATE, BIAS_LIMIT, QUANTIZE_MODE, IntAdd, IntAvgPool2d, IntClip, IntConv2d,
                                  IntegerModel, IntFlatten, IntGlobalAvgPool, IntLinear, IntMaxPool2d, IntPad, IntReLU,
                                  build_integer_model, check_accumulate, check_mode, output_shapes, quantize_bias)
-from sqref.integer.run import BATCH, apply_layer, quantize_input, run_integer, run_model_integer
+from sqref.integer.run import (BATCH_BYTES, apply_layer, batch_size, quantize_input, run_integer,
+                              run_model_integer)
 
 __all__ = ["ACT_QMAX", "ACT_QMIN", "CALIBRATION_RULES", "ActParams", "Calibration", "act_params", "activation_range",
            "calibrate", "F32_EXACT_K", "avg_pool2d_codes", "conv2d_accumulate", "conv2d_requant", "exact_matmul",
@@ -38,4 +39,5 @@ __all__ = ["ACT_QMAX", "ACT_QMIN", "CALIBRATION_RULES", "ActParams", "Calibratio
            "BIAS_LIMIT", "QUANTIZE_MODE", "IntAdd", "IntAvgPool2d", "IntClip", "IntGlobalAvgPool", "IntPad",
            "IntConv2d", "IntegerModel", "IntFlatten", "IntLinear",
            "IntMaxPool2d", "IntReLU", "build_integer_model", "check_accumulate", "check_mode", "output_shapes",
-           "quantize_bias", "BATCH", "apply_layer", "quantize_input", "run_integer", "run_model_integer"]
+           "quantize_bias", "BATCH_BYTES", "apply_layer", "batch_size", "quantize_input", "run_integer",
+           "run_model_integer"]

@@ -28,6 +28,8 @@ identical on every machine, BLAS and thread count (sqref.integer.kernels).
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from sqref.integer import requant
@@ -36,7 +38,7 @@ from sqref.integer.kernels import (avg_pool2d_codes, conv2d_accumulate, conv2d_r
                                    linear_requant, max_pool2d_codes, requantize_layer)
 from sqref.integer.model import (QUANTIZE_MODE, IntAdd, IntAvgPool2d, IntClip, IntConv2d, IntegerModel, IntFlatten,
                                  IntGlobalAvgPool, IntLinear, IntMaxPool2d, IntPad, IntReLU, build_integer_model,
-                                 check_accumulate, check_mode)
+                                 check_accumulate, check_mode, output_shapes)
 from sqref.integer.qlinear_elementwise import qlinear_add
 from sqref.integer.qlinear_pool import qlinear_global_average_pool
 from sqref.model import INPUT, Model, last_reads
@@ -45,7 +47,20 @@ from sqref.model import INPUT, Model, last_reads
 ADD_MODE = {"onnxruntime": "onnxruntime", "tflite": "tflite", "tflite-single": "tflite"}
 GLOBAL_POOL_MODE = {"onnxruntime": "onnxruntime"}
 
-BATCH = 250  # run_integer processes this many images at a time (results do not depend on it)
+# run_integer's batches hold the largest layer's int64 accumulator under this many bytes (the results
+# do not depend on the batch): 728 LeNet-5 images, 10,699 LeNet-300-100 images, 2 VGG-16 images at 224 x 224
+BATCH_BYTES = 64 * 2**20
+
+
+_LARGEST = weakref.WeakKeyDictionary()  # IntegerModel -> the size of its largest layer output per image
+
+
+def batch_size(imodel: IntegerModel) -> int:
+    """Images per batch of run_integer: BATCH_BYTES over the int64 bytes of the largest layer output of one image
+    (the shapes are worked out once per model: that costs more than a small model's whole forward pass)."""
+    if imodel not in _LARGEST:
+        _LARGEST[imodel] = max(int(np.prod(shape)) for shape in output_shapes(imodel))
+    return max(1, BATCH_BYTES // (8 * _LARGEST[imodel]))
 
 
 def _act(p):
@@ -126,7 +141,7 @@ def run_integer(imodel: IntegerModel, x, *, mode=None, return_intermediates=Fals
     ``mode``: None = imodel.mode; ``accumulate``: "exact" or "int16-pairs" (onnxruntime and
     fbgemm modes only; see the module docstring), or {layer name: one of them} per layer
     (sqref.backends.probe.resolve_layer_accumulate; absent layers are exact). Images are
-    processed BATCH at a time; the result does not depend on it, on the BLAS or on its threads. ``progress``: None, or
+    processed batch_size(imodel) at a time; the result does not depend on it, on the BLAS or on its threads. ``progress``: None, or
     a callable given the number of images done after each batch.
     """
     mode = check_mode(imodel.mode if mode is None else mode)
@@ -134,8 +149,9 @@ def run_integer(imodel: IntegerModel, x, *, mode=None, return_intermediates=Fals
     q_in = quantize_input(imodel, x, mode=mode)
     per_layer = [[] for _ in imodel.layers]
     last = last_reads(imodel)
-    for start in range(0, len(q_in), BATCH):
-        env = {INPUT: q_in[start:start + BATCH]}
+    batch = batch_size(imodel)
+    for start in range(0, len(q_in), batch):
+        env = {INPUT: q_in[start:start + batch]}
         for index, (name, layer, reads) in enumerate(zip(imodel.names, imodel.layers, imodel.wiring)):
             try:
                 acc = accumulate.get(name, "exact") if isinstance(accumulate, dict) else accumulate
@@ -148,7 +164,7 @@ def run_integer(imodel: IntegerModel, x, *, mode=None, return_intermediates=Fals
                 if last.get(r, -1) <= index:
                     del env[r]
         if progress is not None:
-            progress(min(start + BATCH, len(q_in)))
+            progress(min(start + batch, len(q_in)))
     outputs = [np.concatenate(parts) if parts else np.zeros((0,), np.uint8) for parts in per_layer]  # [] unless kept
     out = imodel.layers[-1].y
     logits = requant.dequantize_linear(outputs[-1], out.scale, out.zero_point)
