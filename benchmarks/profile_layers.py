@@ -1,8 +1,8 @@
 """Where the time goes: per layer and per phase, for the float path and the integer path.
 
-    python benchmarks/profile_layers.py [--batch 64] [--repeats 7] [--models lenet5 small_vgg]
+    python benchmarks/profile_layers.py [--batch 64] [--repeats 7] [--models lenet5 lenet300 small_vgg]
 
-For LeNet-5 (data/lenet5.h5, MNIST test images) and the small VGG (random
+For LeNet-5 and LeNet-300-100 (data/*.h5, MNIST test images) and the small VGG (random
 weights from sqref.zoo, random 3x32x32 images), the float path (sqref.run's
 layer loop) and the integer path (sqref.integer.run_integer on the 8-bit
 IntegerModel, "max" calibration on 300 inputs, mode onnxruntime, exact
@@ -154,8 +154,8 @@ def profile_integer(imodel, x, clock):
 
 def build(name, batch, calibration):
     """(float model, IntegerModel, input batch) for a profile."""
-    if name == "lenet5":
-        model = sqref.load(os.path.join(ROOT, "data/lenet5.h5"))
+    if name in ("lenet5", "lenet300"):
+        model = sqref.load(os.path.join(ROOT, f"data/{name}.h5"))
         x_train, _ = data.load_split(split="train")
         x, _ = data.load_split(split="test")
         calib, x = x_train[:calibration], x[:batch]
@@ -195,7 +195,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--calibration", type=int, default=300)
-    parser.add_argument("--models", nargs="+", default=["lenet5", "small_vgg"], choices=["lenet5", "small_vgg"])
+    parser.add_argument("--models", nargs="+", default=["lenet5", "small_vgg"],
+                        choices=["lenet5", "lenet300", "small_vgg"])
     args = parser.parse_args(argv)
     print(f"batch {args.batch}; median of {args.repeats} profiled runs after one warm-up; "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
