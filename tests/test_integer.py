@@ -270,6 +270,12 @@ def test_fused_plan_bound_literal():
     for lay in (layer, past):
         want = integer.requantize_layer(integer.linear_accumulate(x, w, x_zero_point=0), lay, mode="onnxruntime")
         assert integer.linear_requant(x, lay).tolist() == want.tolist() == [[0]]  # -16 after rounding, clamped at 0
+    # s_x * s_w / s_y overflows float32: no plan, and the two steps refuse the infinite multiplier
+    huge = IntLinear(w, np.float32(3e38), np.zeros(1, np.int32), np.zeros(1, np.float32), act(1e30, 0), act(1e-30, 0))
+    with np.errstate(over="ignore"):
+        assert integer.fused_plan(huge) is None
+        with pytest.raises(ValueError, match="multiplier must be finite"):
+            integer.linear_requant(x, huge)
 
 
 def test_quantize_onnxruntime_uint8_literal():

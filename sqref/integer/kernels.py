@@ -360,6 +360,7 @@ def fused_plan(layer):
     requantization is then `requant.requant_onnxruntime_uint8`'s own float32
     branch (the branch it takes, since its test max|acc| + max|bias| <= 2**24
     is implied), run in place on the GEMM's float32 output: the same codes.
+    A multiplier that is not finite also gives None: the two steps reject it.
     Cached per layer object (the layers are frozen).
     """
     if layer in _PLANS:
@@ -370,10 +371,10 @@ def fused_plan(layer):
     l1 = np.abs(w.reshape(w.shape[0], -1)).sum(axis=1, dtype=np.float64)
     bias = np.asarray(layer.bias, np.int64)
     bound = a_max * float(l1.max(initial=0.0)) + float(np.abs(bias).max(initial=0))
+    m = requant.effective_multiplier(layer.x.scale, layer.w_scale, layer.y.scale, mode="onnxruntime")
     plan = None
-    if bound <= 2**24:
+    if bound <= 2**24 and np.all(np.isfinite(m)):  # (an infinite M: the two steps raise their error)
         zy = layer.y.zero_point
-        m = requant.effective_multiplier(layer.x.scale, layer.w_scale, layer.y.scale, mode="onnxruntime")
         plan = FusedPlan(weight=w, bias=bias.astype(np.float32), multiplier=np.asarray(m, np.float32),
                          lo=np.float32((zy if layer.relu else ACT_QMIN) - zy), hi=np.float32(ACT_QMAX - zy),
                          zp=np.float32(zy))
