@@ -132,6 +132,7 @@ def main(argv=None):
             times += [with_chunk(m, lambda: median_seconds(conv, args.repeats)) for m in args.chunk_mib]
             times.append(np.nan)
             if threadpool_limits is not None:
+                # one BLAS thread instead of two: the GEMM's float32 sums are split differently
                 np.testing.assert_allclose(split_conv(x, layer, pool, threadpool_limits), conv(), rtol=1e-5, atol=1e-5)
                 times[-1] = median_seconds(lambda: split_conv(x, layer, pool, threadpool_limits), args.repeats)
             times.append(np.nan)

@@ -89,23 +89,31 @@ def exact_block(w, *, x_zero_point):
     one GEMM over all of K is exact. Otherwise blocks of 2**24 // (A * max|w|)
     positions are, never fewer than F32_EXACT_K = 514 (the bound with A = 255,
     |w| = 128). 8-bit weights have max|w| = 127 but a mean |w| near 25, so the
-    L1 bound admits K up to about 2**24 / (255 * 25) = 2,600 in one GEMM.
-    The L1 norms are float32 sums of integers <= 128 * K: exact while
-    K <= 2**17, and summed in float64 past that.
-    Cost: one pass over the weights, small next to a conv's output, which
-    every extra block would add once more (conv2d_accumulate uses it; a linear
-    layer's output is usually smaller than its weights, so it keeps 514).
+    L1 bound admits K up to about 2**24 / (255 * 25) = 2,600 in one GEMM
+    (the bound is `partial_sum_bound`).
+    Cost: one pass over the weights (a second for max|w| when the bound
+    fails), small next to a conv's output, which every extra block would
+    add once more (conv2d_accumulate uses it; a linear layer's output is
+    usually smaller than its weights, so it keeps 514).
     """
     k = w.shape[1]
     if k <= F32_EXACT_K:
         return max(k, 1)
-    zx = _check_zero_point(x_zero_point)
-    a_max = max(zx, ACT_QMAX - zx, 1)
-    w_abs = np.abs(w)
-    l1 = w_abs.sum(axis=1, dtype=np.float32 if k <= 2**17 else np.float64)
-    if a_max * float(l1.max()) <= 2**24:
+    if partial_sum_bound(w, x_zero_point=x_zero_point) <= 2**24:
         return k
-    return max(F32_EXACT_K, 2**24 // (a_max * max(int(w_abs.max()), 1)))
+    zx = int(x_zero_point)
+    return max(F32_EXACT_K, 2**24 // (max(zx, ACT_QMAX - zx) * max(int(np.abs(w).max()), 1)))
+
+
+def partial_sum_bound(w, *, x_zero_point):
+    """A * max_o L1(o): a bound on every partial sum, in any order, of sum_k (x_k - z_x) w[o, k] (`exact_block`).
+
+    Shapes: w (OUT, K) integer-valued weights; A = max(z_x, 255 - z_x) bounds |x - z_x| for uint8 x.
+    The L1 norms are float32 sums of integers <= 128 * K: exact while K <= 2**17, float64 past that.
+    """
+    zx = _check_zero_point(x_zero_point)
+    l1 = np.abs(w).sum(axis=1, dtype=np.float32 if w.shape[1] <= 2**17 else np.float64)
+    return max(zx, ACT_QMAX - zx) * float(l1.max(initial=0.0))
 
 
 def int16_pairs_accumulate(a_raw, b, *, a_zero_point):
@@ -353,7 +361,7 @@ _PLANS = weakref.WeakKeyDictionary()  # layer -> FusedPlan or None; an entry goe
 def fused_plan(layer):
     """The layer's FusedPlan, or None when the bound below does not hold (then the two-step path runs).
 
-    Bound: every partial sum of output o is at most A * L1(o) (`exact_block`:
+    Bound: every partial sum of output o is at most A * L1(o) (`partial_sum_bound`:
     A = max(z_x, 255 - z_x), L1(o) = sum_k |w[o, k]|); when A * max_o L1(o)
     + max|bias| <= 2**24, one float32 GEMM over all of K gives the exact
     integer sums, and float32 holds acc, bias and acc + bias exactly. The
@@ -366,11 +374,9 @@ def fused_plan(layer):
     if layer in _PLANS:
         return _PLANS[layer]
     w = layer.weight.astype(np.float32)
-    zx = _check_zero_point(layer.x.zero_point)
-    a_max = max(zx, ACT_QMAX - zx)
-    l1 = np.abs(w.reshape(w.shape[0], -1)).sum(axis=1, dtype=np.float64)
     bias = np.asarray(layer.bias, np.int64)
-    bound = a_max * float(l1.max(initial=0.0)) + float(np.abs(bias).max(initial=0))
+    bound = (partial_sum_bound(w.reshape(w.shape[0], -1), x_zero_point=layer.x.zero_point)
+             + float(np.abs(bias).max(initial=0)))
     m = requant.effective_multiplier(layer.x.scale, layer.w_scale, layer.y.scale, mode="onnxruntime")
     plan = None
     if bound <= 2**24 and np.all(np.isfinite(m)):  # (an infinite M: the two steps raise their error)
