@@ -108,6 +108,14 @@ def multipliers(kind=None):
     return kinds[kind]
 
 
+def _check_kinds(kinds, all_kinds):
+    """`kinds` as a tuple (None: all of `all_kinds`); a ValueError unless it is a non-empty subset."""
+    kinds = all_kinds if kinds is None else tuple(kinds)
+    if not kinds or any(k not in all_kinds for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of {all_kinds}, got {kinds!r}")
+    return kinds
+
+
 def requant_cases(dtype=None, *, max_size=8, kinds=None):
     """Strategy for (acc, M, zero_point, qmin, qmax) requantization cases.
 
@@ -122,9 +130,7 @@ def requant_cases(dtype=None, *, max_size=8, kinds=None):
     """
     st = hypothesis_strategies()
     all_kinds = ("tie", "boundary", "large", "overflow", "tiny", "generic")
-    kinds = all_kinds if kinds is None else tuple(kinds)
-    if not kinds or any(k not in all_kinds for k in kinds):
-        raise ValueError(f"kinds must be a non-empty subset of {all_kinds}, got {kinds!r}")
+    kinds = _check_kinds(kinds, all_kinds)
     int32 = st.integers(-(2**31), 2**31 - 1)
 
     @st.composite
@@ -186,9 +192,7 @@ def quantize_cases(dtype=None, *, max_size=8, allow_nan=False, kinds=None):
     """
     st = hypothesis_strategies()
     all_kinds = ("tie", "reciprocal", "saturate", "generic")
-    kinds = all_kinds if kinds is None else tuple(kinds)
-    if not kinds or any(k not in all_kinds for k in kinds):
-        raise ValueError(f"kinds must be a non-empty subset of {all_kinds}, got {kinds!r}")
+    kinds = _check_kinds(kinds, all_kinds)
 
     @st.composite
     def draw_case(draw):
