@@ -6,7 +6,7 @@
     run_tasks(fn, tasks, shared={"model": m}, parts=[{"x": x[0:250]}, ...])   large arguments, sent once
 
 `fn` is a pure, module-level function (the workers import it by name, so
-they need the same sqref version); each task is a dict of its parameters and
+they need the same sqref version: connect checks it, check_versions); each task is a dict of its parameters and
 `fn(**task)` returns a small result (numbers, short strings: they travel back
 to this process). The results come back in the order the tasks were listed,
 whatever order they finished in, so a study that formats them here writes the
@@ -42,10 +42,12 @@ times, 3 by default), so a killed worker changes no result, only the time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
 import os
+import pathlib
 
 import numpy as np
 
@@ -195,7 +197,8 @@ def local_cluster(workers: int):
 @contextlib.contextmanager
 def connect(address: str, timeout: float | None = None):
     """A Client of the scheduler at `address`, once it has a worker; ValueError in one line
-    if nothing answers there, or no worker joins, within `timeout` seconds (CONNECT_TIMEOUT)."""
+    if nothing answers there, or no worker joins, within `timeout` seconds (CONNECT_TIMEOUT),
+    or a worker runs another sqref or NumPy (check_versions: the workers there when it connects)."""
     from dask.distributed import Client
     from distributed.comm import parse_address, parse_host_port
 
@@ -217,9 +220,41 @@ def connect(address: str, timeout: float | None = None):
         except (OSError, TimeoutError):
             raise ValueError(f"the Dask scheduler at {address} has no worker (start one: "
                              f"dask worker {address})") from None
+        check_versions(client)
         yield client
     finally:
         client.close()
+
+
+@functools.lru_cache(maxsize=None)
+def installed_version() -> tuple:
+    """(sqref's version, NumPy's version, the SHA-256 of every .py file of the sqref package, by
+    relative path): what must be the same in this process and on every worker for a task to give
+    the same result there. Computed once per process."""
+    import sqref
+
+    root = pathlib.Path(sqref.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return sqref.__version__, np.__version__, digest.hexdigest()
+
+
+def check_versions(client) -> None:
+    """A one-line ValueError unless every worker of `client` has this process's installed_version()
+    (a worker with another sqref or NumPy would compute other numbers, or fail on a missing name)."""
+    mine = installed_version()
+    try:
+        theirs = client.run(installed_version)
+    except Exception as exc:  # e.g. a worker without sqref, which cannot import this function
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(f"cannot read the sqref version of the workers: {type(exc).__name__}: {first} "
+                         "(install the same sqref on every worker)") from None
+    for address, version in sorted(theirs.items()):
+        if tuple(version) != mine:
+            raise ValueError(f"worker {address} runs sqref {version[0]}, NumPy {version[1]}, sources "
+                             f"{version[2][:12]}; this process runs sqref {mine[0]}, NumPy {mine[1]}, sources "
+                             f"{mine[2][:12]} (install the same sqref and NumPy on every worker)")
 
 
 def _broadcast(client, shared: dict) -> dict:

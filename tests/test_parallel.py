@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+import sqref
 import sqref.clipping
 import sqref.data
 from sqref import parallel
@@ -125,6 +126,31 @@ def test_nothing_listening_is_a_one_line_error_within_seconds(capsys, monkeypatc
                                        "'localhost' (expected tcp://HOST:PORT)\n")
 
 
+class FakeClient:
+    """client.run(fn) as Dask's: {worker address: fn()} (here: what `answers` says each worker returns)."""
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def run(self, fn):
+        if isinstance(self.answers, Exception):
+            raise self.answers
+        return dict(self.answers)
+
+
+def test_a_worker_with_another_sqref_is_a_one_line_error():
+    mine = parallel.installed_version()
+    assert mine[0] == sqref.__version__ and mine[1] == np.__version__ and len(mine[2]) == 64
+    parallel.check_versions(FakeClient({"tcp://a:1": mine, "tcp://b:2": list(mine)}))  # as JSON-ish lists too
+    edited = (mine[0], mine[1], "0" * 64)
+    with pytest.raises(ValueError, match=r"^worker tcp://b:2 runs sqref .*, sources 000000000000; this process "
+                                         r"runs sqref .*\(install the same sqref and NumPy on every worker\)$"):
+        parallel.check_versions(FakeClient({"tcp://a:1": mine, "tcp://b:2": edited}))
+    with pytest.raises(ValueError, match=r"^cannot read the sqref version of the workers: ModuleNotFoundError: "
+                                         r"No module named 'sqref' \(install the same sqref on every worker\)$"):
+        parallel.check_versions(FakeClient(ModuleNotFoundError("No module named 'sqref'")))
+
+
 @pytest.mark.parametrize("option", [["--workers", "2"], ["--scheduler", "tcp://127.0.0.1:1"]])
 def test_structural_alone_on_a_cluster_is_a_one_line_error(option, capsys):
     assert main(["study", "structural", *option]) == 2
@@ -144,6 +170,12 @@ def scheduler():
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers need not import this test file
     with parallel.local_cluster(2) as cluster:
         yield cluster.scheduler_address
+
+
+def test_the_workers_run_this_sqref(scheduler):
+    with parallel.connect(scheduler) as client:  # connect checked it; this says what it compared
+        client.wait_for_workers(2, timeout=30)
+        assert set(client.run(parallel.installed_version).values()) == {parallel.installed_version()}
 
 
 def test_the_workers_run_one_blas_thread(scheduler):
@@ -495,6 +527,50 @@ def test_a_reduced_study_is_byte_identical_on_the_cluster(name, scheduler, alone
     from sqref.studies import STUDIES
 
     assert STUDIES[name](scheduler=scheduler, **KWARGS[name]) == alone[0][name]
+
+
+def test_a_worker_killed_during_a_fine_tuning_cell_changes_no_figure(scheduler, alone, reduced):
+    """The reduced finetune study has one cell (LeNet-5, one epoch, about 2.5 s here): its worker is killed
+    while the scheduler has reported the cell running there for half a second; Dask runs the cell again on
+    the other worker, and the markdown is the in-process run's, byte for byte."""
+    import threading
+
+    from sqref.studies.finetune import finetune_study
+
+    saved = dict(os.environ)  # the nanny sets its variables in this process again when it restarts the worker
+    try:
+        with parallel.connect(scheduler) as client:
+            client.wait_for_workers(2, timeout=30)
+            pids = client.run(os.getpid)  # {worker address: pid}
+            killed, stop = [], threading.Event()
+
+            def kill_the_busy_worker():
+                busy_since = {}
+                while not stop.wait(0.1):
+                    for address, keys in client.processing().items():
+                        if not keys or address not in pids:
+                            busy_since.pop(address, None)
+                            continue
+                        busy_since.setdefault(address, time.monotonic())
+                        if time.monotonic() - busy_since[address] > 0.5:
+                            os.kill(pids[address], signal.SIGKILL)
+                            killed.append(pids[address])
+                            return
+
+            killer = threading.Thread(target=kill_the_busy_worker, daemon=True)
+            killer.start()
+            try:
+                markdown = finetune_study(scheduler=scheduler)
+            finally:
+                stop.set()
+                killer.join()
+            assert killed, "the cell ended before a worker was killed"
+            assert markdown == alone[0]["finetune"]
+            client.wait_for_workers(2, timeout=30)  # the nanny restarted it
+            assert killed[0] not in client.run(os.getpid).values()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def test_a_fine_tuning_study_reads_every_cell_back_from_its_cache(scheduler, alone, reduced, capsys):
