@@ -3,6 +3,7 @@
 wilson_interval      an accuracy's 95% interval (Wilson's score interval)
 paired_drop_interval the drop in accuracy from a reference model to a model,
                      both on the same images: a seeded paired bootstrap
+mean_interval        a mean over a few independent runs (seeds): Student's t interval
 
 With 1,000 test images one image is 0.1 point and an accuracy near 98% has a
 standard error of about 0.45 points; these intervals are what README and
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 BOOTSTRAP_RESAMPLES = 20_000
@@ -49,3 +51,18 @@ def paired_drop_interval(reference_correct, model_correct, *, resamples: int = B
     drops = 100.0 * (draws[:, 2] - draws[:, 0]) / n
     lo, hi = np.percentile(drops, [2.5, 97.5])
     return float(100.0 * (counts[2] - counts[0]) / n), float(lo), float(hi)
+
+
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): Student's t interval for the mean of independent runs (values, at least two),
+    mean -+ t_{(1+confidence)/2, n-1} s / sqrt(n), s the sample standard deviation. For a figure
+    averaged over seeds it covers the spread between seeds only: each run's own test sampling is not
+    in it (the paired bootstrap above covers that for one run)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size < 2 or not np.all(np.isfinite(v)):
+        raise ValueError(f"need at least two finite values in a 1-D sequence, got {v.size} of shape {v.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    mean = float(v.mean())
+    half = float(scipy_stats.t.ppf((1 + confidence) / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return mean, mean - half, mean + half

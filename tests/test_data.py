@@ -151,6 +151,18 @@ def test_paired_drop_interval():
     assert paired_drop_interval(ref, model) == (drop, lo, hi)  # seeded
 
 
+def test_mean_interval_literal():
+    from sqref.stats import mean_interval
+
+    # 1, 2, 3: mean 2, s = 1, t_{0.975, 2} = 4.302653 (tables): 2 -+ 4.302653 / sqrt(3) = 2 -+ 2.484138
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and (lo, hi) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=2e-6)
+    assert mean_interval([0.5, 0.5]) == (0.5, 0.5, 0.5)  # no spread, no width
+    for bad in ([1.0], [1.0, np.nan], [[1.0, 2.0]]):
+        with pytest.raises(ValueError, match="at least two finite values"):
+            mean_interval(bad)
+
+
 def test_shipped_fashion_mnist_test_split():
     import h5py
 

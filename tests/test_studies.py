@@ -75,6 +75,17 @@ def test_finetune_keep_study_reads_validation_only(monkeypatch):
     assert "then bits **2,conv1=4 (111.7x)**" in text or "then bits **2,conv1=4,fc2=4 (103.4x)**" in text
 
 
+def test_pick_margins_literal():
+    # two runs; a run scores a rule by the mean of its halvings' first column (acc - float)
+    cells = [[["a", [[0.010, 0.99, 3], [0.030, 0.99, 4]]], ["b", [[0.000, 0.98, 30], [0.000, 0.98, 30]]]],
+             [["a", [[0.000, 0.99, 5], [0.000, 0.99, 5]]], ["b", [[0.004, 0.98, 30], [0.004, 0.98, 30]]]]]
+    # margins a - b in points: +2.0 and -0.4; mean 0.8, s = 1.697056, t_{0.975, 1} = 12.706205: half 15.248
+    text = studies.pick_margins("a", [{}, {}], cells)
+    assert "(2 runs: allocation x seed)" in text and "b +0.80 (-14.45 to +16.05)" in text
+    assert "a +" not in text  # the pick is not compared with itself
+    assert studies.pick_margins("a", [{}], cells[:1]) == "One run: no interval for the pick's margin."
+
+
 def test_every_study_is_silent_by_default():
     for name, study in STUDIES.items():
         assert inspect.signature(study).parameters["progress"].default is False, name

@@ -20,13 +20,14 @@ from sqref.compress import FINETUNE_DISTILL, FINETUNE_KEEP, distill_kwargs, fine
 from sqref.crossfit import crossfit
 from sqref.model import predict, run
 from sqref.qmodel import quantize_model
+from sqref.stats import mean_interval
 from sqref.studies.common import (HEADER, CellCache, cells_blas_threads, check_blas_threads, cluster, code_version,
                                   data_split, factored, float_setting, load_model, payload_ratio, run_cells, score,
                                   table_row)
 
 FINETUNE_SETTINGS = {
     # rank, bits spec, epochs: the fine-tuned settings reported in docs/results.md
-    "lenet5": (20, "2,conv1=4", 30),  # the pick of `sqref study finetune-keep`
+    "lenet5": (20, "2,conv1=4", 30),  # the pick of `sqref study finetune-keep` (and of finetune-bits)
     "lenet300": (20, "2", 30),
 }
 FINETUNE_SEEDS = (0, 1, 2, 3, 4)
@@ -132,8 +133,9 @@ def finetune_study(progress=False, *, workers=None, scheduler=None, cache=None) 
              f"{FINETUNE_SETTINGS['lenet5'][0]} --bits {FINETUNE_SETTINGS['lenet5'][1]} --bias-bits 16 --finetune "
              f"{FINETUNE_SETTINGS['lenet5'][2]}`. SGD with the straight-through estimator on the train split, "
              f"the dynamic boundary recomputed from the current weights at every step, on {method_text()} "
-             f"(chosen by `sqref study finetune-select`); the model of the {keep_text()} (chosen by `sqref study "
-             "finetune-keep`, see sqref.compress.finetune). Seeds change the batch order and "
+             f"(chosen by `sqref study finetune-select`); the model of the {keep_text()} (the shipped default, "
+             "sqref.compress.FINETUNE_KEEP; `sqref study finetune-keep` compares the keep rules). Seeds change "
+             "the batch order and "
              "the augmentation shifts; one run is one draw, so every setting is run with "
              f"{len(FINETUNE_SEEDS)} seeds and the mean drop is given below the table. Biases in float16. "
              f"BLAS threads: {blas} (another thread count sums in another order, and training "
@@ -143,8 +145,11 @@ def finetune_study(progress=False, *, workers=None, scheduler=None, cache=None) 
         mine = [cell for task, cell in zip(tasks, cells) if task["model"] == name]
         lines += [row for row, _ in mine]
         drops = [drop for _, drop in mine]
+        spread = ""
+        if len(drops) > 1:  # the seeds' spread only: each run's test sampling is not in it (sqref.stats)
+            spread = "; 95% t-interval over the seeds {1:.2f} to {2:.2f}".format(*mean_interval(drops))
         means.append(f"{name}: mean drop {np.mean(drops):.2f} points over seeds "
-                     f"{', '.join(map(str, FINETUNE_SEEDS))} (each: {', '.join(f'{d:+.1f}' for d in drops)})")
+                     f"{', '.join(map(str, FINETUNE_SEEDS))} (each: {', '.join(f'{d:+.1f}' for d in drops)}{spread})")
     return "\n".join(lines + [""] + [f"- {m}" for m in means]) + "\n"
 
 
@@ -283,5 +288,23 @@ def finetune_keep_study(progress=False, *, workers=None, scheduler=None, cache=N
     for r, by in mean.items():
         row = " | ".join(f"{100 * by[k][0]:+.3f} | {100 * by[k][1]:.2f} | {by[k][2]:.1f}" for k in labels)
         lines.append(f"| {r} | {row} |")
-    lines += ["", f"Pick: **{rule}**, then bits **{allocation}**."]
+    lines += ["", f"Pick: **{rule}**, then bits **{allocation}**.", "", pick_margins(rule, tasks, cells)]
     return "\n".join(lines) + "\n"
+
+
+def pick_margins(pick: str, tasks, cells) -> str:
+    """How far the picked keep rule is ahead of each other rule, run by run: a run (one allocation x seed)
+    scores a rule by the mean of its halvings' 'acc - float'; the margin is the pick's score minus the
+    other rule's, given as its mean and a 95% t-interval over the runs (sqref.stats.mean_interval; the
+    spread between runs only, the halvings share the same 500 images)."""
+    per_run = [{name: float(np.mean(np.asarray(v)[:, 0])) for name, v in cell} for cell in cells]
+    if len(per_run) < 2:  # (reduced test runs) no spread to measure
+        return "One run: no interval for the pick's margin."
+    margins = []
+    for other in per_run[0]:
+        if other != pick:
+            mean, lo, hi = mean_interval([100 * (run_[pick] - run_[other]) for run_ in per_run])
+            margins.append(f"{other} {mean:+.2f} ({lo:+.2f} to {hi:+.2f})")
+    return (f"The pick's margin over each other rule, in points of 'acc - float', run by run ({len(tasks)} runs: "
+            "allocation x seed), mean and 95% t-interval over the runs: " + "; ".join(margins) + ". "
+            "An interval that holds 0 means these runs cannot tell the two rules apart.")
