@@ -29,7 +29,6 @@ from hypothesis import given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from sqref import testing  # noqa: E402
-from sqref.integer import oracle  # noqa: E402
 import sqref  # noqa: E402
 from sqref import integer  # noqa: E402
 from sqref.backends import tflite as tflite_io  # noqa: E402

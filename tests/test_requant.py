@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sqref.integer import requant
 from sqref.integer.requant import INT32_MAX, INT32_MIN, MODES, QUANTIZE_MODES
-from sqref.testing import assert_bit_exact, multipliers, quantize_cases, requant_cases
+from sqref.testing import assert_bit_exact, quantize_cases, requant_cases
 
 U8 = dict(qmin=0, qmax=255)
 I8 = dict(qmin=-128, qmax=127)
