@@ -6,8 +6,8 @@
     run_tasks(fn, tasks, shared={"model": m}, parts=[{"x": x[0:250]}, ...])   large arguments, sent once
 
 `fn` is a pure, module-level function (the workers import it by name, so
-they need the same sqref version: connect checks it, check_versions); each task is a dict of its parameters and
-`fn(**task)` returns a small result (numbers, short strings: they travel back
+they need the same sqref version, which connect checks: check_versions); each
+task is a dict of its parameters and `fn(**task)` returns a small result (numbers, short strings: they travel back
 to this process). The results come back in the order the tasks were listed,
 whatever order they finished in, so a study that formats them here writes the
 same bytes in-process and on a cluster (docs/scale.md).
@@ -52,6 +52,7 @@ import pathlib
 import numpy as np
 
 CONNECT_TIMEOUT = 5.0  # seconds to reach a --scheduler and find a worker there
+WINDOW_PER_THREAD = 4  # tasks submitted and not yet done, per worker thread (keeps every worker fed)
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -265,25 +266,38 @@ def _broadcast(client, shared: dict) -> dict:
 
 
 def _run_on(client, fn, tasks, progress, shared, parts, on_result) -> list:
+    """The tasks on the cluster, at most WINDOW_PER_THREAD per worker thread at a time: a task is
+    submitted when one before it completes, so the scheduler never holds more than that many tasks'
+    parts (a batch of inputs each), whatever the number of tasks."""
     from dask.distributed import as_completed
 
     shared_futures = _broadcast(client, shared)
+    window = max(1, WINDOW_PER_THREAD * sum(client.nthreads().values()))
     # a part travels inside its task (this process -> scheduler -> worker), not scattered: the scheduler
     # keeps it, so a task whose worker died runs again elsewhere (scattered data dies with its worker)
-    futures = [client.submit(run_one, fn, task, shared_futures, parts[index], pure=False)
-               for index, task in enumerate(tasks)]
-    where = {future.key: index for index, future in enumerate(futures)}
+    live, submitted = {}, 0  # key: (index, future) of each task submitted and not yet read back
+
+    def submit():
+        nonlocal submitted
+        future = client.submit(run_one, fn, tasks[submitted], shared_futures, parts[submitted], pure=False)
+        live[future.key] = submitted, future
+        submitted += 1
+        return future
+
+    running = as_completed([submit() for _ in range(min(window, len(tasks)))], loop=client.loop)
     results, done = [None] * len(tasks), 0
     try:
-        for future in as_completed(futures, loop=client.loop):
-            index = where[future.key]
+        for future in running:
+            index, _ = live.pop(future.key)  # read once, then dropped: Dask forgets a task no future refers to
             try:
                 results[index] = future.result()
             except Exception as exc:
                 raise _failed(index, tasks[index], exc) from exc
             done += 1
+            if submitted < len(tasks):
+                running.add(submit())
             _completed(index, results[index], done, len(tasks), on_result, progress)
     finally:
-        client.cancel([future for future in futures if not future.done()])
+        client.cancel([future for _, future in live.values()])
         client.cancel(list(shared_futures.values()))
     return results

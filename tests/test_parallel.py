@@ -178,6 +178,24 @@ def test_the_workers_run_this_sqref(scheduler):
         assert set(client.run(parallel.installed_version).values()) == {parallel.installed_version()}
 
 
+def unfinished_tasks(dask_scheduler):
+    """On the scheduler: how many run_one tasks are submitted and not finished."""
+    return sum(str(key).startswith("run_one") and task.state in ("waiting", "no-worker", "queued", "processing")
+               for key, task in dask_scheduler.tasks.items())
+
+
+def test_the_cluster_gets_a_window_of_tasks_at_a_time(scheduler, monkeypatch):
+    monkeypatch.setattr(parallel, "WINDOW_PER_THREAD", 1)  # 2 workers of one thread: 2 tasks out at a time
+    tasks = [{"name": f"w{i}", "size": 1, "pause": 0.2} for i in range(8)]
+    seen = []
+    with parallel.connect(scheduler) as client:
+        client.wait_for_workers(2, timeout=30)
+        results = run_tasks(draw, tasks, scheduler=scheduler,
+                            progress=lambda done, total: seen.append(client.run_on_scheduler(unfinished_tasks)))
+    assert results == run_tasks(draw, tasks)
+    assert len(seen) == 8 and max(seen) <= 2, seen  # (all at once, the first count would be 7)
+
+
 def test_the_workers_run_one_blas_thread(scheduler):
     keys = [*parallel.ONE_THREAD, "MALLOC_TRIM_THRESHOLD_"]
     with parallel.connect(scheduler) as client:
