@@ -156,6 +156,7 @@ def test_mean_interval_literal():
 
     # 1, 2, 3: mean 2, s = 1, t_{0.975, 2} = 4.302653 (tables): 2 -+ 4.302653 / sqrt(3) = 2 -+ 2.484138
     mean, lo, hi = mean_interval([1.0, 2.0, 3.0])
+    # abs 2e-6: the table gives t to 6 decimals (4.302653 / sqrt(3) to 1e-6, then rounded)
     assert mean == 2.0 and (lo, hi) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=2e-6)
     assert mean_interval([0.5, 0.5]) == (0.5, 0.5, 0.5)  # no spread, no width
     for bad in ([1.0], [1.0, np.nan], [[1.0, 2.0]]):

@@ -80,10 +80,10 @@ def test_pick_margins_literal():
     cells = [[["a", [[0.010, 0.99, 3], [0.030, 0.99, 4]]], ["b", [[0.000, 0.98, 30], [0.000, 0.98, 30]]]],
              [["a", [[0.000, 0.99, 5], [0.000, 0.99, 5]]], ["b", [[0.004, 0.98, 30], [0.004, 0.98, 30]]]]]
     # margins a - b in points: +2.0 and -0.4; mean 0.8, s = 1.697056, t_{0.975, 1} = 12.706205: half 15.248
-    text = studies.pick_margins("a", [{}, {}], cells)
+    text = studies.pick_margins("a", cells)
     assert "(2 runs: allocation x seed)" in text and "b +0.80 (-14.45 to +16.05)" in text
     assert "a +" not in text  # the pick is not compared with itself
-    assert studies.pick_margins("a", [{}], cells[:1]) == "One run: no interval for the pick's margin."
+    assert studies.pick_margins("a", cells[:1]) == "One run: no interval for the pick's margin."
 
 
 def test_every_study_is_silent_by_default():
@@ -168,6 +168,12 @@ def test_output_refuses_to_overwrite_a_page_with_markers(tmp_path, fake, capsys)
     assert main(["study", "fake", "-o", str(path), "--force"]) == 2
     assert "has sqref study markers: use --update" in capsys.readouterr().err
     assert path.read_bytes() == PAGE.encode()
+
+
+def test_output_with_force_writes_a_file_that_is_not_there_yet(tmp_path, fake, capsys):
+    path = tmp_path / "new.md"  # --force allows a replacement; it does not require a file to replace
+    assert main(["study", "fake", "-o", str(path), "--force"]) == 0
+    assert path.read_text().startswith("<!-- sqref study fake: begin -->\n## New table")
 
 
 def test_a_new_page_can_be_updated(tmp_path, fake, monkeypatch, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
+import os
 
 from sqref import plots
 from sqref.cli.args import UsageError, add_cluster_options, cluster_option, progress_enabled, require_dask
@@ -87,7 +88,7 @@ def cmd_study(args) -> dict:
     keys = {name: results.section_key(name, args.label) for name in names}
     plot = check_output_path(args.plot, force=args.force) if args.plot else None
     out = check_output_path(args.output, force=args.force) if args.output else None
-    if out and args.force and results.has_markers(out):
+    if out and args.force and os.path.exists(out) and results.has_markers(out):
         raise UsageError(f"output {out} has sqref study markers: use --update {out} to replace only the generated "
                          "sections (text outside the markers would be lost)")
     if args.update:

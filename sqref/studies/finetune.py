@@ -288,11 +288,11 @@ def finetune_keep_study(progress=False, *, workers=None, scheduler=None, cache=N
     for r, by in mean.items():
         row = " | ".join(f"{100 * by[k][0]:+.3f} | {100 * by[k][1]:.2f} | {by[k][2]:.1f}" for k in labels)
         lines.append(f"| {r} | {row} |")
-    lines += ["", f"Pick: **{rule}**, then bits **{allocation}**.", "", pick_margins(rule, tasks, cells)]
+    lines += ["", f"Pick: **{rule}**, then bits **{allocation}**.", "", pick_margins(rule, cells)]
     return "\n".join(lines) + "\n"
 
 
-def pick_margins(pick: str, tasks, cells) -> str:
+def pick_margins(pick: str, cells) -> str:
     """How far the picked keep rule is ahead of each other rule, run by run: a run (one allocation x seed)
     scores a rule by the mean of its halvings' 'acc - float'; the margin is the pick's score minus the
     other rule's, given as its mean and a 95% t-interval over the runs (sqref.stats.mean_interval; the
@@ -305,6 +305,6 @@ def pick_margins(pick: str, tasks, cells) -> str:
         if other != pick:
             mean, lo, hi = mean_interval([100 * (run_[pick] - run_[other]) for run_ in per_run])
             margins.append(f"{other} {mean:+.2f} ({lo:+.2f} to {hi:+.2f})")
-    return (f"The pick's margin over each other rule, in points of 'acc - float', run by run ({len(tasks)} runs: "
+    return (f"The pick's margin over each other rule, in points of 'acc - float', run by run ({len(cells)} runs: "
             "allocation x seed), mean and 95% t-interval over the runs: " + "; ".join(margins) + ". "
             "An interval that holds 0 means these runs cannot tell the two rules apart.")
