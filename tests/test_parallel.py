@@ -2,6 +2,7 @@
 cluster; the in-process default never imports Dask; an unreachable scheduler is a one-line
 error; a killed worker changes no result. The cluster tests share ONE LocalCluster of two
 processes (a module-scoped fixture: starting one takes seconds) and skip without Dask."""
+import contextlib
 import importlib.util
 import os
 import json
@@ -254,31 +255,45 @@ def draw_scaled(name, size, pause, scale, x):
     return draw(name, size, task_seed({"name": name, "size": size, "pause": pause}), pause), scale * x
 
 
+@contextlib.contextmanager
+def workers_to_kill(scheduler):
+    """(a client of the cluster once both workers are up, {worker address: pid}); this process's
+    environment is put back afterwards: the nanny sets its variables here again when it restarts a
+    killed worker."""
+    saved = dict(os.environ)
+    try:
+        with parallel.connect(scheduler) as client:
+            client.wait_for_workers(2, timeout=30)
+            yield client, client.run(os.getpid)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def assert_restarted(client, pid):
+    """The nanny started a new worker process in place of the killed `pid`."""
+    client.wait_for_workers(2, timeout=30)
+    assert pid not in client.run(os.getpid).values()
+
+
 @pytest.mark.parametrize("large", [False, True], ids=["plain", "shared-and-parts"])
 def test_a_killed_worker_changes_no_result(scheduler, large):
     tasks = [{"name": f"k{i}", "size": 2, "pause": 0.3} for i in range(12)]
     fn, kwargs = draw, {}
     if large:
         fn, kwargs = draw_scaled, {"shared": {"scale": 2.0}, "parts": [{"x": float(i)} for i in range(12)]}
-    saved = dict(os.environ)  # the nanny sets its variables in this process again when it restarts the worker
-    try:
-        with parallel.connect(scheduler) as client:
-            client.wait_for_workers(2, timeout=30)
-            pids = list(client.run(os.getpid).values())
-            killed = []
+    with workers_to_kill(scheduler) as (client, pids):
+        victim = next(iter(pids.values()))
+        killed = []
 
-            def kill_one(done, total):
-                if done == 2 and not killed:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
+        def kill_one(done, total):
+            if done == 2 and not killed:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
 
-            results = run_tasks(fn, tasks, scheduler=scheduler, progress=kill_one, **kwargs)
-            assert killed and results == run_tasks(fn, tasks, **kwargs)
-            client.wait_for_workers(2, timeout=30)  # the nanny restarted it
-            assert pids[0] not in client.run(os.getpid).values()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        results = run_tasks(fn, tasks, scheduler=scheduler, progress=kill_one, **kwargs)
+        assert killed and results == run_tasks(fn, tasks, **kwargs)
+        assert_restarted(client, victim)
 
 
 # --- large arguments: shared (sent once to every worker) and parts (one per task) -------------------------------
@@ -555,40 +570,32 @@ def test_a_worker_killed_during_a_fine_tuning_cell_changes_no_figure(scheduler, 
 
     from sqref.studies.finetune import finetune_study
 
-    saved = dict(os.environ)  # the nanny sets its variables in this process again when it restarts the worker
-    try:
-        with parallel.connect(scheduler) as client:
-            client.wait_for_workers(2, timeout=30)
-            pids = client.run(os.getpid)  # {worker address: pid}
-            killed, stop = [], threading.Event()
+    with workers_to_kill(scheduler) as (client, pids):
+        killed, stop = [], threading.Event()
 
-            def kill_the_busy_worker():
-                busy_since = {}
-                while not stop.wait(0.1):
-                    for address, keys in client.processing().items():
-                        if not keys or address not in pids:
-                            busy_since.pop(address, None)
-                            continue
-                        busy_since.setdefault(address, time.monotonic())
-                        if time.monotonic() - busy_since[address] > 0.5:
-                            os.kill(pids[address], signal.SIGKILL)
-                            killed.append(pids[address])
-                            return
+        def kill_the_busy_worker():
+            busy_since = {}
+            while not stop.wait(0.1):
+                for address, keys in client.processing().items():
+                    if not keys or address not in pids:
+                        busy_since.pop(address, None)
+                        continue
+                    busy_since.setdefault(address, time.monotonic())
+                    if time.monotonic() - busy_since[address] > 0.5:
+                        os.kill(pids[address], signal.SIGKILL)
+                        killed.append(pids[address])
+                        return
 
-            killer = threading.Thread(target=kill_the_busy_worker, daemon=True)
-            killer.start()
-            try:
-                markdown = finetune_study(scheduler=scheduler)
-            finally:
-                stop.set()
-                killer.join()
-            assert killed, "the cell ended before a worker was killed"
-            assert markdown == alone[0]["finetune"]
-            client.wait_for_workers(2, timeout=30)  # the nanny restarted it
-            assert killed[0] not in client.run(os.getpid).values()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        killer = threading.Thread(target=kill_the_busy_worker, daemon=True)
+        killer.start()
+        try:
+            markdown = finetune_study(scheduler=scheduler)
+        finally:
+            stop.set()
+            killer.join()
+        assert killed, "the cell ended before a worker was killed"
+        assert markdown == alone[0]["finetune"]
+        assert_restarted(client, killed[0])
 
 
 def test_a_fine_tuning_study_reads_every_cell_back_from_its_cache(scheduler, alone, reduced, capsys):
