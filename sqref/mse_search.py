@@ -31,7 +31,9 @@ from sqref.quant import grid_params
 # and the float32 scale of least SSE is a float32 neighbour of one of those points.
 ENUMERATE = 1 << 15  # a channel with at most this many breakpoints has them all enumerated (258 weights at 8 bits)
 BRACKET_BUDGET = 1 << 13  # breakpoints enumerated inside the bracket of a larger channel
-BRACKET_GRID = 32  # first bracketing level: geometric intervals of the scale
+PROBES = 17  # first upper bound: the SSE at this many geometric scales, then as many between the best one's neighbours
+TILES = 160  # the first level tiles the scales left with at most this many narrow intervals ...
+BRACKET_GRID = 32  # ... or else with this many geometric (wide) ones
 BRACKET_SPLIT = 4  # each further level splits every surviving interval in this many
 BRACKET_LEVELS = 6  # then the intervals of least lower bound, up to BRACKET_BUDGET breakpoints
 FINALIST_PIECES = 8  # at most this many pieces' float32 neighbours are evaluated exactly
@@ -85,7 +87,7 @@ def _pairwise_sum(terms):
 
 def level_sum(terms, single):
     """Row sums of a (T, K) array, term after term; pairwise (_pairwise_sum) on the rows where `single` is True."""
-    sums = np.cumsum(terms, axis=1)[:, -1]
+    sums = np.asfortranarray(terms).sum(axis=1)  # F order: numpy adds column after column, one running sum per row
     if single.any():
         sums[single] = _pairwise_sum(terms[single])
     return sums
@@ -124,14 +126,14 @@ def approx_sse(a, cum1, cum2, ch, scales, qmax):
 
 
 def _wide_bounds(a, cum1, cum2, ch, lo, hi, at_lo, at_hi, qmax):
-    """For intervals [lo, hi]: a lower bound of the SSE over s in [lo, hi], the breakpoints inside, the SSE at the ends.
+    """For intervals [lo, hi]: a lower bound of the SSE over s in [lo, hi] and the breakpoints inside.
 
     The bound charges each |x| its squared distance to the values any such
     grid offers, U = union over c = 0..qmax of [c lo, c hi]: 0 inside level
     c's span, the nearer end in the gap (c hi, (c + 1) lo), (|x| - qmax hi)**2
     above. O(qmax log m) per interval with the prefix sums. at_lo, at_hi
     (T, qmax): _cuts at lo and hi; the breakpoints in [lo, hi) are the |x| in
-    [(j - 1/2) lo, (j - 1/2) hi). Each (T,).
+    [(j - 1/2) lo, (j - 1/2) hi). Both (T,).
     """
     c = np.arange(qmax + 1)
     multiples = c * hi[:, None]  # (T, qmax + 1): c hi
@@ -145,26 +147,26 @@ def _wide_bounds(a, cum1, cum2, ch, lo, hi, at_lo, at_hi, qmax):
     i_end, i_nxt, top = i_mult[:, :qmax], np.maximum(i_low, i_mult[:, :qmax]), multiples[:, qmax]
     gaps = _slice_sse(cum1, cum2, ch, i_end, i_mid, end) + _slice_sse(cum1, cum2, ch, i_mid, i_nxt, nxt)
     bound = _pairwise_sum(gaps) + _slice_sse(cum1, cum2, ch, i_mult[:, qmax], a.shape[1], top)
-    return (bound, (at_hi - at_lo).sum(axis=1),
-            _approx_sse_at(cum1, cum2, ch, lo, at_lo, qmax), _approx_sse_at(cum1, cum2, ch, hi, at_hi, qmax))
+    return bound, (at_hi - at_lo).sum(axis=1)
 
 
-def _narrow_lower_bound(a, cum1, cum2, ch, lo, hi, down, up, qmax, single):
+def _narrow_lower_bound(cum1, cum2, ch, lo, hi, down, up, qmax, single):
     """A tighter lower bound of the SSE over s in [lo, hi], for narrow intervals: hi / lo < (qmax - 1/2) / (qmax - 1).
 
-    Then every |x| changes code at most once in [lo, hi]. The |x| that do not change keep their codes: their SSE is
-    one quadratic in s, minimised over [lo, hi] in closed form. Each |x| that
-    changes (from j - 1 to j, i.e. |x| in [(j - 1/2) lo, (j - 1/2) hi)) lies in
-    the gap ((j - 1) hi, j lo) and is charged its squared distance to the
-    nearer end. down, up (T, qmax): _cuts at lo and hi (up: the first index
-    with code >= j at s = hi). single (T,): the interval is its row's only
-    narrow one (the order of three sums, see level_sum). Returns the bound,
-    the fixed part's minimiser and the number of breakpoints inside, each (T,).
+    Then every |x| changes code at most once in [lo, hi]. The |x| that do not
+    change keep their codes: their SSE is one quadratic in s, minimised over
+    [lo, hi] in closed form. An |x| that changes from code j - 1 to j lies in
+    [(j - 1/2) lo, (j - 1/2) hi); at any s in [lo, hi] it is at least
+    g1 = (j - 1/2) lo - (j - 1) hi from (j - 1) s (code j - 1) and, if it is
+    below j lo, at least g2 = j lo - (j - 1/2) hi from j s (code j): each is
+    charged max(0, min(g1, g2))**2, which needs its count only (no search).
+    down, up (T, qmax): _cuts at lo and hi (up: the first index with code >= j
+    at s = hi). single (T,): the interval is its row's only narrow one (the
+    order of three sums, see level_sum). Returns the bound and the number of
+    breakpoints inside, each (T,).
     """
-    n = a.shape[1]
+    n = cum1.shape[1] - 1
     j = np.arange(1, qmax + 1)
-    left, right = (j - 1) * hi[:, None], j * lo[:, None]  # the gap's ends
-    mid = np.clip(_positions(a, ch, 0.5 * (left + right)), down, up)
     c1_up, c1_down, c2_up, c2_down = _at(cum1, ch, up), _at(cum1, ch, down), _at(cum2, ch, up), _at(cum2, ch, down)
     a_hi = level_sum(_at(cum1, ch, n)[:, None] - c1_up, single)  # A and B at s = hi (see _pieces)
     b_hi = ((n - up) * (2 * j - 1)).sum(axis=1)
@@ -174,8 +176,9 @@ def _narrow_lower_bound(a, cum1, cum2, ch, lo, hi, down, up, qmax, single):
     s2_fix = _at(cum2, ch, n) - level_sum(c2_up - c2_down, single)
     s = np.clip(a_fix / np.maximum(b_fix, 1), lo, hi)
     fixed = s2_fix - 2.0 * s * a_fix + s * s * b_fix
-    changing = _slice_sse(cum1, cum2, ch, down, mid, left) + _slice_sse(cum1, cum2, ch, mid, up, right)
-    return fixed + _pairwise_sum(changing), s, (up - down).sum(axis=1)
+    gap = np.minimum((j - 0.5) * lo[:, None] - (j - 1) * hi[:, None], j * lo[:, None] - (j - 0.5) * hi[:, None])
+    np.maximum(gap, 0.0, out=gap)
+    return fixed + _pairwise_sum((up - down) * gap * gap), (up - down).sum(axis=1)
 
 
 def _model_tolerance(cum2, n, qmax, s_top):
@@ -191,12 +194,66 @@ def _breakpoint_counts(a, ch, lo, hi, qmax):
     return (_cuts(a, ch, hi, qmax) - _cuts(a, ch, lo, qmax)).sum(axis=1)
 
 
+def _first_level(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
+    """The first level of _bracket for the given rows: its intervals, their _cuts, and an upper bound U per row.
+
+    1. U: the least approx_sse at PROBES geometric scales over [s_lo, s_top],
+       then at PROBES scales evenly between the best one's two neighbours.
+    2. s_clip: at any scale s' <= s, every |x| > qmax s is clipped and costs
+       (|x| - qmax s')**2 >= (|x| - qmax s)**2, so
+       clip(s) = sum over |x| > qmax s of (|x| - qmax s)**2 bounds the SSE on
+       (0, s] from below, and falls as s grows. The largest of 33 geometric
+       scales between s_lo and the best probe with clip > U + tol, refined
+       once more between it and the next: no scale below s_clip can hold the
+       minimum.
+    3. [s_clip, s_top] in geometric intervals just inside the narrow limit
+       (hi / lo < (qmax - 1/2) / (qmax - 1), so the tighter bound applies at
+       once) when at most TILES do, else (or if fewer) BRACKET_GRID geometric ones.
+    s_lo, s_top, tol: (R,) per row of a. Returns ch, lo, hi (T,), at_lo, at_hi
+    (T, qmax) and U (R,) (inf on the rows not searched).
+    """
+    n_rows, n = a.shape
+    k, idx = rows.size, np.arange(rows.size)
+    upper = np.full(n_rows, np.inf)
+    probes = np.stack([np.geomspace(s_lo[r], s_top[r], PROBES) for r in rows])
+    sse = approx_sse(a, cum1, cum2, np.repeat(rows, PROBES), probes.ravel(), qmax).reshape(k, PROBES)
+    best = np.argmin(sse, axis=1)
+    left, right = probes[idx, np.maximum(best - 1, 0)], probes[idx, np.minimum(best + 1, PROBES - 1)]
+    between = left[:, None] + (right - left)[:, None] * np.linspace(0.0, 1.0, PROBES)
+    sse_between = approx_sse(a, cum1, cum2, np.repeat(rows, PROBES), between.ravel(), qmax).reshape(k, PROBES)
+    upper[rows] = np.minimum(sse.min(axis=1), sse_between.min(axis=1))
+    s_best = np.where(sse.min(axis=1) <= sse_between.min(axis=1), probes[idx, best],
+                      between[idx, np.argmin(sse_between, axis=1)])  # clip(s_best) <= SSE(s_best) = U
+    s_clip, top = s_lo[rows].copy(), s_best
+    for _ in range(2):
+        scales = np.exp(np.linspace(np.log(s_clip), np.log(top), 33, axis=1))  # (k, 33)
+        over = qmax * scales
+        first = _positions(a, rows, over)  # the first |x| >= qmax s (ties cost 0 either way)
+        ch33 = np.repeat(rows, 33)
+        clip = _slice_sse(cum1, cum2, ch33, first.ravel(), np.full(first.size, n), over.ravel()).reshape(k, 33)
+        out = clip > (upper + tol)[rows][:, None]
+        some = out.any(axis=1)
+        last = 32 - np.argmax(out[:, ::-1], axis=1)  # the largest scale ruled out
+        s_clip = np.where(some, scales[idx, last], s_clip)
+        top = np.where(some, scales[idx, np.minimum(last + 1, 32)], scales[idx, 0])
+    count = np.full(k, BRACKET_GRID)
+    if qmax > 1:  # (with one level every interval is narrow)
+        step = 0.98 * np.log((qmax - 0.5) / (qmax - 1))  # a little inside the limit: the float edges stay narrow
+        narrow = np.ceil(np.log(s_top[rows] / s_clip) / step).astype(np.int64)
+        count = np.where(narrow <= TILES, np.maximum(narrow, BRACKET_GRID), BRACKET_GRID)
+    edges = np.concatenate([np.geomspace(s_clip[t], s_top[r], count[t] + 1) for t, r in enumerate(rows)])
+    cuts = _cuts(a, np.repeat(rows, count + 1), edges, qmax)
+    first_edge = np.cumsum(count + 1) - (count + 1)
+    at = np.concatenate([f + np.arange(c) for f, c in zip(first_edge, count)])  # each interval's lower edge
+    return np.repeat(rows, count), edges[at], edges[at + 1], cuts[at], cuts[at + 1], upper
+
+
 def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
     """Intervals of the scale in [s_lo, s_top] that may hold the least SSE, for each of the `rows` (branch and bound).
 
-    Per row: split [s_lo, s_top] into geometric intervals; the SSE at every
-    interval end (and at each narrow interval's own estimate) is an upper bound
-    U of the minimum; an interval whose lower bound (_wide_bounds, or
+    Per row: a first upper bound U of the minimum, the scales below s_clip
+    ruled out, and the rest in intervals (_first_level); the SSE at every
+    interval end lowers U; an interval whose lower bound (_wide_bounds, or
     _narrow_lower_bound once narrow) exceeds U + tol cannot hold it and is
     dropped; split the others in BRACKET_SPLIT and repeat until they hold at
     most BRACKET_BUDGET breakpoints: then the bracket is exact (to tol).
@@ -210,27 +267,22 @@ def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
     n_rows = a.shape[0]
     if rows.size == 0:
         return {}
-    edges = np.stack([np.geomspace(s_lo[r], s_top[r], BRACKET_GRID + 1) for r in rows])
-    cuts = _cuts(a, np.repeat(rows, BRACKET_GRID + 1), edges.ravel(), qmax).reshape(rows.size, BRACKET_GRID + 1, qmax)
-    ch, lo, hi = np.repeat(rows, BRACKET_GRID), edges[:, :-1].ravel(), edges[:, 1:].ravel()
-    at_lo, at_hi = cuts[:, :-1].reshape(-1, qmax), cuts[:, 1:].reshape(-1, qmax)
+    ch, lo, hi, at_lo, at_hi, upper = _first_level(a, cum1, cum2, rows, qmax, s_lo, s_top, tol)
     active = np.isin(np.arange(n_rows), rows)
-    upper = np.full(n_rows, np.inf)
     brackets = {}
     for level in range(BRACKET_LEVELS + 1):
         is_narrow = hi * (qmax - 1) < lo * (qmax - 0.5)
-        bound, counts, probe = np.empty(lo.size), np.empty(lo.size, dtype=np.int64), np.empty(lo.size)
+        bound, counts = np.empty(lo.size), np.empty(lo.size, dtype=np.int64)
         wide, narrow = np.flatnonzero(~is_narrow), np.flatnonzero(is_narrow)
         if wide.size:
-            bound[wide], counts[wide], sse_lo, sse_hi = _wide_bounds(a, cum1, cum2, ch[wide], lo[wide], hi[wide],
-                                                                     at_lo[wide], at_hi[wide], qmax)
-            probe[wide] = np.minimum(sse_lo, sse_hi)
+            bound[wide], counts[wide] = _wide_bounds(a, cum1, cum2, ch[wide], lo[wide], hi[wide],
+                                                     at_lo[wide], at_hi[wide], qmax)
         if narrow.size:
             single = np.bincount(ch[narrow], minlength=n_rows)[ch[narrow]] == 1
-            bound[narrow], inside, counts[narrow] = _narrow_lower_bound(
-                a, cum1, cum2, ch[narrow], lo[narrow], hi[narrow], at_lo[narrow], at_hi[narrow], qmax, single)
-            probe[narrow] = approx_sse(a, cum1, cum2, ch[narrow], inside, qmax)
-        upper = np.minimum(upper, _row_min(probe, ch, n_rows))
+            bound[narrow], counts[narrow] = _narrow_lower_bound(
+                cum1, cum2, ch[narrow], lo[narrow], hi[narrow], at_lo[narrow], at_hi[narrow], qmax, single)
+        ends = np.minimum(_approx_sse_at(cum1, cum2, ch, lo, at_lo, qmax), _approx_sse_at(cum1, cum2, ch, hi, at_hi, qmax))
+        upper = np.minimum(upper, _row_min(ends, ch, n_rows))
         keep = bound <= (upper + tol)[ch]
         ch, lo, hi, at_lo, at_hi, bound, counts = (v[keep] for v in (ch, lo, hi, at_lo, at_hi, bound, counts))
         starts = np.searchsorted(ch, np.arange(n_rows + 1))
