@@ -78,7 +78,7 @@ def _slice_sse(cum1, cum2, ch, lo, hi, v):
 
 # Sums over the code levels keep the order of the search as it was written for one channel at a time
 # (numpy's order for its arrays), so that no result changes: pairwise (numpy's sum of a contiguous row),
-# except A, and the parts of A and S2 that move, in _narrow_lower_bound and _pieces, which numpy summed
+# except A, and the parts of A and S2 that move, in narrow_lower_bound and _pieces, which numpy summed
 # over F-ordered (S, qmax) arrays: level after level, or pairwise when the call had one interval (S == 1).
 def _pairwise_sum(terms):
     """Row sums of a (T, K) array: numpy's pairwise summation of each row."""
@@ -150,7 +150,7 @@ def _wide_bounds(a, cum1, cum2, ch, lo, hi, at_lo, at_hi, qmax):
     return bound, (at_hi - at_lo).sum(axis=1)
 
 
-def _narrow_lower_bound(cum1, cum2, ch, lo, hi, down, up, qmax, single):
+def narrow_lower_bound(cum1, cum2, ch, lo, hi, down, up, qmax, single):
     """A tighter lower bound of the SSE over s in [lo, hi], for narrow intervals: hi / lo < (qmax - 1/2) / (qmax - 1).
 
     Then every |x| changes code at most once in [lo, hi]. The |x| that do not
@@ -194,7 +194,7 @@ def _breakpoint_counts(a, ch, lo, hi, qmax):
     return (_cuts(a, ch, hi, qmax) - _cuts(a, ch, lo, qmax)).sum(axis=1)
 
 
-def _first_level(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
+def first_level(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
     """The first level of _bracket for the given rows: its intervals, their _cuts, and an upper bound U per row.
 
     1. U: the least approx_sse at PROBES geometric scales over [s_lo, s_top],
@@ -252,9 +252,9 @@ def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
     """Intervals of the scale in [s_lo, s_top] that may hold the least SSE, for each of the `rows` (branch and bound).
 
     Per row: a first upper bound U of the minimum, the scales below s_clip
-    ruled out, and the rest in intervals (_first_level); the SSE at every
+    ruled out, and the rest in intervals (first_level); the SSE at every
     interval end lowers U; an interval whose lower bound (_wide_bounds, or
-    _narrow_lower_bound once narrow) exceeds U + tol cannot hold it and is
+    narrow_lower_bound once narrow) exceeds U + tol cannot hold it and is
     dropped; split the others in BRACKET_SPLIT and repeat until they hold at
     most BRACKET_BUDGET breakpoints: then the bracket is exact (to tol).
     After BRACKET_LEVELS levels, keep the intervals of least lower bound up to
@@ -267,7 +267,7 @@ def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
     n_rows = a.shape[0]
     if rows.size == 0:
         return {}
-    ch, lo, hi, at_lo, at_hi, upper = _first_level(a, cum1, cum2, rows, qmax, s_lo, s_top, tol)
+    ch, lo, hi, at_lo, at_hi, upper = first_level(a, cum1, cum2, rows, qmax, s_lo, s_top, tol)
     active = np.isin(np.arange(n_rows), rows)
     brackets = {}
     for level in range(BRACKET_LEVELS + 1):
@@ -279,7 +279,7 @@ def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
                                                      at_lo[wide], at_hi[wide], qmax)
         if narrow.size:
             single = np.bincount(ch[narrow], minlength=n_rows)[ch[narrow]] == 1
-            bound[narrow], counts[narrow] = _narrow_lower_bound(
+            bound[narrow], counts[narrow] = narrow_lower_bound(
                 cum1, cum2, ch[narrow], lo[narrow], hi[narrow], at_lo[narrow], at_hi[narrow], qmax, single)
         ends = np.minimum(_approx_sse_at(cum1, cum2, ch, lo, at_lo, qmax), _approx_sse_at(cum1, cum2, ch, hi, at_hi, qmax))
         upper = np.minimum(upper, _row_min(ends, ch, n_rows))

@@ -2,6 +2,8 @@
 its sums keep their fixed orders, and boundary_dynamic keeps the boundaries it returned before the search
 was batched (golden values). Its exactness against every breakpoint: tests/test_clipping.py.
 """
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -73,3 +75,92 @@ def test_boundaries_are_bitwise_those_of_the_unbatched_search(bits):
     per_channel, per_tensor = GOLDEN[bits]
     assert clipping.boundary_dynamic(w, bits, axis=0).tolist() == per_channel
     assert clipping.boundary_dynamic(w, bits) == per_tensor
+
+
+# ----------------------------------------------------------------------------- the bracket's bounds
+def cuts_at(a, scale, qmax):
+    """The first index of each level j = 1..qmax at this scale: np.searchsorted(a, (j - 1/2) scale), (1, qmax)."""
+    return np.searchsorted(a, (np.arange(1, qmax + 1) - 0.5) * scale)[None]
+
+
+def narrow_bound(x, bits, lo, hi):
+    a, cum1, cum2 = prefix_sums(np.asarray([x], dtype=np.float64))
+    qmax = 2 ** (bits - 1) - 1
+    bound, inside = mse_search.narrow_lower_bound(cum1, cum2, np.zeros(1, dtype=np.int64), np.array([lo]),
+                                                  np.array([hi]), cuts_at(a[0], lo, qmax), cuts_at(a[0], hi, qmax),
+                                                  qmax, np.array([True]))
+    return float(bound[0]), int(inside[0])
+
+
+def exact_least_sse(x, bits, lo, hi):
+    """The least SSE over s in [lo, hi], in plain Python: every piece between breakpoints, minimised in closed form."""
+    a = [abs(float(v)) for v in x]
+    qmax = 2 ** (bits - 1) - 1
+    ends = sorted({lo, hi} | {v / (j - 0.5) for v in a for j in range(1, qmax + 1) if lo < v / (j - 0.5) < hi})
+    least = math.inf
+    for left, right in zip(ends, ends[1:]):
+        codes = [min(round(2 * v / (left + right)), qmax) for v in a]
+        big_a, big_b = sum(c * v for c, v in zip(codes, a)), sum(c * c for c in codes)
+        s = min(max(big_a / big_b, left), right) if big_b else right
+        least = min(least, sum((v - s * c) ** 2 for c, v in zip(codes, a)))
+    return least
+
+
+def test_narrow_bound_literal():
+    # qmax = 3, s in [1, 1.1]: 2.55 changes from code 2 to 3 at s = 1.02. With code 2 it is at least
+    # 2.55 - 2 * 1.1 = 0.35 away, with code 3 at least 3 * 1 - 2.55 = 0.45; the bound charges the least
+    # distance any such weight can have, min(2.5 lo - 2 hi, 3 lo - 2.5 hi) = min(0.3, 0.25): 0.0625.
+    assert narrow_bound([2.55], 3, 1.0, 1.1) == (pytest.approx(0.0625, abs=1e-15), 1)  # abs: one rounding of 0.25**2
+    assert exact_least_sse([2.55], 3, 1.0, 1.1) == pytest.approx(0.35**2, rel=1e-15)
+    # [1, 1.24] is still narrow (< 2.5 / 2), but 3.05 >= 3 lo: at s = 3.05 / 3 it sits on code 3 and costs
+    # nothing. The bound must say 0 (charging the distance to 3 lo, 0.05**2, would exceed the minimum).
+    assert narrow_bound([3.05], 3, 1.0, 1.24) == (0.0, 1)
+    assert exact_least_sse([3.05], 3, 1.0, 1.24) < 1e-30
+
+
+@given(st.lists(st.floats(-8, 8, allow_nan=False, allow_subnormal=False), min_size=1, max_size=30),
+       st.integers(2, 6), st.floats(0.02, 1.0), st.one_of(st.none(), st.integers(0, 29)),
+       st.one_of(st.floats(0.0, 1.0), st.floats(0.95, 1.0)))
+def test_the_narrow_bound_never_exceeds_the_least_sse(x, bits, where, anchor, width):
+    # Any narrow interval, up to the limit hi / lo < (qmax - 1/2) / (qmax - 1), anywhere below s_top; or
+    # (anchor) with lo just below some |x| / qmax, where a wide-enough interval lets that weight reach
+    # code qmax exactly (the second literal case).
+    qmax = 2 ** (bits - 1) - 1
+    top = max(abs(v) for v in x)
+    if top == 0:
+        return
+    lo = where * top / qmax if anchor is None else abs(x[anchor % len(x)]) / qmax * (1 - 1e-3 * where)
+    if lo == 0:
+        return
+    hi = lo * (1 + width * (0.5 / (qmax - 1) if qmax > 1 else 1.0))
+    if not hi * (qmax - 1) < lo * (qmax - 0.5):
+        return
+    bound, _ = narrow_bound(x, bits, lo, hi)
+    least = exact_least_sse(x, bits, lo, hi)
+    # slack: the prefix-sum form's float rounding (S2 - 2 s A + s^2 B), as _model_tolerance states it
+    assert bound <= least + 64 * np.finfo(np.float64).eps * (sum(v * v for v in x) + len(x) * (qmax * hi) ** 2)
+
+
+@given(channel_blocks(), st.integers(2, 8))
+def test_the_first_level_rules_out_only_scales_that_cannot_win(x, bits):
+    # Every scale below the first interval costs more than the upper bound U (the SSE at a probe), and
+    # the intervals tile [s_clip, s_top] edge to edge, narrow when there are at most TILES of them.
+    a, cum1, cum2 = prefix_sums(x)
+    qmax = 2 ** (bits - 1) - 1
+    rows = np.arange(len(a))
+    s_top = mse_search.grid_scales(a[:, -1], bits)
+    s_lo = np.minimum(np.array([r[np.searchsorted(r, 0.0, side="right")] for r in a]) / (qmax - 0.5), s_top)
+    rows = rows[s_lo < s_top]  # (the others are all clipped at every scale: search_scales searches no interval)
+    if rows.size == 0:
+        return
+    ch, lo, hi, _, _, upper = mse_search.first_level(a, cum1, cum2, rows, qmax, s_lo, s_top, np.zeros(len(a)))
+    for r in rows:
+        mine = ch == r
+        assert lo[mine][0] >= s_lo[r] and hi[mine][-1] == s_top[r]
+        np.testing.assert_array_equal(lo[mine][1:], hi[mine][:-1])
+        if qmax > 1 and mine.sum() <= mse_search.TILES and mine.sum() > mse_search.BRACKET_GRID:
+            assert (hi[mine] * (qmax - 1) < lo[mine] * (qmax - 0.5)).all()
+        below = lo[mine][0] * (1 - 2.0 ** -np.arange(1, 40))  # up to just below s_clip
+        for s in np.concatenate([np.geomspace(s_lo[r], lo[mine][0], 9)[:-1], below[below >= s_lo[r]]]):
+            codes = np.minimum(np.round(a[r] / s), qmax)
+            assert np.sum((a[r] - s * codes) ** 2) > upper[r] * (1 - 1e-12)
