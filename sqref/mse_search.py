@@ -253,7 +253,7 @@ def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
 
     Per row: a first upper bound U of the minimum, the scales below s_clip
     ruled out, and the rest in intervals (first_level); the SSE at every
-    interval end lowers U; an interval whose lower bound (_wide_bounds, or
+    interval's upper end lowers U; an interval whose lower bound (_wide_bounds, or
     narrow_lower_bound once narrow) exceeds U + tol cannot hold it and is
     dropped; split the others in BRACKET_SPLIT and repeat until they hold at
     most BRACKET_BUDGET breakpoints: then the bracket is exact (to tol).
@@ -281,8 +281,7 @@ def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
             single = np.bincount(ch[narrow], minlength=n_rows)[ch[narrow]] == 1
             bound[narrow], counts[narrow] = narrow_lower_bound(
                 cum1, cum2, ch[narrow], lo[narrow], hi[narrow], at_lo[narrow], at_hi[narrow], qmax, single)
-        ends = np.minimum(_approx_sse_at(cum1, cum2, ch, lo, at_lo, qmax), _approx_sse_at(cum1, cum2, ch, hi, at_hi, qmax))
-        upper = np.minimum(upper, _row_min(ends, ch, n_rows))
+        upper = np.minimum(upper, _row_min(_approx_sse_at(cum1, cum2, ch, hi, at_hi, qmax), ch, n_rows))
         keep = bound <= (upper + tol)[ch]
         ch, lo, hi, at_lo, at_hi, bound, counts = (v[keep] for v in (ch, lo, hi, at_lo, at_hi, bound, counts))
         starts = np.searchsorted(ch, np.arange(n_rows + 1))
