@@ -39,6 +39,7 @@ from sqref.quant import channel_rows, check_axis, check_bits, check_rounding, ch
 RULES = ("max", "percentile", "sigma", "aciq-gauss", "aciq-laplace", "kl", "kl-slides", "dynamic")
 KL_BINS = 2048  # TensorRT's histogram size
 KL_START_BIN = 128  # the fewest bins NVIDIA's calibrator keeps (its start_bin)
+KL_DENSE = 0.5  # a histogram with at least this fraction of its kl candidates scored: _group_terms_rows
 PERCENTILE_P = 99.99  # default p of the percentile rule
 SIGMA_N = 3.0  # default n of the sigma rule
 SEARCH_BLOCK = 1 << 23  # breakpoints (weights x qmax) per block of channels the dynamic rule searches together
@@ -153,6 +154,18 @@ def kl_bins_kept(hist, bits):
     histograms (tests/test_calibration.py).
     """
     one = np.ndim(hist) == 1
+    i, kl = kl_divergences(hist, bits)
+    last = kl.shape[1] - 1 - np.argmin(kl[:, ::-1], axis=1)  # the last argmin
+    return int(i[last[0]]) if one else i[last]
+
+
+def kl_divergences(hist, bits):
+    """The candidates i and the KL(P || Q) of each, as kl_bins_kept scores them: (I,), (C, I) (inf: not scored).
+
+    hist (B,) or (C, B) counts. See kl_bins_kept for the algorithm; a row
+    with at least KL_DENSE of its candidates scored is summed by
+    _group_terms_rows, the others pair by pair (bitwise the same sums).
+    """
     hist = np.array(hist, dtype=np.float64, ndmin=2)  # a copy: bin 0 is overwritten
     levels = 2 ** (bits - 1)
     hist[:, 0] = hist[:, 1]  # NVIDIA: the zero spike takes its neighbour's count
@@ -170,11 +183,36 @@ def kl_bins_kept(hist, bits):
     kept, beyond = i[cols_of], outliers[rows_of, cols_of]  # (P,) scored (row, candidate) pairs
     sum_p_log_p = cum_xlogx[rows_of, kept - 1] + _xlogx(hist[rows_of, kept - 1] + beyond)  # last bin + outliers
     g = np.arange(levels + 1)
-    log_int = np.log(np.maximum(np.arange(n_bins + 1), 1))  # log Z for the group sizes Z
     starts = (g * i[:, None] + levels - 1) // levels  # (I, L + 1): group g of candidate i starts at bin ceil(g i / L)
-    flat_mass, flat_nonempty = cum_mass.ravel(), cum_nonempty.astype(np.int64).ravel()
+    cum_nonempty = cum_nonempty.astype(np.int64)
+    log_int = np.log(np.maximum(np.arange(n_bins + 1), 1))  # log Z for the group sizes Z
+    dense = np.bincount(rows_of, minlength=rows) >= KL_DENSE * i.size
+    by_row = dense[rows_of]  # the pairs of the dense rows
     sum_p_log_q = np.empty(kept.size)
-    for p0, p1 in _row_blocks(kept.size, levels + 1):
+    sum_p_log_q[~by_row] = _group_terms_pairs(cum_mass, cum_nonempty, rows_of[~by_row], cols_of[~by_row],
+                                              beyond[~by_row], starts, log_int)
+    if by_row.any():
+        dense_rows = np.flatnonzero(dense)
+        every = _group_terms_rows(cum_mass, cum_nonempty, dense_rows, outliers[dense_rows], starts, log_int)
+        sum_p_log_q[by_row] = every[np.searchsorted(dense_rows, rows_of[by_row]), cols_of[by_row]]
+    kl = np.full(outliers.shape, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero row (total 0) gives NaN; _cap maps it to 0
+        kl[rows_of, cols_of] = ((sum_p_log_p - sum_p_log_q) / total[rows_of, 0] - np.log(total[rows_of, 0])
+                                + np.log(cum_mass[rows_of, kept]))
+    return i, kl
+
+
+def _group_terms_pairs(cum_mass, cum_nonempty, rows_of, cols_of, beyond, starts, log_int):
+    """sum_g P_g log(H_g / Z_g) of kl_divergences for the scored (row, candidate) pairs, pair by pair: (P,).
+
+    cum_mass, cum_nonempty (C, B + 1): prefix sums of the counts and of the
+    non-empty bins; beyond (P,): the outliers of each pair, added to its last
+    group; starts (I, L + 1): the groups' first bins per candidate.
+    """
+    n_bins, levels = cum_mass.shape[1] - 1, starts.shape[1] - 1
+    flat_mass, flat_nonempty = cum_mass.ravel(), cum_nonempty.ravel()
+    out = np.empty(rows_of.size)
+    for p0, p1 in _row_blocks(rows_of.size, levels + 1):
         at = starts[cols_of[p0:p1]] + (rows_of[p0:p1] * (n_bins + 1))[:, None]  # flat index into the prefix sums
         h_g = np.diff(flat_mass[at], axis=1)  # (P, L)
         z_g = np.diff(flat_nonempty[at], axis=1)
@@ -182,13 +220,44 @@ def kl_bins_kept(hist, bits):
         log_q -= log_int[z_g]
         h_g[:, -1] += beyond[p0:p1]  # now P_g: bin i - 1 is in group floor((i - 1) L / i) = L - 1
         h_g *= log_q
-        sum_p_log_q[p0:p1] = h_g.sum(axis=1)
-    kl = np.full(outliers.shape, np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero row (total 0) gives NaN; _cap maps it to 0
-        kl[rows_of, cols_of] = ((sum_p_log_p - sum_p_log_q) / total[rows_of, 0] - np.log(total[rows_of, 0])
-                                + np.log(cum_mass[rows_of, kept]))
-    last = kl.shape[1] - 1 - np.argmin(kl[:, ::-1], axis=1)  # the last argmin
-    return int(i[last[0]]) if one else i[last]
+        out[p0:p1] = h_g.sum(axis=1)
+    return out
+
+
+def _group_terms_rows(cum_mass, cum_nonempty, rows, outliers, starts, log_int):
+    """The same sums for every candidate of the given rows: (len(rows), I); outliers (len(rows), I).
+
+    For histograms with most candidates scored (large channels). The first
+    L - 1 groups of all the candidates span few distinct bin ranges (17,917
+    for 2048 bins and L = 128, against 243,967 group terms), the same in every
+    row: each range's term is computed once per row and gathered with one
+    index shared by the rows. The last group, which holds the outliers, is
+    computed apart. Every term comes from the same operations as in
+    _group_terms_pairs and each candidate's L terms are summed as one
+    contiguous row in the same order, so the sums are bitwise the same
+    (tests/test_calibration.py checks both ways).
+    """
+    n_bins, levels = cum_mass.shape[1] - 1, starts.shape[1] - 1
+    first, end = starts[:, :-2].ravel(), starts[:, 1:-1].ravel()
+    ranges, which = np.unique(first * (n_bins + 1) + end, return_inverse=True)
+    lo, hi, which = ranges // (n_bins + 1), ranges % (n_bins + 1), which.reshape(starts.shape[0], levels - 1)
+    out = np.empty((rows.size, starts.shape[0]))
+    for r0, r1 in _row_blocks(rows.size, which.size + starts.shape[0]):
+        mass, nonempty = cum_mass[rows[r0:r1]], cum_nonempty[rows[r0:r1]]
+        h = mass[:, hi] - mass[:, lo]  # (R, ranges)
+        term = np.log(np.maximum(h, 1.0))
+        term -= log_int[nonempty[:, hi] - nonempty[:, lo]]
+        term *= h
+        terms = np.empty((r1 - r0, starts.shape[0], levels))
+        terms[:, :, :-1] = np.take(term, which, axis=1)
+        h_last = mass[:, starts[:, -1]] - mass[:, starts[:, -2]]  # (R, I)
+        log_q = np.log(np.maximum(h_last, 1.0))
+        log_q -= log_int[nonempty[:, starts[:, -1]] - nonempty[:, starts[:, -2]]]
+        h_last += outliers[r0:r1]
+        h_last *= log_q
+        terms[:, :, -1] = h_last
+        out[r0:r1] = terms.sum(axis=2)
+    return out
 
 
 def _kl_alpha(hist, amax, bits):

@@ -84,6 +84,27 @@ def test_kl_matches_nvidia_on_hand_made_histograms(kind, bits):
     assert got == best
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_kl_sums_are_bitwise_the_same_pair_by_pair_or_row_by_row(bits):
+    # kl_divergences scores a histogram with most candidates scored row by row (one shared index) and
+    # the others pair by pair. Forced each way on the hand-made histograms and on full-size ones, no
+    # divergence may differ in any bit (so neither can the chosen bins).
+    rng = np.random.default_rng(5)
+    hand = np.stack([hand_made(kind) for kind in ("relu", "flat-with-spike", "gaps-and-outlier", "decaying",
+                                                  "sparse-random")])
+    full = np.stack([np.bincount(np.minimum((np.abs(rng.standard_t(df, 30000)) / 6 * 2048).astype(int), 2047),
+                                 minlength=2048) for df in (2, 5, 30)])
+    for block in (hand, full):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(clipping, "KL_DENSE", 0.0)  # every row by row
+            i, rows = clipping.kl_divergences(block, bits)
+            patch.setattr(clipping, "KL_DENSE", 2.0)  # every pair by pair
+            j, pairs = clipping.kl_divergences(block, bits)
+        np.testing.assert_array_equal(i, j)
+        assert np.isfinite(rows).sum() > block.shape[0]  # something was scored
+        np.testing.assert_array_equal(rows.view(np.int64), pairs.view(np.int64))
+
+
 def test_kl_literal_histogram():
     # 160 bins, 8 bits (L = 128): bins 0..127 hold 2 each, bins 128..158 are empty, bin 159 holds 1.
     # i in 129..159: the last kept bin is empty and there are outliers: KL infinite.
