@@ -1,7 +1,7 @@
 """Time the dynamic clipping rule per tensor and per channel, against a baseline implementation, in one run.
 
     python benchmarks/bench_dynamic.py [--bits 4 [8 ...]] [--sizes 1e6 1e7 2.5e7] [--channels 1024]
-                                       [--repeats 3] [--baseline 44bfe27]
+                                       [--repeats 3] [--baseline 44bfe27] [--parts]
 
 (docs/performance.md runs --sizes 2.5e7 --bits 4 8: 1,024 channels of 24,414 weights.)
 
@@ -92,6 +92,25 @@ def load_baseline(revision):
         sys.modules["sqref.mse_search"] = current
 
 
+def print_parts(w, w_rows, bits, total, repeats):
+    """CPU seconds of the public rules the per-channel dynamic rule runs inside (this checkout), and their share.
+
+    The per-channel rule runs the per-tensor rule (its candidate for every
+    channel), and computes every other rule's boundary per channel from one
+    shared histogram; what is left is its own sort, prefix sums, search and
+    exact evaluation of the candidates.
+    """
+    parts = {
+        "per-tensor dynamic": lambda: clipping.boundary_dynamic(w, bits),
+        "kl per channel": lambda: clipping.boundary_kl(w_rows, bits, axis=0),
+        "kl-slides per channel": lambda: clipping.boundary_kl_slides(w_rows, bits, axis=0),
+    }
+    print(f"{'':>16} parts of the per-channel time ({total:.2f} s cpu), each timed alone:")
+    for name, fn in parts.items():
+        cpu = median_time(fn, repeats)[1]
+        print(f"{'':>16} {name:>24} {cpu:>6.2f} s  {100 * cpu / total:>4.0f}%")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bits", type=int, nargs="+", default=[4])
@@ -99,6 +118,9 @@ def main():
     parser.add_argument("--channels", type=int, default=1024, metavar="C")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", default="44bfe27", metavar="REV")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time, per channel, the parts of the per-channel dynamic rule that are public "
+                             "functions of their own (the per-tensor dynamic rule, the kl and kl-slides rules)")
     args = parser.parse_args()
 
     impls = {"new": clipping}
@@ -125,6 +147,8 @@ def main():
                 times[name] = (t_tensor, t_chan)
                 print(f"{name:>16} {t_tensor[0]:>6.2f}/{t_tensor[1]:<6.2f} {t_chan[0]:>6.2f}/{t_chan[1]:<6.2f} "
                       f"{t_chan[1] / t_tensor[1]:>12.1f} {t_tensor[1] / t_fq[1]:>22.1f}")
+            if args.parts:
+                print_parts(w, w_rows, bits, times["new"][1][1], args.repeats)
             if len(times) == 2:
                 (new_t, new_c), (old_t, old_c) = times.values()
                 print(f"{'new / baseline':>16} {new_t[1] / old_t[1]:>13.2f}x {new_c[1] / old_c[1]:>13.2f}x"
