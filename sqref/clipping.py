@@ -238,26 +238,23 @@ def _group_terms_rows(cum_mass, cum_nonempty, rows, outliers, starts, log_int):
     contiguous row in the same order, so the sums are bitwise the same
     (tests/test_calibration.py checks both ways).
     """
-    n_bins, levels = cum_mass.shape[1] - 1, starts.shape[1] - 1
+    n_bins, n_cand = cum_mass.shape[1] - 1, starts.shape[0]
     first, end = starts[:, :-2].ravel(), starts[:, 1:-1].ravel()
     ranges, which = np.unique(first * (n_bins + 1) + end, return_inverse=True)
-    lo, hi, which = ranges // (n_bins + 1), ranges % (n_bins + 1), which.reshape(starts.shape[0], levels - 1)
-    out = np.empty((rows.size, starts.shape[0]))
-    for r0, r1 in _row_blocks(rows.size, which.size + starts.shape[0]):
+    lo, hi = ranges // (n_bins + 1), ranges % (n_bins + 1)
+    # one row of terms per histogram: the ranges' terms, then each candidate's last group; `which` picks
+    # each candidate's L terms from it in group order
+    which = np.concatenate([which.reshape(n_cand, -1), ranges.size + np.arange(n_cand)[:, None]], axis=1)
+    out = np.empty((rows.size, n_cand))
+    for r0, r1 in _row_blocks(rows.size, which.size):
         mass, nonempty = cum_mass[rows[r0:r1]], cum_nonempty[rows[r0:r1]]
-        h = mass[:, hi] - mass[:, lo]  # (R, ranges)
+        h = np.concatenate([mass[:, hi] - mass[:, lo], mass[:, starts[:, -1]] - mass[:, starts[:, -2]]], axis=1)
         term = np.log(np.maximum(h, 1.0))
-        term -= log_int[nonempty[:, hi] - nonempty[:, lo]]
+        term[:, :ranges.size] -= log_int[nonempty[:, hi] - nonempty[:, lo]]
+        term[:, ranges.size:] -= log_int[nonempty[:, starts[:, -1]] - nonempty[:, starts[:, -2]]]
+        h[:, ranges.size:] += outliers[r0:r1]  # the last group's P_g
         term *= h
-        terms = np.empty((r1 - r0, starts.shape[0], levels))
-        terms[:, :, :-1] = np.take(term, which, axis=1)
-        h_last = mass[:, starts[:, -1]] - mass[:, starts[:, -2]]  # (R, I)
-        log_q = np.log(np.maximum(h_last, 1.0))
-        log_q -= log_int[nonempty[:, starts[:, -1]] - nonempty[:, starts[:, -2]]]
-        h_last += outliers[r0:r1]
-        h_last *= log_q
-        terms[:, :, -1] = h_last
-        out[r0:r1] = terms.sum(axis=2)
+        out[r0:r1] = np.take(term, which, axis=1).sum(axis=2)
     return out
 
 
