@@ -31,7 +31,7 @@ from sqref.quant import grid_params
 # and the float32 scale of least SSE is a float32 neighbour of one of those points.
 ENUMERATE = 1 << 15  # a channel with at most this many breakpoints has them all enumerated (258 weights at 8 bits)
 BRACKET_BUDGET = 1 << 13  # breakpoints enumerated inside the bracket of a larger channel
-PROBES = 17  # first upper bound: the SSE at this many geometric scales, then as many between the best one's neighbours
+PROBES = 9  # first upper bound: the SSE at this many geometric scales, then as many between the best one's neighbours
 TILES = 160  # the first level tiles the scales left with at most this many narrow intervals ...
 BRACKET_GRID = 32  # ... or else with this many geometric (wide) ones
 BRACKET_SPLIT = 4  # each further level splits every surviving interval in this many
