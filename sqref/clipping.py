@@ -228,12 +228,12 @@ def _group_terms_pairs(cum_mass, cum_nonempty, rows_of, cols_of, beyond, starts,
 def _group_terms_rows(cum_mass, cum_nonempty, rows, outliers, starts, log_int):
     """The same sums for every candidate of the given rows: (len(rows), I); outliers (len(rows), I).
 
-    For histograms with most candidates scored (large channels). The first
-    L - 1 groups of all the candidates span few distinct bin ranges (17,917
-    for 2048 bins and L = 128, against 243,967 group terms), the same in every
-    row: each range's term is computed once per row and gathered with one
-    index shared by the rows. The last group, which holds the outliers, is
-    computed apart. Every term comes from the same operations as in
+    For histograms with many candidates scored (large channels). The first
+    L - 1 groups of all the candidates span far fewer distinct bin ranges
+    than there are group terms (consecutive candidates share most of their
+    groups), the same in every row: each range's term is computed once per
+    row and gathered with one index shared by the rows, together with each
+    candidate's last group (which holds the outliers), computed apart. Every term comes from the same operations as in
     _group_terms_pairs and each candidate's L terms are summed as one
     contiguous row in the same order, so the sums are bitwise the same
     (tests/test_calibration.py checks both ways).
