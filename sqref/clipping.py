@@ -233,10 +233,11 @@ def _group_terms_rows(cum_mass, cum_nonempty, rows, outliers, starts, log_int):
     than there are group terms (consecutive candidates share most of their
     groups), the same in every row: each range's term is computed once per
     row and gathered with one index shared by the rows, together with each
-    candidate's last group (which holds the outliers), computed apart. Every term comes from the same operations as in
-    _group_terms_pairs and each candidate's L terms are summed as one
-    contiguous row in the same order, so the sums are bitwise the same
-    (tests/test_calibration.py checks both ways).
+    candidate's last group (which holds the outliers), computed apart. Every
+    term comes from the same operations as in _group_terms_pairs and each
+    candidate's L terms are summed as one contiguous row in the same order,
+    so the sums are bitwise the same (tests/test_calibration.py checks both
+    ways).
     """
     n_bins, n_cand = cum_mass.shape[1] - 1, starts.shape[0]
     first, end = starts[:, :-2].ravel(), starts[:, 1:-1].ravel()
