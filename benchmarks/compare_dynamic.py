@@ -25,6 +25,7 @@ import numpy as np
 
 from bench_dynamic import load_baseline  # benchmarks/ is on sys.path when this script runs
 from sqref import clipping, fileformat, quant
+from sqref.hdf5 import FileFormatError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KINDS = {
@@ -45,11 +46,11 @@ def shipped_tensors():
     for path in sorted((ROOT / "data").glob("*.h5")):
         try:
             model = fileformat.load(path)
-        except Exception:  # a data set, not a model
+        except FileFormatError:  # a data set, not a model
             continue
-        for layer in model.layers:
+        for k, layer in enumerate(model.layers):
             if hasattr(layer, "weight"):
-                yield f"{path.name}:{getattr(layer, 'name', type(layer).__name__)}", np.asarray(layer.weight, np.float32)
+                yield f"{path.name} layer {k}", np.asarray(layer.weight, np.float32)
 
 
 def random_tensors(shapes):
@@ -112,7 +113,8 @@ def main():
             c, d = compare(label, w, bits_list, impls, args.levels)
             count, cases, differ = count + 1, cases + c, differ + d
         totals[group] = differ
-        print(f"  {count} tensors, {cases} boundaries (bits x layouts): {cases - differ} bitwise equal, {differ} differ")
+        print(f"  {count} tensors, {cases} boundaries (bits x layouts): "
+              f"{cases - differ} bitwise equal, {differ} differ")
     return 1 if totals["shipped models"] else 0
 
 
