@@ -1,6 +1,6 @@
 """Does a change to the dynamic rule move any boundary? This checkout against a git revision, bit for bit.
 
-    python benchmarks/compare_dynamic.py [--baseline ab9c0a8] [--levels 14] [--quick]
+    python benchmarks/compare_dynamic.py [--baseline ab9c0a8] [--levels 14] [--quick] [--bench-tensor]
 
 Compares clipping.boundary_dynamic of this checkout with the one at --baseline
 (loaded from git as benchmarks/bench_dynamic.py does) on
@@ -9,7 +9,9 @@ Compares clipping.boundary_dynamic of this checkout with the one at --baseline
   2. random float32 tensors: normal, Laplace, Student-t (2 and 3 degrees of
      freedom), lognormal, bimodal, sparse; 400 to 1,562,496 weights in 1 to
      300 channels; bits 2, 3, 4, 5, 6, 8; both layouts (seed 0; --quick: a
-     smaller set).
+     smaller set);
+  3. with --bench-tensor, the tensor benchmarks/bench_dynamic.py times (25,000,000
+     N(0, 1) weights, seed 0: per tensor, and as 1,024 channels), at 4 and 8 bits.
 Prints each boundary that differs, with the relative MSE of this checkout's
 against the baseline's (negative: this checkout's is lower). Where they
 differ, both are run again with --levels branch-and-bound levels instead of
@@ -60,6 +62,13 @@ def random_tensors(shapes):
             yield f"{kind} {rows}x{m}", draw(rng, rows * m).astype(np.float32).reshape(rows, m)
 
 
+def bench_tensors(n=25_000_000, channels=1024):
+    """bench_dynamic's tensor, as it times it: all n weights per tensor, and the first C * (n // C) as C channels."""
+    w = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    yield "bench_dynamic's tensor, per tensor", w, (None,)
+    yield "bench_dynamic's tensor, per channel", w[: n - n % channels].reshape(channels, -1), (0,)
+
+
 def with_levels(impl, levels, fn):
     """fn() with the search module of `impl` (a clipping module) set to `levels` branch-and-bound levels."""
     search = impl.search_scales.__globals__  # that implementation's sqref.mse_search
@@ -71,11 +80,11 @@ def with_levels(impl, levels, fn):
         search["BRACKET_LEVELS"] = before
 
 
-def compare(label, w, bits_list, impls, levels):
+def compare(label, w, bits_list, impls, levels, axes=(None, 0)):
     """Number of (bits, layout) cases, and the number that differ; prints each difference."""
     cases = differ = 0
     for bits in bits_list:
-        for axis in (None, 0):
+        for axis in axes:
             got = {name: impl.boundary_dynamic(w, bits, axis=axis) for name, impl in impls.items()}
             new, old = got.values()
             cases += 1
@@ -98,19 +107,23 @@ def main():
     parser.add_argument("--baseline", default="ab9c0a8", metavar="REV")
     parser.add_argument("--levels", type=int, default=14)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--bench-tensor", action="store_true")
     args = parser.parse_args()
     baseline = load_baseline(args.baseline)
     if baseline is None:
         return 2
     impls = {"this checkout": clipping, f"base {args.baseline}": baseline}
     totals = {}
-    for group, tensors, bits_list in (
-            ("shipped models", shipped_tensors(), range(2, 9)),
-            ("random tensors", random_tensors(QUICK_SHAPES if args.quick else SHAPES), (2, 3, 4, 5, 6, 8))):
+    groups = [("shipped models", ((label, w, (None, 0)) for label, w in shipped_tensors()), range(2, 9)),
+              ("random tensors", ((label, w, (None, 0)) for label, w in
+                                  random_tensors(QUICK_SHAPES if args.quick else SHAPES)), (2, 3, 4, 5, 6, 8))]
+    if args.bench_tensor:
+        groups.append(("bench_dynamic's tensor", bench_tensors(), (4, 8)))
+    for group, tensors, bits_list in groups:
         print(f"{group}:", flush=True)
         count = cases = differ = 0
-        for label, w in tensors:
-            c, d = compare(label, w, bits_list, impls, args.levels)
+        for label, w, axes in tensors:
+            c, d = compare(label, w, bits_list, impls, args.levels, axes)
             count, cases, differ = count + 1, cases + c, differ + d
         totals[group] = differ
         print(f"  {count} tensors, {cases} boundaries (bits x layouts): "
