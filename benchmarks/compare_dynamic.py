@@ -40,11 +40,12 @@ KINDS = {
     "sparse": lambda rng, n: rng.normal(size=n) * (rng.random(n) < 0.2),
 }
 SHAPES = [(64, 24414), (16, 3000), (40, 800), (8, 50000), (1, 235200), (1, 48000), (120, 400), (300, 784)]
+BOTH = (None, 0)  # per tensor and per output channel
 QUICK_SHAPES = [(16, 3000), (40, 800), (1, 48000), (120, 400)]
 
 
 def shipped_tensors():
-    """(name, weight) for every weight tensor of every model file in data/ that sqref loads as a model."""
+    """(name, weight, layouts) for every weight tensor of every model file in data/ that sqref loads as a model."""
     for path in sorted((ROOT / "data").glob("*.h5")):
         try:
             model = fileformat.load(path)
@@ -52,14 +53,14 @@ def shipped_tensors():
             continue
         for k, layer in enumerate(model.layers):
             if hasattr(layer, "weight"):
-                yield f"{path.name} layer {k}", np.asarray(layer.weight, np.float32)
+                yield f"{path.name} layer {k}", np.asarray(layer.weight, np.float32), BOTH
 
 
 def random_tensors(shapes):
     rng = np.random.default_rng(0)
     for rows, m in shapes:
         for kind, draw in KINDS.items():
-            yield f"{kind} {rows}x{m}", draw(rng, rows * m).astype(np.float32).reshape(rows, m)
+            yield f"{kind} {rows}x{m}", draw(rng, rows * m).astype(np.float32).reshape(rows, m), BOTH
 
 
 def bench_tensors(n=25_000_000, channels=1024):
@@ -80,7 +81,7 @@ def with_levels(impl, levels, fn):
         search["BRACKET_LEVELS"] = before
 
 
-def compare(label, w, bits_list, impls, levels, axes=(None, 0)):
+def compare(label, w, bits_list, impls, levels, axes):
     """Number of (bits, layout) cases, and the number that differ; prints each difference."""
     cases = differ = 0
     for bits in bits_list:
@@ -114,9 +115,8 @@ def main():
         return 2
     impls = {"this checkout": clipping, f"base {args.baseline}": baseline}
     totals = {}
-    groups = [("shipped models", ((label, w, (None, 0)) for label, w in shipped_tensors()), range(2, 9)),
-              ("random tensors", ((label, w, (None, 0)) for label, w in
-                                  random_tensors(QUICK_SHAPES if args.quick else SHAPES)), (2, 3, 4, 5, 6, 8))]
+    groups = [("shipped models", shipped_tensors(), range(2, 9)),
+              ("random tensors", random_tensors(QUICK_SHAPES if args.quick else SHAPES), (2, 3, 4, 5, 6, 8))]
     if args.bench_tensor:
         groups.append(("bench_dynamic's tensor", bench_tensors(), (4, 8)))
     for group, tensors, bits_list in groups:

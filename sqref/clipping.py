@@ -174,7 +174,7 @@ def kl_divergences(hist, bits):
     zero = np.zeros((rows, 1))
     total = hist.sum(axis=1, keepdims=True)
     cum_mass = np.concatenate([zero, np.cumsum(hist, axis=1)], axis=1)
-    cum_nonempty = np.concatenate([zero, np.cumsum(hist > 0, axis=1)], axis=1)
+    cum_nonempty = np.concatenate([zero, np.cumsum(hist > 0, axis=1)], axis=1).astype(np.int64)
     cum_xlogx = np.concatenate([zero, np.cumsum(_xlogx(hist), axis=1)], axis=1)
     i = np.arange(min(KL_START_BIN, n_bins), n_bins + 1)  # candidates: number of bins kept
     outliers = total - cum_mass[:, i]  # (C, I)
@@ -185,7 +185,6 @@ def kl_divergences(hist, bits):
     sum_p_log_p = cum_xlogx[rows_of, kept - 1] + _xlogx(hist[rows_of, kept - 1] + beyond)  # last bin + outliers
     g = np.arange(levels + 1)
     starts = (g * i[:, None] + levels - 1) // levels  # (I, L + 1): group g of candidate i starts at bin ceil(g i / L)
-    cum_nonempty = cum_nonempty.astype(np.int64)
     log_int = np.log(np.maximum(np.arange(n_bins + 1), 1))  # log Z for the group sizes Z
     dense = np.bincount(rows_of, minlength=rows) >= KL_DENSE * i.size
     by_row = dense[rows_of]  # the pairs of the dense rows

@@ -167,18 +167,19 @@ def narrow_lower_bound(cum1, cum2, ch, lo, hi, down, up, qmax, single):
     """
     n = cum1.shape[1] - 1
     j = np.arange(1, qmax + 1)
+    moving = up - down  # (T, qmax): the |x| that change from code j - 1 to j inside [lo, hi]
     c1_up, c1_down, c2_up, c2_down = _at(cum1, ch, up), _at(cum1, ch, down), _at(cum2, ch, up), _at(cum2, ch, down)
     a_hi = level_sum(_at(cum1, ch, n)[:, None] - c1_up, single)  # A and B at s = hi (see _pieces)
     b_hi = ((n - up) * (2 * j - 1)).sum(axis=1)
     # the changing |x| (indices down .. up - 1 for level j) have code j - 1 at hi: take them out
     a_fix = a_hi - level_sum((j - 1) * (c1_up - c1_down), single)
-    b_fix = b_hi - ((j - 1) ** 2 * (up - down)).sum(axis=1)
+    b_fix = b_hi - ((j - 1) ** 2 * moving).sum(axis=1)
     s2_fix = _at(cum2, ch, n) - level_sum(c2_up - c2_down, single)
     s = np.clip(a_fix / np.maximum(b_fix, 1), lo, hi)
     fixed = s2_fix - 2.0 * s * a_fix + s * s * b_fix
     gap = np.minimum((j - 0.5) * lo[:, None] - (j - 1) * hi[:, None], j * lo[:, None] - (j - 0.5) * hi[:, None])
     np.maximum(gap, 0.0, out=gap)
-    return fixed + _pairwise_sum((up - down) * gap * gap), (up - down).sum(axis=1)
+    return fixed + _pairwise_sum(moving * gap * gap), moving.sum(axis=1)
 
 
 def _model_tolerance(cum2, n, qmax, s_top):
