@@ -111,11 +111,11 @@ def test_narrow_bound_literal():
     # 2.55 - 2 * 1.1 = 0.35 away, with code 3 at least 3 * 1 - 2.55 = 0.45; the bound charges the least
     # distance any such weight can have, min(2.5 lo - 2 hi, 3 lo - 2.5 hi) = min(0.3, 0.25): 0.0625.
     assert narrow_bound([2.55], 3, 1.0, 1.1) == (pytest.approx(0.0625, abs=1e-15), 1)  # abs: one rounding of 0.25**2
-    assert exact_least_sse([2.55], 3, 1.0, 1.1) == pytest.approx(0.35**2, rel=1e-15)
+    assert exact_least_sse([2.55], 3, 1.0, 1.1) == pytest.approx(0.35**2, rel=1e-15)  # rel: 2.55 - 2.2 rounds
     # [1, 1.24] is still narrow (< 2.5 / 2), but 3.05 >= 3 lo: at s = 3.05 / 3 it sits on code 3 and costs
     # nothing. The bound must say 0 (charging the distance to 3 lo, 0.05**2, would exceed the minimum).
     assert narrow_bound([3.05], 3, 1.0, 1.24) == (0.0, 1)
-    assert exact_least_sse([3.05], 3, 1.0, 1.24) < 1e-30
+    assert exact_least_sse([3.05], 3, 1.0, 1.24) < 1e-30  # 0 up to (3.05 - 3 * (3.05 / 3))**2, an ulp squared
 
 
 @given(st.lists(st.floats(-8, 8, allow_nan=False, allow_subnormal=False), min_size=1, max_size=30),
@@ -163,4 +163,5 @@ def test_the_first_level_rules_out_only_scales_that_cannot_win(x, bits):
         below = lo[mine][0] * (1 - 2.0 ** -np.arange(1, 40))  # up to just below s_clip
         for s in np.concatenate([np.geomspace(s_lo[r], lo[mine][0], 9)[:-1], below[below >= s_lo[r]]]):
             codes = np.minimum(np.round(a[r] / s), qmax)
+            # 1e-12: U is the prefix-sum model's SSE, which rounds differently from this direct sum
             assert np.sum((a[r] - s * codes) ** 2) > upper[r] * (1 - 1e-12)
