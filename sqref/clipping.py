@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 from scipy import optimize, special
 
-from sqref.mse_search import grid_scales, search_scales
+from sqref.mse_search import grid_scales, prefix_sums, search_scales
 from sqref.quant import channel_rows, check_axis, check_bits, check_rounding, check_weights, sum_sq_error_rows
 
 RULES = ("max", "percentile", "sigma", "aciq-gauss", "aciq-laplace", "kl", "kl-slides", "dynamic")
@@ -469,14 +469,11 @@ def _dynamic_rows(x, bits, rounding, extra=None):
     blocks = _row_blocks(live.size, m * (2 ** (bits - 1) - 1), SEARCH_BLOCK)  # a few large channels at a time
     size = blocks[0][1]  # float64 buffers for one block, reused: a[rows], then cum[:, i] = sum of the i smallest
     rows, cum1, cum2 = np.empty((size, m)), np.empty((size, m + 1)), np.empty((size, m + 1))
-    cum1[:, 0] = cum2[:, 0] = 0.0
     found = []
     for r0, r1 in blocks:
         n = r1 - r0
         rows[:n] = a[r0:r1] if live.size == a.shape[0] else a[live[r0:r1]]
-        np.cumsum(rows[:n], axis=1, out=cum1[:n, 1:])
-        np.square(rows[:n], out=cum2[:n, 1:])
-        np.cumsum(cum2[:n, 1:], axis=1, out=cum2[:n, 1:])
+        prefix_sums(rows[:n], cum1[:n], cum2[:n])
         found += search_scales(rows[:n], cum1[:n], cum2[:n], bits)
     width = max(len(f) for f in found)
     found = np.array([f + f[:1] * (width - len(f)) for f in found])  # pad with a repeat (same grid)

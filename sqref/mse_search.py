@@ -37,12 +37,63 @@ BRACKET_GRID = 32  # ... or else with this many geometric (wide) ones
 BRACKET_SPLIT = 4  # each further level splits every surviving interval in this many
 BRACKET_LEVELS = 6  # then the intervals of least lower bound, up to BRACKET_BUDGET breakpoints
 FINALIST_PIECES = 8  # at most this many pieces' float32 neighbours are evaluated exactly
+PREFIX_CHUNK = 1 << 13  # columns per step of prefix_sums' correction (its temporaries stay in cache)
 _TINY32 = float(np.finfo(np.float32).tiny)  # the smallest normal float32 scale
 
 
 def grid_scales(alphas, bits):
     """The float32 grid scales (as float64) that quantize would use for these boundaries."""
     return np.asarray(grid_params(bits=bits, alpha=np.asarray(alphas, dtype=np.float64))[0], dtype=np.float64)
+
+
+def _add_rounding_errors(out, before, terms, carry):
+    """out[:, k] = before[:, k] + terms[:, k] was rounded; add the running sum of those rounding errors to out.
+
+    Fast2Sum: with b = max(before, terms) and c = min of the two (both >= 0),
+    the error of s = fl(b + c) is exactly c - (s - b). carry (R, 1): the
+    errors of the earlier columns, updated in place.
+    """
+    big = np.maximum(before, terms)
+    err = np.minimum(before, terms)
+    np.subtract(out, big, out=big)  # s - b, exact
+    err -= big  # c - (s - b), exact
+    np.cumsum(err, axis=1, out=err)
+    err += carry
+    carry[:] = err[:, -1:]
+    out += err
+
+
+def prefix_sums(a, cum1, cum2):
+    """cum1[:, i] = sum of a[:, :i] and cum2[:, i] = sum of a[:, :i]**2, each correct to about one rounding.
+
+    a (R, m) float64 >= 0; cum1, cum2 (R, m + 1) float64, filled in place.
+    np.cumsum adds left to right, so its i-th sum carries the rounding errors
+    of i additions: in the worst case i eps/2 of the sum, in practice about
+    sqrt(i) of them, enough to break the search's tolerance on tens of
+    millions of weights (docs/method.md section 2, "Bound"). Here every
+    addition's error is recovered exactly (_add_rounding_errors), those
+    errors are summed in a second running sum and added back; each error is
+    at most eps/2 of its partial sum, so their sum's own rounding is second
+    order. Bound, for a sum P_i of i non-negative terms (rigorous, derived in
+    docs/method.md): |cum - P_i| <= (eps/2 + (i eps)**2) P_i. cum2's terms
+    a**2 are rounded first (exact when a comes from float32, whose squares
+    fit a float64), which adds eps/2 of P_i. Costs about 2.5 plain cumsums.
+    """
+    rows, m = a.shape
+    cum1[:, 0] = cum2[:, 0] = 0.0
+    np.cumsum(a, axis=1, out=cum1[:, 1:])
+    np.square(a, out=cum2[:, 1:])
+    np.cumsum(cum2[:, 1:], axis=1, out=cum2[:, 1:])
+    carry1, carry2 = np.zeros((rows, 1)), np.zeros((rows, 1))
+    before1, before2 = np.zeros((rows, 1)), np.zeros((rows, 1))  # the running sum before column c0, uncorrected
+    for c0 in range(0, m, PREFIX_CHUNK):
+        c1 = min(m, c0 + PREFIX_CHUNK)
+        next1, next2 = cum1[:, c1:c1 + 1].copy(), cum2[:, c1:c1 + 1].copy()
+        _add_rounding_errors(cum1[:, c0 + 1:c1 + 1], np.concatenate([before1, cum1[:, c0 + 1:c1]], axis=1),
+                             a[:, c0:c1], carry1)
+        _add_rounding_errors(cum2[:, c0 + 1:c1 + 1], np.concatenate([before2, cum2[:, c0 + 1:c1]], axis=1),
+                             np.square(a[:, c0:c1]), carry2)
+        before1, before2 = next1, next2
 
 
 def _positions(a, ch, keys):
@@ -119,7 +170,7 @@ def approx_sse(a, cum1, cum2, ch, scales, qmax):
     S2 - 2 j s S1 + (j s)**2 n_j over its slice of the sorted row: O(qmax log m)
     per scale, no pass over the data. It differs from sum_sq_error only by float
     rounding (the error is the same on both sides of a level boundary, so ties
-    do not matter), bounded by _model_tolerance; the search's last word is an
+    do not matter), bounded by model_tolerance; the search's last word is an
     exact evaluation.
     """
     return _approx_sse_at(cum1, cum2, ch, scales, _cuts(a, ch, scales, qmax), qmax)
@@ -182,12 +233,19 @@ def narrow_lower_bound(cum1, cum2, ch, lo, hi, down, up, qmax, single):
     return fixed + _pairwise_sum(moving * gap * gap), moving.sum(axis=1)
 
 
-def _model_tolerance(cum2, n, qmax, s_top):
-    """Bound on the float error of approx_sse / the lower bounds / the pieces' SSE (S2 - 2 s A + s**2 B cancels).
+def model_tolerance(s2, n, qmax, s_top):
+    """The search's allowance for float error in an SSE it computes from prefix sums, for one channel.
 
-    cum2: one row's prefix sums of a**2; n its length; s_top a float.
+    tol = (64 eps + 3 (n eps)**2) Z, Z = S2 + n (qmax s_top)**2 (s2 = S2 = sum of a**2, n the channel's
+    length, s_top its largest scale). It bounds the error of approx_sse: the prefix sums are within
+    (eps/2 + (n eps)**2) of the exact sums, relative (prefix_sums; eps/2 more for the squares, rounded
+    first); approx_sse's slices tile the sorted row, so those errors telescope, to at most
+    (2 eps + 3 (n eps)**2) Z; its own arithmetic (a few roundings per
+    level, a pairwise sum of qmax + 1 terms) adds at most 28 eps Z. The interval bounds and the pieces'
+    sums are held to the same tol, though their worst case is larger (docs/method.md section 2, "Bound").
     """
-    return 64 * np.finfo(np.float64).eps * (float(cum2[-1]) + n * (qmax * s_top) ** 2)
+    eps = float(np.finfo(np.float64).eps)
+    return (64 * eps + 3 * (n * eps) ** 2) * (s2 + n * (qmax * s_top) ** 2)
 
 
 def _breakpoint_counts(a, ch, lo, hi, qmax):
@@ -404,7 +462,7 @@ def search_scales(a, cum1, cum2, bits):
     s_top = grid_scales(amax, bits)
     smallest = np.array([row[np.searchsorted(row, 0.0, side="right")] for row in a])  # smallest |x| > 0
     s_lo = np.minimum(smallest / (qmax - 0.5), s_top)
-    tol = np.array([_model_tolerance(cum2[r], m, qmax, float(s_top[r])) for r in every])
+    tol = np.array([model_tolerance(float(cum2[r, -1]), m, qmax, float(s_top[r])) for r in every])
     open_ = s_lo < s_top  # else all clipped: one piece, no breakpoint inside
     many = open_ & (_breakpoint_counts(a, every, s_lo, s_top, qmax) > ENUMERATE)
     brackets = _bracket(a, cum1, cum2, np.flatnonzero(many), qmax, s_lo, s_top, tol)

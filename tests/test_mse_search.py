@@ -3,6 +3,7 @@ its sums keep their fixed orders, and boundary_dynamic keeps the boundaries it r
 was batched (golden values). Its exactness against every breakpoint: tests/test_clipping.py.
 """
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,9 +16,8 @@ from sqref import clipping, mse_search
 def prefix_sums(x):
     """Sorted |x| of each row (float64) and the prefix sums of a and a**2, as boundary_dynamic builds them."""
     a = np.sort(np.abs(x), axis=1).astype(np.float64)
-    cum1, cum2 = np.zeros((a.shape[0], a.shape[1] + 1)), np.zeros((a.shape[0], a.shape[1] + 1))
-    np.cumsum(a, axis=1, out=cum1[:, 1:])
-    np.cumsum(np.square(a), axis=1, out=cum2[:, 1:])
+    cum1, cum2 = np.empty((a.shape[0], a.shape[1] + 1)), np.empty((a.shape[0], a.shape[1] + 1))
+    mse_search.prefix_sums(a, cum1, cum2)
     return a, cum1, cum2
 
 
@@ -54,6 +54,73 @@ def test_level_sums_keep_their_order():
     got = mse_search.level_sum(terms, np.array([False, True]))
     assert got[0] == 1.0
     assert got[1] == terms[1].sum() > 1.0
+
+
+# ----------------------------------------------------------------------------- prefix sums and the model's tolerance
+EPS = np.finfo(np.float64).eps
+
+
+def test_prefix_sums_literal():
+    # 1 + four halves of an ulp: a running sum rounds each addition back to 1 (a tie, to even); the
+    # exact sum 1 + 2**-51 is a float64, and the corrected prefix sums end on it.
+    a = np.array([[1.0] + [2.0**-53] * 4])
+    cum1, cum2 = np.empty((1, 6)), np.empty((1, 6))
+    mse_search.prefix_sums(a, cum1, cum2)
+    assert np.cumsum(a).tolist() == [1.0] * 5
+    assert cum1[0, 3] == 1.0 + 2.0**-52 and cum1[0, 5] == 1.0 + 2.0**-51  # the exact sums (both float64)
+
+
+@given(st.lists(st.lists(st.one_of(st.just(0.0), st.floats(1e-100, 1e100)), min_size=1, max_size=40),
+                min_size=1, max_size=3).filter(lambda r: len({len(v) for v in r}) == 1),
+       st.integers(1, 9))
+def test_prefix_sums_are_within_one_rounding_of_the_exact_sums(rows, chunk):
+    # Naive loop oracle in exact rationals. Bound (docs/method.md, "Bound"): |cum - P_i| <= (eps/2 +
+    # (i eps)**2) P_i for the sums of a; the sums of a**2 round each square first (eps/2 more). The
+    # chunk is drawn small so that the correction crosses chunk boundaries.
+    a = np.array(rows)
+    cum1, cum2 = np.empty((a.shape[0], a.shape[1] + 1)), np.empty((a.shape[0], a.shape[1] + 1))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mse_search, "PREFIX_CHUNK", chunk)
+        mse_search.prefix_sums(a, cum1, cum2)
+    for r, row in enumerate(a):
+        p1 = p2 = Fraction(0)
+        for i, v in enumerate(row, start=1):
+            p1, p2 = p1 + Fraction(v), p2 + Fraction(v) ** 2
+            assert abs(Fraction(cum1[r, i]) - p1) <= Fraction(EPS / 2 + (i * EPS) ** 2) * p1
+            assert abs(Fraction(cum2[r, i]) - p2) <= Fraction(EPS + (i * EPS) ** 2) * p2
+
+
+def running_sum_worst_case(n, start=0.25):
+    """n ascending float64 values near `start` whose running sum rounds up by almost half an ulp at every step."""
+    out, total, v = [], 0.0, start
+    for _ in range(n):
+        exact = Fraction(total) + Fraction(v)
+        ulp = Fraction(math.ulp(float(exact)))
+        v = float(Fraction(v) + (ulp / 2 - exact % ulp) % ulp + Fraction(math.ulp(v)))  # just past the tie
+        out.append(v)
+        total += v
+    return np.array(out)
+
+
+@pytest.mark.parametrize("bits", [2, 8])
+def test_the_model_stays_within_tol_where_a_running_sum_does_not(bits):
+    # approx_sse (the upper bound U and the ranking of scales) against the SSE in exact rationals, on
+    # 1,000 values built to make np.cumsum drift: its prefix sums put the model 2.6 tol off; the
+    # corrected ones must keep it within tol, as the bound in docs/method.md derives.
+    a = running_sum_worst_case(1000)[None]
+    qmax = 2 ** (bits - 1) - 1
+    s_top = float(mse_search.grid_scales(a[:, -1], bits)[0])
+    tol = mse_search.model_tolerance(float(np.sum(a * a)), a.size, qmax, s_top)
+    plain = [np.concatenate([[0.0], np.cumsum(v)])[None] for v in (a[0], a[0] ** 2)]
+    _, cum1, cum2 = prefix_sums(a)
+    row = np.zeros(1, dtype=np.int64)
+    for s in (s_top, 0.7 * s_top, 0.3 * s_top):
+        exact = sum((Fraction(v) - min(round(Fraction(v) / Fraction(s)), qmax) * Fraction(s)) ** 2 for v in a[0])
+        model = mse_search.approx_sse(a, cum1, cum2, row, np.array([s]), qmax)[0]
+        assert abs(Fraction(model) - exact) <= Fraction(tol)
+    drift = mse_search.approx_sse(a, plain[0], plain[1], row, np.array([s_top]), qmax)[0]
+    exact = sum((Fraction(v) - min(round(Fraction(v) / Fraction(s_top)), qmax) * Fraction(s_top)) ** 2 for v in a[0])
+    assert abs(Fraction(drift) - exact) > 2 * Fraction(tol)  # the case still defeats a running sum
 
 
 # Per-channel and per-tensor boundaries returned before the search was batched (commit 44bfe27).
@@ -137,8 +204,8 @@ def test_the_narrow_bound_never_exceeds_the_least_sse(x, bits, where, anchor, wi
         return
     bound, _ = narrow_bound(x, bits, lo, hi)
     least = exact_least_sse(x, bits, lo, hi)
-    # slack: the prefix-sum form's float rounding (S2 - 2 s A + s^2 B), as _model_tolerance states it
-    assert bound <= least + 64 * np.finfo(np.float64).eps * (sum(v * v for v in x) + len(x) * (qmax * hi) ** 2)
+    # slack: the prefix-sum form's float rounding (S2 - 2 s A + s^2 B), the search's model_tolerance
+    assert bound <= least + mse_search.model_tolerance(sum(v * v for v in x), len(x), qmax, hi)
 
 
 @given(channel_blocks(), st.integers(2, 8))
