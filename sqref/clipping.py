@@ -498,7 +498,7 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
     Shapes: w any shape; returns a float, or with `axis` a (C,) float64 vector.
 
     Algorithm, per channel (the whole tensor when axis is None), exact:
-      1. sort |w|, prefix sums of |w| and |w|**2;
+      1. sort |w|, prefix sums of |w| and |w|**2 (to about one rounding: mse_search.prefix_sums);
       2. the SSE is piecewise quadratic in s, with breakpoints s = |w_i| / (j - 1/2),
          j = 1..qmax, where a weight changes code (clipping is code qmax). With at
          most ENUMERATE (32768) breakpoints (258 weights at 8 bits, 1057 at 6)
@@ -515,11 +515,15 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
          smallest scale).
     Bound: the result's MSE is the least over all float32 scales in the domain,
     up to the float64 rounding of the prefix-sum model used to rank pieces and
-    prune intervals, tol = 64 eps (sum w**2 + n (qmax s_top)**2) on the SSE
-    (sqref.mse_search), and only if at most FINALIST_PIECES (8) pieces lie
-    within tol of the least: MSE <= exact optimum + tol / n. Small and large
+    prune intervals, tol = (64 eps + 3 (n eps)**2) (sum w**2 + n (qmax s_top)**2)
+    on the SSE (sqref.mse_search.model_tolerance), and only if at most
+    FINALIST_PIECES (8) pieces lie within tol of the least:
+    MSE <= exact optimum + tol / n. Small and large
     tensors have the same bound (the bracket prunes nothing that could hold
     the minimum); relative to the optimum it is ~1e-14 x (mean w**2 / MSE).
+    docs/method.md section 2 derives tol, and says which parts of the model
+    it bounds in the worst case (the SSE at a scale) and which not (the
+    interval bounds and the pieces' running sums).
     Rounding: the SSE is continuous in s (a tie has the same error on either
     side), so the pieces do not depend on it; the exact evaluation does.
     Guarantee, by construction: quant_mse(w, alpha*) <= quant_mse(w, alpha_r)

@@ -77,7 +77,8 @@ def prefix_sums(a, cum1, cum2):
     order. Bound, for a sum P_i of i non-negative terms (rigorous, derived in
     docs/method.md): |cum - P_i| <= (eps/2 + (i eps)**2) P_i. cum2's terms
     a**2 are rounded first (exact when a comes from float32, whose squares
-    fit a float64), which adds eps/2 of P_i. Costs about 2.5 plain cumsums.
+    fit a float64), which adds eps/2 of P_i. Costs about twice the two plain
+    cumsums (benchmarks/model_error.py).
     """
     rows, m = a.shape
     cum1[:, 0] = cum2[:, 0] = 0.0
@@ -236,13 +237,13 @@ def narrow_lower_bound(cum1, cum2, ch, lo, hi, down, up, qmax, single):
 def model_tolerance(s2, n, qmax, s_top):
     """The search's allowance for float error in an SSE it computes from prefix sums, for one channel.
 
-    tol = (64 eps + 3 (n eps)**2) Z, Z = S2 + n (qmax s_top)**2 (s2 = S2 = sum of a**2, n the channel's
-    length, s_top its largest scale). It bounds the error of approx_sse: the prefix sums are within
-    (eps/2 + (n eps)**2) of the exact sums, relative (prefix_sums; eps/2 more for the squares, rounded
-    first); approx_sse's slices tile the sorted row, so those errors telescope, to at most
-    (2 eps + 3 (n eps)**2) Z; its own arithmetic (a few roundings per
-    level, a pairwise sum of qmax + 1 terms) adds at most 28 eps Z. The interval bounds and the pieces'
-    sums are held to the same tol, though their worst case is larger (docs/method.md section 2, "Bound").
+    tol = (64 eps + 3 (n eps)**2) Z, Z = S2 + n (qmax s_top)**2 (s2 = S2 = sum of a**2, n the
+    channel's length, s_top its largest scale). It bounds the error of approx_sse: the prefix sums
+    are within (eps/2 + (n eps)**2) of the exact sums, relative (prefix_sums; eps/2 more for the
+    squares, rounded first); approx_sse's slices tile the sorted row, so those errors telescope, to
+    at most (2 eps + 3 (n eps)**2) Z; its own arithmetic (a few roundings per level, a pairwise sum
+    of qmax + 1 terms) adds at most 28 eps Z. The interval bounds and the pieces' sums are held to
+    the same tol, though their worst case is larger (docs/method.md section 2, "Bound").
     """
     eps = float(np.finfo(np.float64).eps)
     return (64 * eps + 3 * (n * eps) ** 2) * (s2 + n * (qmax * s_top) ** 2)

@@ -295,7 +295,7 @@ def test_the_bracket_is_exact_too(w, bits):
 def test_dynamic_on_large_tensors_is_within_the_stated_bound(kind):
     # 20,000 weights: above ENUMERATE breakpoints from 4 bits up, so the bracket is used. Compare with
     # the full enumeration of every breakpoint (the small-tensor path, forced): the stated bound is
-    # tol / n, tol = 64 eps (sum w^2 + n (qmax s_top)^2).
+    # tol / n, tol = mse_search.model_tolerance.
     rng = np.random.default_rng(11)
     x = {"normal": rng.normal(size=20000), "laplace": rng.laplace(size=20000), "t3": rng.standard_t(3, 20000),
          "lognormal": rng.lognormal(0, 0.75, 20000) - 0.4}[kind]
@@ -306,7 +306,7 @@ def test_dynamic_on_large_tensors_is_within_the_stated_bound(kind):
             full = quant_mse(x, alpha=boundary(x, bits), bits=bits)
         qmax = 2 ** (bits - 1) - 1
         s_top = float(np.float32(np.abs(x).max() / qmax))
-        tol = 64 * np.finfo(np.float64).eps * (np.sum(x * x) + x.size * (qmax * s_top) ** 2)
+        tol = mse_search.model_tolerance(float(np.sum(x * x)), x.size, qmax, s_top)
         assert got <= full + tol / x.size, (bits, got, full)
 
 
