@@ -56,6 +56,11 @@ def test_eval_json(model_file, capsys):
     (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
     (["eval", "{model}", "--data", "{tmp}/wide.npz"], "have shape (2, 1, 32, 32); the model expects (N, 1, 28, 28)"),
     (["import", "{tmp}/missing.onnx"], "missing.onnx: no such file"),
+    # a bad width is named first, before a data file that does not fit the model is read
+    (["quantize", "{model}", "--bits", "9", "--data", "{tmp}/wide.npz", "-o", "{tmp}/q.h5"],
+     "bits must be in [2, 8], got 9"),
+    (["compress", "{model}", "--bits", "8,fc9=4", "--data", "{tmp}/wide.npz", "-o", "{tmp}/c.h5"],
+     "'fc9' in bits spec"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message, model_file, tmp_path):
     data = sqref.data.DEFAULT_DATA

@@ -119,6 +119,7 @@ def quantize_file(model_path, *, output=None, bits=8, rule="dynamic", per_channe
     check_not_model_data(out, model_path)
     figures = plot_paths(plot, inputs=[*inputs, out], force=overwrite)
     model = load_model(model_path)
+    parse_bits(bits, *_planned_layers(model, svd=False))  # a bad width fails before any data is read
     source, split = _open_checked(data, model, seed=split_seed, split=split) if evaluate else (None, split)
     start = time.perf_counter()
     qmodel = quantize_model(model, **qkw)
@@ -258,11 +259,11 @@ def compress_file(model_path=None, *, output=None, bits=8, rule="dynamic", per_c
     check_not_model_data(out, model_path)
     figures = plot_paths(plot, inputs=[*inputs, out], force=overwrite)
     model = load_model(model_path)
+    # fail now, before any data is read or work done; with SVD a linear layer n may be named by its
+    # factors n.v and n.u (the final quantize_model checks again, against the layers SVD actually made)
+    parse_bits(bits, *_planned_layers(model, svd, svd_conv_1x1))
     needs_data = evaluate or (svd and svd_kw["max_drop"] is not None) or bool(finetune_epochs)
     source, split = _open_checked(data, model, seed=split_seed, split=split) if needs_data else (None, split)
-    # fail now, not after the work; with SVD a linear layer n may be named by its factors n.v and n.u
-    # (the final quantize_model checks again, against the layers SVD actually made)
-    parse_bits(bits, *_planned_layers(model, svd, svd_conv_1x1))
     settings = {"command": "compress", **qkw, **svd_kw, **ft_kw}
     timing, notes = {}, []
     start = time.perf_counter()
