@@ -522,8 +522,8 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
     tensors have the same bound (the bracket prunes nothing that could hold
     the minimum); relative to the optimum it is ~1e-14 x (mean w**2 / MSE).
     docs/method.md section 2 derives tol, and says which parts of the model
-    it bounds in the worst case (the SSE at a scale) and which not (the
-    interval bounds and the pieces' running sums).
+    are bounded in the worst case (the SSE at a scale; the interval bounds,
+    with mse_search.bound_tolerance more) and which not (the pieces' sums).
     Rounding: the SSE is continuous in s (a tie has the same error on either
     side), so the pieces do not depend on it; the exact evaluation does.
     Guarantee, by construction: quant_mse(w, alpha*) <= quant_mse(w, alpha_r)

@@ -242,11 +242,25 @@ def model_tolerance(s2, n, qmax, s_top):
     are within (eps/2 + (n eps)**2) of the exact sums, relative (prefix_sums; eps/2 more for the
     squares, rounded first); approx_sse's slices tile the sorted row, so those errors telescope, to
     at most (2 eps + 3 (n eps)**2) Z; its own arithmetic (a few roundings per level, a pairwise sum
-    of qmax + 1 terms) adds at most 28 eps Z. The interval bounds and the pieces' sums are held to
-    the same tol, though their worst case is larger (docs/method.md section 2, "Bound").
+    of qmax + 1 terms) adds at most 28 eps Z. The interval bounds get bound_tolerance on top; the
+    pieces' sums are held to tol without a worst-case proof (docs/method.md section 2, "Bound").
     """
     eps = float(np.finfo(np.float64).eps)
     return (64 * eps + 3 * (n * eps) ** 2) * (s2 + n * (qmax * s_top) ** 2)
+
+
+def bound_tolerance(s2, n, qmax, s_top):
+    """The float error allowed an interval's lower bound (narrow_lower_bound, _wide_bounds), for one channel.
+
+    (8 qmax + 32) (eps + (n eps)**2) Z, Z as in model_tolerance. Unlike approx_sse's slices, the
+    bounds' slices do not tile the row: up to 4 qmax prefix sums enter each bound without cancelling,
+    each within (eps + (n eps)**2) of its sum, and their level terms are added one after another
+    (level_sum), so the worst case grows with qmax (docs/method.md section 2, "Bound"). The branch and
+    bound drops an interval only when its bound exceeds U + model_tolerance + this: then no scale in it
+    can beat U, whatever the rounding.
+    """
+    eps = float(np.finfo(np.float64).eps)
+    return (8 * qmax + 32) * (eps + (n * eps) ** 2) * (s2 + n * (qmax * s_top) ** 2)
 
 
 def _breakpoint_counts(a, ch, lo, hi, qmax):
@@ -322,7 +336,8 @@ def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
     The rows go through the levels together, each with its own U. An edge's
     _cuts are searched once: the intervals on either side of it, and the
     outer children of a split interval, share them.
-    s_lo, s_top, tol: (R,) per row of a. Returns {row: (lo, hi)}.
+    s_lo, s_top, tol: (R,) per row of a; tol is the pruning margin, model_tolerance +
+    bound_tolerance (search_scales). Returns {row: (lo, hi)}.
     """
     n_rows = a.shape[0]
     if rows.size == 0:
@@ -464,9 +479,10 @@ def search_scales(a, cum1, cum2, bits):
     smallest = np.array([row[np.searchsorted(row, 0.0, side="right")] for row in a])  # smallest |x| > 0
     s_lo = np.minimum(smallest / (qmax - 0.5), s_top)
     tol = np.array([model_tolerance(float(cum2[r, -1]), m, qmax, float(s_top[r])) for r in every])
+    prune = tol + np.array([bound_tolerance(float(cum2[r, -1]), m, qmax, float(s_top[r])) for r in every])
     open_ = s_lo < s_top  # else all clipped: one piece, no breakpoint inside
     many = open_ & (_breakpoint_counts(a, every, s_lo, s_top, qmax) > ENUMERATE)
-    brackets = _bracket(a, cum1, cum2, np.flatnonzero(many), qmax, s_lo, s_top, tol)
+    brackets = _bracket(a, cum1, cum2, np.flatnonzero(many), qmax, s_lo, s_top, prune)
     found = []
     for r in every:
         lo, hi = np.array([_TINY32]), s_lo[r:r + 1]
