@@ -513,17 +513,17 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
       4. evaluate every candidate grid exactly (sum_sq_error_rows, the code
          quant_mse runs, with this rounding) and return the best (ties: the
          smallest scale).
-    Bound: the result's MSE is the least over all float32 scales in the domain,
-    up to the float64 rounding of the prefix-sum model used to rank pieces and
-    prune intervals, tol = (64 eps + 3 (n eps)**2) (sum w**2 + n (qmax s_top)**2)
-    on the SSE (sqref.mse_search.model_tolerance), and only if at most
-    FINALIST_PIECES (8) pieces lie within tol of the least:
-    MSE <= exact optimum + tol / n. Small and large
-    tensors have the same bound (the bracket prunes nothing that could hold
-    the minimum); relative to the optimum it is ~1e-14 x (mean w**2 / MSE).
-    docs/method.md section 2 derives tol, and says which parts of the model
-    are bounded in the worst case (the SSE at a scale; the interval bounds,
-    with mse_search.bound_tolerance more) and which not (the pieces' sums).
+    Bound (derived in docs/method.md section 2, not only measured): every
+    float value that ranks pieces or prunes intervals is within a stated
+    tolerance of its exact value (tol = (64 eps + 3 (n eps)**2)
+    (sum w**2 + n (qmax s_top)**2), sqref.mse_search.model_tolerance; the
+    interval bounds get mse_search.bound_tolerance more), so the bracket drops
+    nothing that could hold the minimum. With at most FINALIST_PIECES (8)
+    pieces within 2 tol of the least, the result's MSE is the least over all
+    float32 scales in the domain; with more, MSE <= optimum + (tol + the cost
+    of one float32 step) / n, ~1e-14 x (mean w**2 / MSE) relative. Small and
+    large tensors have the same bound, unless the bracket runs out of levels
+    (BRACKET_LEVELS; then it keeps the intervals of least lower bound).
     Rounding: the SSE is continuous in s (a tie has the same error on either
     side), so the pieces do not depend on it; the exact evaluation does.
     Guarantee, by construction: quant_mse(w, alpha*) <= quant_mse(w, alpha_r)

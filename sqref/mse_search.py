@@ -63,6 +63,14 @@ def _add_rounding_errors(out, before, terms, carry):
     out += err
 
 
+def _running_sum(terms):
+    """np.cumsum of a 1-D array of terms >= 0, each sum corrected to about one rounding (as prefix_sums)."""
+    out = np.cumsum(terms)[None]
+    if terms.size:
+        _add_rounding_errors(out, np.concatenate([[0.0], out[0, :-1]])[None], terms[None], np.zeros((1, 1)))
+    return out[0]
+
+
 def prefix_sums(a, cum1, cum2):
     """cum1[:, i] = sum of a[:, :i] and cum2[:, i] = sum of a[:, :i]**2, each correct to about one rounding.
 
@@ -130,8 +138,9 @@ def _slice_sse(cum1, cum2, ch, lo, hi, v):
 
 # Sums over the code levels keep the order of the search as it was written for one channel at a time
 # (numpy's order for its arrays), so that no result changes: pairwise (numpy's sum of a contiguous row),
-# except A, and the parts of A and S2 that move, in narrow_lower_bound and _pieces, which numpy summed
-# over F-ordered (S, qmax) arrays: level after level, or pairwise when the call had one interval (S == 1).
+# except in narrow_lower_bound, where A and the parts of A and S2 that move were summed over F-ordered
+# (S, qmax) arrays: level after level, or pairwise when the call had one interval (S == 1). The pieces'
+# A (pieces) is summed pairwise, and its running sums corrected, so that tol bounds its error.
 def _pairwise_sum(terms):
     """Row sums of a (T, K) array: numpy's pairwise summation of each row."""
     return np.ascontiguousarray(terms).sum(axis=1)
@@ -221,7 +230,7 @@ def narrow_lower_bound(cum1, cum2, ch, lo, hi, down, up, qmax, single):
     j = np.arange(1, qmax + 1)
     moving = up - down  # (T, qmax): the |x| that change from code j - 1 to j inside [lo, hi]
     c1_up, c1_down, c2_up, c2_down = _at(cum1, ch, up), _at(cum1, ch, down), _at(cum2, ch, up), _at(cum2, ch, down)
-    a_hi = level_sum(_at(cum1, ch, n)[:, None] - c1_up, single)  # A and B at s = hi (see _pieces)
+    a_hi = level_sum(_at(cum1, ch, n)[:, None] - c1_up, single)  # A and B at s = hi (see pieces)
     b_hi = ((n - up) * (2 * j - 1)).sum(axis=1)
     # the changing |x| (indices down .. up - 1 for level j) have code j - 1 at hi: take them out
     a_fix = a_hi - level_sum((j - 1) * (c1_up - c1_down), single)
@@ -242,8 +251,8 @@ def model_tolerance(s2, n, qmax, s_top):
     are within (eps/2 + (n eps)**2) of the exact sums, relative (prefix_sums; eps/2 more for the
     squares, rounded first); approx_sse's slices tile the sorted row, so those errors telescope, to
     at most (2 eps + 3 (n eps)**2) Z; its own arithmetic (a few roundings per level, a pairwise sum
-    of qmax + 1 terms) adds at most 28 eps Z. The interval bounds get bound_tolerance on top; the
-    pieces' sums are held to tol without a worst-case proof (docs/method.md section 2, "Bound").
+    of qmax + 1 terms) adds at most 28 eps Z. The pieces' SSE is within tol / 2 too (pieces); the
+    interval bounds get bound_tolerance on top (docs/method.md section 2, "Bound").
     """
     eps = float(np.finfo(np.float64).eps)
     return (64 * eps + 3 * (n * eps) ** 2) * (s2 + n * (qmax * s_top) ** 2)
@@ -386,19 +395,22 @@ def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
     return brackets
 
 
-def _pieces(a, cum1, r, qmax, lo, hi):
+def pieces(a, cum1, r, qmax, lo, hi):
     """Every quadratic piece of row r's SSE inside the intervals [lo_k, hi_k]: (left, right, A, B), each (P,).
 
     At s = hi_k, |x| >= (j - 1/2) hi_k has code >= j, so A = sum_j (sum of those
     |x|) and B = sum_j (2j - 1) (their count). Going down from hi_k, breakpoint
-    (i, j) at t = a_i / (j - 1/2) adds a_i to A and 2j - 1 to B.
+    (i, j) at t = a_i / (j - 1/2) adds a_i to A and 2j - 1 to B. B is exact (an
+    integer); A is a pairwise sum over the levels plus a corrected running sum
+    over the breakpoints, so 2 s A is within about 12 eps Z of its exact value
+    (Z as in model_tolerance, tol / 4 at most; docs/method.md section 2).
     """
     n = a.shape[1]
     ch = np.full(lo.size, r)
     half = np.arange(1, qmax + 1) - 0.5
     up, down = _cuts(a, ch, hi, qmax), _cuts(a, ch, lo, qmax)  # (S, qmax): first index with code >= j at hi, at lo
     odd = 2 * np.arange(1, qmax + 1) - 1
-    a_hi = level_sum(cum1[r, n] - _at(cum1, ch, up), np.full(lo.size, lo.size == 1))
+    a_hi = _pairwise_sum(cum1[r, n] - _at(cum1, ch, up))
     b_hi = ((n - up) * odd).sum(axis=1)
     # the breakpoints: for interval k and level j, the indices down[k, j] .. up[k, j] - 1
     count = (up - down).ravel()
@@ -412,7 +424,7 @@ def _pieces(a, cum1, r, qmax, lo, hi):
     t, k, d_a, d_b = t[order], k[order], a[r, idx][order], 2.0 * j_half[order]
     # segmented running sums: A after each breakpoint = A(hi_k) + the d_a of the breakpoints so far in k
     seg_start = np.searchsorted(k, np.arange(lo.size))
-    run_a = np.cumsum(d_a)
+    run_a = _running_sum(d_a)
     run_b = np.cumsum(d_b)
     base_a = np.concatenate([[0.0], run_a])[seg_start]
     base_b = np.concatenate([[0.0], run_b])[seg_start]
@@ -489,6 +501,6 @@ def search_scales(a, cum1, cum2, bits):
         if open_[r]:
             b_lo, b_hi = brackets.get(r, (s_lo[r:r + 1], s_top[r:r + 1]))
             lo, hi = np.concatenate([lo, b_lo]), np.concatenate([hi, b_hi])
-        found.append(_finalists(_pieces(a, cum1, r, qmax, lo, hi), cum2[r, -1], tol[r], float(s_top[r]),
+        found.append(_finalists(pieces(a, cum1, r, qmax, lo, hi), cum2[r, -1], tol[r], float(s_top[r]),
                                 float(amax[r]), qmax))
     return found

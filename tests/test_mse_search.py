@@ -123,6 +123,29 @@ def test_the_model_stays_within_tol_where_a_running_sum_does_not(bits):
     assert abs(Fraction(drift) - exact) > 2 * Fraction(tol)  # the case still defeats a running sum
 
 
+@pytest.mark.parametrize("values, bits", [("normal", 8), ("laplace", 4)])
+def test_the_pieces_sums_stay_within_their_bound(values, bits):
+    # pieces' A against the exact rational sum of code x |x| at the piece's midpoint, on float64 weights
+    # (their sums round at every step; float32 ones often add up exactly). Derived bound (docs/method.md
+    # section 2): |2 s (A - A_exact)| <= 12 eps Z and second-order terms, below tol / 4. B is an integer.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(3000) if values == "normal" else rng.laplace(size=3000)
+    a, cum1, cum2 = prefix_sums(x[None])
+    qmax = 2 ** (bits - 1) - 1
+    s_top = float(mse_search.grid_scales(a[:, -1], bits)[0])
+    tol = mse_search.model_tolerance(float(cum2[0, -1]), a.size, qmax, s_top)
+    left, right, big_a, big_b = mse_search.pieces(a, cum1, 0, qmax, np.array([0.05 * s_top]), np.array([s_top]))
+    assert big_a.size > 5000  # many breakpoints: long running sums
+    exact = [Fraction(v) for v in a[0]]
+    for p in np.linspace(0, big_a.size - 1, 30).astype(int):
+        if not left[p] < right[p]:
+            continue
+        codes = np.minimum(np.floor(a[0] / ((left[p] + right[p]) / 2) + 0.5), qmax).astype(int)
+        assert big_b[p] == int(np.sum(codes * codes))
+        want = sum(int(c) * v for c, v in zip(codes, exact) if c)
+        assert abs(2 * Fraction(right[p]) * (Fraction(big_a[p]) - want)) <= Fraction(tol) / 4
+
+
 # Per-channel and per-tensor boundaries returned before the search was batched (commit 44bfe27).
 GOLDEN = {
     3: ([1.9552311301231384, 1.904021680355072, 3.395087242126465, 3.6266995668411255, 4.608355164527893,
