@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from sqref import clipping, quant
+from sqref import clipping, mse_search, quant
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -92,23 +92,41 @@ def load_baseline(revision):
         sys.modules["sqref.mse_search"] = current
 
 
+def search_alone(rows, bits):
+    """What the exact search costs without any candidate from another rule: sort |x| per row, prefix sums,
+    mse_search.search_scales, in blocks of rows as the dynamic rule runs it (clipping.SEARCH_BLOCK)."""
+    a = np.sort(np.abs(rows), axis=1).astype(np.float64)
+    m = a.shape[1]
+    step = max(1, clipping.SEARCH_BLOCK // (m * (2 ** (bits - 1) - 1)))
+    cum1, cum2 = np.empty((step, m + 1)), np.empty((step, m + 1))
+    for r0 in range(0, a.shape[0], step):
+        block = a[r0:r0 + step]
+        mse_search.prefix_sums(block, cum1[:len(block)], cum2[:len(block)])
+        mse_search.search_scales(block, cum1[:len(block)], cum2[:len(block)], bits)
+
+
 def print_parts(w, w_rows, bits, total, repeats):
     """CPU seconds of the public rules the per-channel dynamic rule runs inside (this checkout), and their share.
 
     The per-channel rule runs the per-tensor rule (its candidate for every
     channel), and computes every other rule's boundary per channel from one
     shared histogram; what is left is its own sort, prefix sums, search and
-    exact evaluation of the candidates.
+    exact evaluation of the candidates. Last, the search alone (sort, prefix
+    sums, search_scales; no candidate of another rule, no exact evaluation),
+    per channel and per tensor: the part no choice about candidates removes.
     """
     parts = {
         "per-tensor dynamic": lambda: clipping.boundary_dynamic(w, bits),
         "kl per channel": lambda: clipping.boundary_kl(w_rows, bits, axis=0),
         "kl-slides per channel": lambda: clipping.boundary_kl_slides(w_rows, bits, axis=0),
+        "search alone per channel": lambda: search_alone(w_rows, bits),
     }
     print(f"{'':>16} parts of the per-channel time ({total:.2f} s cpu), each timed alone:")
     for name, fn in parts.items():
         cpu = median_time(fn, repeats)[1]
         print(f"{'':>16} {name:>24} {cpu:>6.2f} s  {100 * cpu / total:>4.0f}%")
+    whole = median_time(lambda: search_alone(w.reshape(1, -1), bits), repeats)[1]
+    print(f"{'':>16} {'search alone per tensor':>24} {whole:>6.2f} s")
 
 
 def main():
@@ -120,7 +138,8 @@ def main():
     parser.add_argument("--baseline", default="44bfe27", metavar="REV")
     parser.add_argument("--parts", action="store_true",
                         help="also time, per channel, the parts of the per-channel dynamic rule that are public "
-                             "functions of their own (the per-tensor dynamic rule, the kl and kl-slides rules)")
+                             "functions of their own (the per-tensor dynamic rule, the kl and kl-slides rules), "
+                             "and the exact search alone (sort, prefix sums, search), per channel and per tensor")
     args = parser.parse_args()
 
     impls = {"new": clipping}
