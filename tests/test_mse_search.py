@@ -227,7 +227,8 @@ def test_the_narrow_bound_never_exceeds_the_least_sse(x, bits, where, anchor, wi
         return
     bound, _ = narrow_bound(x, bits, lo, hi)
     least = exact_least_sse(x, bits, lo, hi)
-    # slack: the prefix-sum form's float rounding (S2 - 2 s A + s^2 B), the search's model_tolerance
+    # slack: the prefix-sum form's float rounding (S2 - 2 s A + s^2 B): model_tolerance, tighter than the
+    # bound_tolerance the search allows a bound on top of it
     assert bound <= least + mse_search.model_tolerance(sum(v * v for v in x), len(x), qmax, hi)
 
 
