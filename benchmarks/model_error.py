@@ -13,14 +13,14 @@ by; its own rounding is a few eps of the SSE, and tol is 64 eps of a sum at
 least qmax**2 times the SSE, so it does not move these ratios) and tol =
 sqref.mse_search.model_tolerance. A ratio above 1 breaks the stated bound.
 Last, the CPU time of prefix_sums over that of the two np.cumsum calls, side
-by side on the same array (median of --repeats).
+by side on the same array (median of --repeats after one warm-up call,
+bench_dynamic.median_time).
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 
+from bench_dynamic import median_time  # benchmarks/ is on sys.path when this script runs
 from sqref import mse_search, quant
 
 
@@ -50,16 +50,6 @@ def worst_ratio(w, a, sums, bits, n_scales):
     return float(np.max(np.abs(model - exact)) / tol)
 
 
-def cpu_median(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.process_time()
-        fn()
-        times.append(time.process_time() - t0)
-    return statistics.median(times)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[24414, 1e6, 2.5e7], help="weights per tensor")
@@ -76,8 +66,8 @@ def main():
         for bits in args.bits:
             print(f"{n:>12,} {bits:>4} {worst_ratio(w, a, plain, bits, args.scales):>12.4f} "
                   f"{worst_ratio(w, a, corrected, bits, args.scales):>12.4f}", flush=True)
-        ratio = cpu_median(lambda: corrected_prefix_sums(a), args.repeats) / cpu_median(
-            lambda: plain_prefix_sums(a), args.repeats)
+        ratio = median_time(lambda: corrected_prefix_sums(a), args.repeats)[1] / median_time(
+            lambda: plain_prefix_sums(a), args.repeats)[1]
         print(f"{'':>12} prefix_sums takes {ratio:.2f}x the CPU time of the two np.cumsum calls", flush=True)
 
 

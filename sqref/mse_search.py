@@ -255,7 +255,7 @@ def model_tolerance(s2, n, qmax, s_top):
     interval bounds get bound_tolerance on top (docs/method.md section 2, "Bound").
     """
     eps = float(np.finfo(np.float64).eps)
-    return (64 * eps + 3 * (n * eps) ** 2) * (s2 + n * (qmax * s_top) ** 2)
+    return (64 * eps + 3 * (n * eps) ** 2) * _error_scale(s2, n, qmax, s_top)
 
 
 def bound_tolerance(s2, n, qmax, s_top):
@@ -269,7 +269,12 @@ def bound_tolerance(s2, n, qmax, s_top):
     can beat U, whatever the rounding.
     """
     eps = float(np.finfo(np.float64).eps)
-    return (8 * qmax + 32) * (eps + (n * eps) ** 2) * (s2 + n * (qmax * s_top) ** 2)
+    return (8 * qmax + 32) * (eps + (n * eps) ** 2) * _error_scale(s2, n, qmax, s_top)
+
+
+def _error_scale(s2, n, qmax, s_top):
+    """Z = S2 + n (qmax s_top)**2: the size of the terms an SSE from prefix sums cancels (model_tolerance)."""
+    return s2 + n * (qmax * s_top) ** 2
 
 
 def _breakpoint_counts(a, ch, lo, hi, qmax):
@@ -450,9 +455,11 @@ def _float32_neighbours(s):
     return np.concatenate([below, above]).astype(np.float64)
 
 
-def _finalists(pieces, s2, tol, s_top, amax, qmax):
-    """The float32 scales, as alphas, of the pieces of least SSE (one row; see search_scales, step 3)."""
-    left, right, big_a, big_b = pieces
+def _finalists(found, s2, tol, s_top, amax, qmax):
+    """The float32 scales, as alphas, of the pieces of least SSE (one row; see search_scales, step 3).
+
+    found: what pieces returns for the row."""
+    left, right, big_a, big_b = found
     right = np.minimum(right, s_top)
     live = left <= right
     left, right, big_a, big_b = left[live], right[live], big_a[live], big_b[live]

@@ -8,9 +8,10 @@
 `fn` is a pure, module-level function (the workers import it by name, so
 they need the same sqref version, which connect checks: check_versions); each
 task is a dict of its parameters and `fn(**task)` returns a small result
-(numbers, short strings: they travel back to this process). The results come back in the order the tasks were listed,
-whatever order they finished in, so a study that formats them here writes the
-same bytes in-process and on a cluster (docs/scale.md).
+(numbers, short strings: they travel back to this process). The results come
+back in the order the tasks were listed, whatever order they finished in, so
+a study that formats them here writes the same bytes in-process and on a
+cluster (docs/scale.md).
 
 Large arguments never enter a task's parameters. `shared` ({name: object}, e.g. a model)
 is given to every task and sent once to every worker (Dask's scatter with broadcast);
