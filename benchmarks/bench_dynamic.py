@@ -92,17 +92,18 @@ def load_baseline(revision):
         sys.modules["sqref.mse_search"] = current
 
 
-def search_alone(rows, bits):
+def search_alone(rows, bits, search=mse_search):
     """What the exact search costs without any candidate from another rule: sort |x| per row, prefix sums,
-    mse_search.search_scales, in blocks of rows as the dynamic rule runs it (clipping.SEARCH_BLOCK)."""
+    search_scales, in blocks of rows as the dynamic rule runs it (clipping.SEARCH_BLOCK). search: the
+    sqref.mse_search module to run (benchmarks/bound_slack.py passes a baseline's)."""
     a = np.sort(np.abs(rows), axis=1).astype(np.float64)
     m = a.shape[1]
     step = max(1, clipping.SEARCH_BLOCK // (m * (2 ** (bits - 1) - 1)))
     cum1, cum2 = np.empty((step, m + 1)), np.empty((step, m + 1))
     for r0 in range(0, a.shape[0], step):
         block = a[r0:r0 + step]
-        mse_search.prefix_sums(block, cum1[:len(block)], cum2[:len(block)])
-        mse_search.search_scales(block, cum1[:len(block)], cum2[:len(block)], bits)
+        search.prefix_sums(block, cum1[:len(block)], cum2[:len(block)])
+        search.search_scales(block, cum1[:len(block)], cum2[:len(block)], bits)
 
 
 def print_parts(w, w_rows, bits, total, repeats):

@@ -136,22 +136,12 @@ def _slice_sse(cum1, cum2, ch, lo, hi, v):
     return s2 - 2.0 * v * s1 + v * v * (hi - lo)
 
 
-# Sums over the code levels keep the order of the search as it was written for one channel at a time
-# (numpy's order for its arrays), so that no result changes: pairwise (numpy's sum of a contiguous row),
-# except in narrow_lower_bound, where A and the parts of A and S2 that move were summed over F-ordered
-# (S, qmax) arrays: level after level, or pairwise when the call had one interval (S == 1). The pieces'
-# A (pieces) is summed pairwise, and its running sums corrected, so that tol bounds its error.
+# Sums over the code levels are numpy's pairwise sums of contiguous rows (_pairwise_sum), the same
+# whatever else is in the block, so that a channel's numbers do not depend on the other channels; the
+# pieces' A (pieces) is summed pairwise too, and its running sums corrected, so that tol bounds its error.
 def _pairwise_sum(terms):
     """Row sums of a (T, K) array: numpy's pairwise summation of each row."""
     return np.ascontiguousarray(terms).sum(axis=1)
-
-
-def level_sum(terms, single):
-    """Row sums of a (T, K) array, term after term; pairwise (_pairwise_sum) on the rows where `single` is True."""
-    sums = np.asfortranarray(terms).sum(axis=1)  # F order: numpy adds column after column, one running sum per row
-    if single.any():
-        sums[single] = _pairwise_sum(terms[single])
-    return sums
 
 
 def _row_min(values, ch, rows):
@@ -211,36 +201,45 @@ def _wide_bounds(a, cum1, cum2, ch, lo, hi, at_lo, at_hi, qmax):
     return bound, (at_hi - at_lo).sum(axis=1)
 
 
-def narrow_lower_bound(cum1, cum2, ch, lo, hi, down, up, qmax, single):
-    """A tighter lower bound of the SSE over s in [lo, hi], for narrow intervals: hi / lo < (qmax - 1/2) / (qmax - 1).
+def narrow_lower_bound(cum1, cum2, ch, lo, hi, down, up, qmax):
+    """A lower bound of the SSE over s in [lo, hi], for narrow intervals: hi / lo < (qmax - 1/2) / (qmax - 1).
 
-    Then every |x| changes code at most once in [lo, hi]. The |x| that do not
-    change keep their codes: their SSE is one quadratic in s, minimised over
-    [lo, hi] in closed form. An |x| that changes from code j - 1 to j lies in
-    [(j - 1/2) lo, (j - 1/2) hi); at any s in [lo, hi] it is at least
-    g1 = (j - 1/2) lo - (j - 1) hi from (j - 1) s (code j - 1) and, if it is
-    below j lo, at least g2 = j lo - (j - 1/2) hi from j s (code j): each is
-    charged max(0, min(g1, g2))**2, which needs its count only (no search).
+    Then every |x| changes code at most once in [lo, hi], from j - 1 to j as s
+    falls through its breakpoint t = |x| / (j - 1/2); those that change are
+    the |x| in [(j - 1/2) lo, (j - 1/2) hi). With every code taken at s = hi
+    (A, B as in pieces), SSE_hi(s) = S2 - 2 s A + s**2 B, and each weight that
+    has moved up by s saves exactly (2j - 1) s (t - s):
+        SSE(s) = SSE_hi(s) - sum over the changing |x| of (2j - 1) s max(0, t - s).
+    max(0, t - s) is convex in s, so on [lo, hi] it is at most its chord
+    (t - lo)(hi - s) / (hi - lo), which needs only the sum of those |x|:
+        SSE(s) >= q(s) = SSE_hi(s) - 2 s (1 - u) D,  u = (s - lo) / (hi - lo),
+        D = sum over the changing |x| of (|x| - (j - 1/2) lo) >= 0.
+    q equals the SSE at both ends and is convex in u (its u**2 coefficient is
+    (hi - lo)**2 B + 2 (hi - lo) D >= 0), so its tangent at any point u0 lies
+    below it: the bound is q(u0) + min(-u0 q'(u0), (1 - u0) q'(u0)), with u0
+    q's minimiser as computed in floats (a u0 off the minimiser only weakens
+    the bound, it never makes it invalid). Its float error is within
+    bound_tolerance (docs/method.md section 2, "Bound").
     down, up (T, qmax): _cuts at lo and hi (up: the first index with code >= j
-    at s = hi). single (T,): the interval is its row's only narrow one (the
-    order of three sums, see level_sum). Returns the bound and the number of
-    breakpoints inside, each (T,).
+    at s = hi). Returns the bound and the number of breakpoints inside, each (T,).
     """
     n = cum1.shape[1] - 1
-    j = np.arange(1, qmax + 1)
+    half = np.arange(1, qmax + 1) - 0.5
     moving = up - down  # (T, qmax): the |x| that change from code j - 1 to j inside [lo, hi]
-    c1_up, c1_down, c2_up, c2_down = _at(cum1, ch, up), _at(cum1, ch, down), _at(cum2, ch, up), _at(cum2, ch, down)
-    a_hi = level_sum(_at(cum1, ch, n)[:, None] - c1_up, single)  # A and B at s = hi (see pieces)
-    b_hi = ((n - up) * (2 * j - 1)).sum(axis=1)
-    # the changing |x| (indices down .. up - 1 for level j) have code j - 1 at hi: take them out
-    a_fix = a_hi - level_sum((j - 1) * (c1_up - c1_down), single)
-    b_fix = b_hi - ((j - 1) ** 2 * moving).sum(axis=1)
-    s2_fix = _at(cum2, ch, n) - level_sum(c2_up - c2_down, single)
-    s = np.clip(a_fix / np.maximum(b_fix, 1), lo, hi)
-    fixed = s2_fix - 2.0 * s * a_fix + s * s * b_fix
-    gap = np.minimum((j - 0.5) * lo[:, None] - (j - 1) * hi[:, None], j * lo[:, None] - (j - 0.5) * hi[:, None])
-    np.maximum(gap, 0.0, out=gap)
-    return fixed + _pairwise_sum(moving * gap * gap), moving.sum(axis=1)
+    c1_up = _at(cum1, ch, up)
+    a_hi = _pairwise_sum(_at(cum1, ch, n)[:, None] - c1_up)  # A and B at s = hi (see pieces)
+    b_hi = ((n - up) * (2 * half)).sum(axis=1)
+    d_lo = _pairwise_sum((c1_up - _at(cum1, ch, down)) - moving * half * lo[:, None])
+    width = hi - lo
+    # q(u) = c0 + c1 u + c2 u**2 (s = lo + u width); u0 its minimiser in [0, 1]
+    c1 = 2.0 * width * (lo * b_hi - a_hi) + 2.0 * d_lo * (lo - width)
+    c2 = width * width * b_hi + 2.0 * width * d_lo
+    u0 = np.clip(np.divide(-c1, 2.0 * c2, out=np.zeros_like(c1), where=c2 > 0), 0.0, 1.0)
+    u0[(c2 <= 0) & (c1 < 0)] = 1.0  # linear (or constant) q: least at an end
+    s = lo + u0 * width
+    q = _at(cum2, ch, n) - 2.0 * s * a_hi + s * s * b_hi - 2.0 * s * (1.0 - u0) * d_lo
+    slope = 2.0 * width * (s * b_hi - a_hi) + 2.0 * d_lo * (s - width * (1.0 - u0))  # dq/du at u0
+    return q - u0 * np.maximum(slope, 0.0) + (1.0 - u0) * np.minimum(slope, 0.0), moving.sum(axis=1)
 
 
 def model_tolerance(s2, n, qmax, s_top):
@@ -261,15 +260,15 @@ def model_tolerance(s2, n, qmax, s_top):
 def bound_tolerance(s2, n, qmax, s_top):
     """The float error allowed an interval's lower bound (narrow_lower_bound, _wide_bounds), for one channel.
 
-    (8 qmax + 32) (eps + (n eps)**2) Z, Z as in model_tolerance. Unlike approx_sse's slices, the
-    bounds' slices do not tile the row: up to 4 qmax prefix sums enter each bound without cancelling,
-    each within (eps + (n eps)**2) of its sum, and their level terms are added one after another
-    (level_sum), so the worst case grows with qmax (docs/method.md section 2, "Bound"). The branch and
-    bound drops an interval only when its bound exceeds U + model_tolerance + this: then no scale in it
-    can beat U, whatever the rounding.
+    (8 qmax + 64) (eps + (n eps)**2) Z, Z as in model_tolerance. Unlike approx_sse's slices, the
+    bounds' sums do not tile the row, so their prefix errors do not cancel: each prefix sum is within
+    (eps + (n eps)**2) of its sum, and _wide_bounds takes up to 4 qmax of them, so its worst case grows
+    with qmax, (6 qmax + 30)(...) Z; narrow_lower_bound's is (11 (eps + (n eps)**2) + 46 eps) Z whatever
+    qmax (docs/method.md section 2, "Bound"). The branch and bound drops an interval only when its bound
+    exceeds U + model_tolerance + this: then no scale in it can beat U, whatever the rounding.
     """
     eps = float(np.finfo(np.float64).eps)
-    return (8 * qmax + 32) * (eps + (n * eps) ** 2) * _error_scale(s2, n, qmax, s_top)
+    return (8 * qmax + 64) * (eps + (n * eps) ** 2) * _error_scale(s2, n, qmax, s_top)
 
 
 def _error_scale(s2, n, qmax, s_top):
@@ -367,9 +366,8 @@ def _bracket(a, cum1, cum2, rows, qmax, s_lo, s_top, tol):
             bound[wide], counts[wide] = _wide_bounds(a, cum1, cum2, ch[wide], lo[wide], hi[wide],
                                                      at_lo[wide], at_hi[wide], qmax)
         if narrow.size:
-            single = np.bincount(ch[narrow], minlength=n_rows)[ch[narrow]] == 1
             bound[narrow], counts[narrow] = narrow_lower_bound(
-                cum1, cum2, ch[narrow], lo[narrow], hi[narrow], at_lo[narrow], at_hi[narrow], qmax, single)
+                cum1, cum2, ch[narrow], lo[narrow], hi[narrow], at_lo[narrow], at_hi[narrow], qmax)
         upper = np.minimum(upper, _row_min(_approx_sse_at(cum1, cum2, ch, hi, at_hi, qmax), ch, n_rows))
         keep = bound <= (upper + tol)[ch]
         ch, lo, hi, at_lo, at_hi, bound, counts = (v[keep] for v in (ch, lo, hi, at_lo, at_hi, bound, counts))

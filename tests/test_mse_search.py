@@ -47,15 +47,6 @@ def test_a_channel_gets_the_same_scales_alone_or_in_a_block(x, bits, limits):
     assert together == alone
 
 
-def test_level_sums_keep_their_order():
-    # 1 + 126 halves of an ulp: a running sum rounds each addition back to 1; numpy's pairwise sum adds
-    # most of the halves among themselves first, so it ends above 1.
-    terms = np.tile(np.concatenate([[1.0], np.full(126, 2.0**-53)]), (2, 1))
-    got = mse_search.level_sum(terms, np.array([False, True]))
-    assert got[0] == 1.0
-    assert got[1] == terms[1].sum() > 1.0
-
-
 # ----------------------------------------------------------------------------- prefix sums and the model's tolerance
 EPS = np.finfo(np.float64).eps
 
@@ -178,7 +169,7 @@ def narrow_bound(x, bits, lo, hi):
     qmax = 2 ** (bits - 1) - 1
     bound, inside = mse_search.narrow_lower_bound(cum1, cum2, np.zeros(1, dtype=np.int64), np.array([lo]),
                                                   np.array([hi]), cuts_at(a[0], lo, qmax), cuts_at(a[0], hi, qmax),
-                                                  qmax, np.array([True]))
+                                                  qmax)
     return float(bound[0]), int(inside[0])
 
 
@@ -197,14 +188,20 @@ def exact_least_sse(x, bits, lo, hi):
 
 
 def test_narrow_bound_literal():
-    # qmax = 3, s in [1, 1.1]: 2.55 changes from code 2 to 3 at s = 1.02. With code 2 it is at least
-    # 2.55 - 2 * 1.1 = 0.35 away, with code 3 at least 3 * 1 - 2.55 = 0.45; the bound charges the least
-    # distance any such weight can have, min(2.5 lo - 2 hi, 3 lo - 2.5 hi) = min(0.3, 0.25): 0.0625.
-    assert narrow_bound([2.55], 3, 1.0, 1.1) == (pytest.approx(0.0625, abs=1e-15), 1)  # abs: one rounding of 0.25**2
+    # qmax = 3, s in [1, 1.1]: 2.55 changes from code 2 (at hi) to code 3 at t = 2.55 / 2.5 = 1.02.
+    # SSE_hi(s) = (2.55 - 2 s)**2, D = 2.55 - 2.5 lo = 0.05, and the bound is the least over [1, 1.1] of
+    #     q(s) = (2.55 - 2 s)**2 - 2 s (1.1 - s) / 0.1 * 0.05 = 5 s**2 - 11.3 s + 6.5025,
+    # which falls all the way (q' = 10 s - 11.3 < 0): q(1.1) = 0.35**2, the exact least SSE (code 2 at hi).
+    # abs: about ten roundings of terms up to 6.5 (S2 - 2 s A + s**2 B)
+    assert narrow_bound([2.55], 3, 1.0, 1.1) == (pytest.approx(0.35**2, abs=1e-14), 1)
     assert exact_least_sse([2.55], 3, 1.0, 1.1) == pytest.approx(0.35**2, rel=1e-15)  # rel: 2.55 - 2.2 rounds
-    # [1, 1.24] is still narrow (< 2.5 / 2), but 3.05 >= 3 lo: at s = 3.05 / 3 it sits on code 3 and costs
-    # nothing. The bound must say 0 (charging the distance to 3 lo, 0.05**2, would exceed the minimum).
-    assert narrow_bound([3.05], 3, 1.0, 1.24) == (0.0, 1)
+    # [1, 1.24] is still narrow (< 2.5 / 2), and 3.05 reaches code 3 exactly at s = 3.05 / 3: least SSE 0.
+    # t = 1.22, D = 3.05 - 2.5 = 0.55, q(s) = (3.05 - 2 s)**2 - 2 s (1.24 - s) / 0.24 * 0.55
+    #     = 103/12 s**2 - 1073/60 s + 3721/400, least at s = 1073/1030 (inside): -77/6180, below 0, as a
+    # lower bound of 0 may be (between the ends, the chord overstates what the move saves).
+    least_q = Fraction(3721, 400) - Fraction(1073, 60) ** 2 / (4 * Fraction(103, 12))
+    assert narrow_bound([3.05], 3, 1.0, 1.24) == (pytest.approx(float(least_q), abs=1e-14), 1)  # abs: as above
+    assert float(least_q) < 0
     assert exact_least_sse([3.05], 3, 1.0, 1.24) < 1e-30  # 0 up to (3.05 - 3 * (3.05 / 3))**2, an ulp squared
 
 
@@ -220,7 +217,7 @@ def test_the_narrow_bound_never_exceeds_the_least_sse(x, bits, where, anchor, wi
     if top == 0:
         return
     lo = where * top / qmax if anchor is None else abs(x[anchor % len(x)]) / qmax * (1 - 1e-3 * where)
-    if lo == 0:
+    if lo < np.finfo(np.float32).tiny:  # below the search's domain (search_scales: s >= float32 tiny)
         return
     hi = lo * (1 + width * (0.5 / (qmax - 1) if qmax > 1 else 1.0))
     if not hi * (qmax - 1) < lo * (qmax - 0.5):
@@ -230,6 +227,57 @@ def test_the_narrow_bound_never_exceeds_the_least_sse(x, bits, where, anchor, wi
     # slack: the prefix-sum form's float rounding (S2 - 2 s A + s^2 B): model_tolerance, tighter than the
     # bound_tolerance the search allows a bound on top of it
     assert bound <= least + mse_search.model_tolerance(sum(v * v for v in x), len(x), qmax, hi)
+
+
+def exact_narrow_bound(x, qmax, lo, hi):
+    """The narrow bound in exact rationals, weight by weight: min over s in [lo, hi] of
+    SSE_hi(s) - 2 s (hi - s) / (hi - lo) * sum over the changing |x| of (|x| - (j - 1/2) lo), and the least SSE."""
+    a = sorted(abs(Fraction(v)) for v in x)
+    lo, hi = Fraction(lo), Fraction(hi)
+    c0 = c1 = c2 = Fraction(0)  # the bound as c0 + c1 s + c2 s**2
+    d = Fraction(0)
+    for v in a:
+        code = min(math.floor(v / hi + Fraction(1, 2)), qmax)  # the code at hi (ties go up, as _cuts counts them)
+        c0, c1, c2 = c0 + v * v, c1 - 2 * code * v, c2 + code * code
+        j = code + 1
+        if j <= qmax and (j - Fraction(1, 2)) * lo <= v:  # it changes to code j inside [lo, hi)
+            d += v - (j - Fraction(1, 2)) * lo
+    # - 2 s (hi - s) d / w = (- 2 hi d / w) s + (2 d / w) s**2
+    c1, c2 = c1 - 2 * hi * d / (hi - lo), c2 + 2 * d / (hi - lo)
+    ends = [lo, hi] + ([-c1 / (2 * c2)] if c2 > 0 and lo < -c1 / (2 * c2) < hi else [])
+    bound = min(c0 + c1 * s + c2 * s * s for s in ends)
+    breaks = sorted({lo, hi} | {v / (j - Fraction(1, 2)) for v in a for j in range(1, qmax + 1)
+                                if lo < v / (j - Fraction(1, 2)) < hi})
+    least = None
+    for left, right in zip(breaks, breaks[1:]):
+        codes = [min(math.floor(2 * v / (left + right) + Fraction(1, 2)), qmax) for v in a]
+        big_a, big_b = sum(c * v for c, v in zip(codes, a)), sum(c * c for c in codes)
+        s = min(max(big_a / big_b, left), right) if big_b else right
+        sse = sum((v - s * c) ** 2 for c, v in zip(codes, a))
+        least = sse if least is None else min(least, sse)
+    return bound, least
+
+
+@given(st.lists(st.floats(-8, 8, allow_nan=False, allow_subnormal=False), min_size=1, max_size=25),
+       st.integers(2, 6), st.floats(0.02, 1.0), st.floats(0.0, 1.0))
+def test_the_narrow_bound_is_its_formula_to_within_bound_tolerance(x, bits, where, width):
+    # Oracle: the formula of narrow_lower_bound's docstring evaluated weight by weight in exact rationals.
+    # Exact arithmetic needs no slack: that bound never exceeds the least SSE. The float bound is within
+    # bound_tolerance (docs/method.md section 2, "Bound") of it, both ways (from below, what the float
+    # minimiser's tangent loses is second order).
+    qmax = 2 ** (bits - 1) - 1
+    top = max(abs(v) for v in x)
+    lo = where * top / qmax
+    if lo < np.finfo(np.float32).tiny:  # below the search's domain (search_scales: s >= float32 tiny)
+        return
+    hi = lo * (1 + width * (0.5 / (qmax - 1) if qmax > 1 else 1.0))
+    if not lo < hi or not hi * (qmax - 1) < lo * (qmax - 0.5):
+        return
+    exact, least = exact_narrow_bound(x, qmax, lo, hi)
+    assert exact <= least
+    bound, _ = narrow_bound(x, bits, lo, hi)
+    allowed = mse_search.bound_tolerance(sum(v * v for v in x), len(x), qmax, hi)
+    assert abs(Fraction(bound) - exact) <= Fraction(allowed)
 
 
 @given(channel_blocks(), st.integers(2, 8))
