@@ -449,6 +449,27 @@ def test_bad_outputs_are_refused_with_force(tmp_path, kind):
 
 
 @pytest.mark.parametrize("signum, expected", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_the_modules_load_exits_at_once(signum, expected):
+    # The handler `sqref` installs before its imports must end the process where the signal lands, not
+    # raise: an exception raised while an extension module initialises (SciPy's, in a CI run) came out
+    # as "ImportError: initialization failed", a traceback and exit code 1. The except clause below
+    # stands for that: had the handler raised, the child would exit 1.
+    child = textwrap.dedent(f"""
+        import signal, sys
+        from sqref.__main__ import exit_on_signal
+        signal.signal({int(signum)}, exit_on_signal)
+        try:
+            signal.raise_signal({int(signum)})
+        except BaseException:
+            sys.exit(1)
+        sys.exit(0)
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == expected, proc.stderr
+    assert proc.stderr.splitlines() == [f"sqref: error: interrupted by {signal.Signals(signum).name}"]
+
+
+@pytest.mark.parametrize("signum, expected", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.parametrize("delay", [0.3, 1.5, 4.0])  # while the modules load (~0.8 s), after, during the work
 def test_signal_during_compress_leaves_destination_unchanged(tmp_path, signum, expected, delay):
     out = tmp_path / "c.h5"
