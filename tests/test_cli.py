@@ -26,6 +26,25 @@ def model_file(tmp_path):
     return path
 
 
+@pytest.mark.parametrize("signum, expected", [(2, 130), (15, 143)])
+def test_a_signal_inside_an_import_is_an_interruption(model_file, capsys, monkeypatch, signum, expected):
+    # A signal that lands while a command imports an extension module (onnxruntime, torch) raises
+    # Interrupted inside its initialisation, and Python reports "ImportError: initialization failed"
+    # caused by it. That is an interruption (exit 130 / 143), not a missing dependency (exit 1).
+    from sqref.cli.main import Interrupted
+
+    def importing(path):
+        try:
+            raise Interrupted(signum)  # what the handler raises
+        except KeyboardInterrupt as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr("sqref.cli.models.describe_file", importing)
+    assert main(["info", str(model_file)]) == expected
+    name = {2: "SIGINT", 15: "SIGTERM"}[signum]
+    assert capsys.readouterr().err.splitlines() == [f"sqref: error: interrupted by {name}"]
+
+
 def test_info_text_and_json(model_file, capsys):
     assert main(["info", str(model_file)]) == 0
     out = capsys.readouterr().out

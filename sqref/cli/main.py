@@ -102,11 +102,8 @@ def main(argv=None) -> int:
         return EXIT_OK
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
-    except Interrupted as exc:
-        name = "SIGTERM" if exc.signum == signal.SIGTERM else "SIGINT"
-        return _fail(f"interrupted by {name}", EXIT_SIGTERM if exc.signum == signal.SIGTERM else EXIT_SIGINT, want_json)
-    except KeyboardInterrupt:
-        return _fail("interrupted by SIGINT", EXIT_SIGINT, want_json)
+    except KeyboardInterrupt as exc:  # Interrupted (SIGINT or SIGTERM), or Python's own for SIGINT
+        return _fail_interrupted(exc, want_json)
     except WriteError as exc:  # disk full, I/O error: the environment's failure, destination as it was
         return _fail(str(exc.strerror or exc), EXIT_INTERNAL, want_json)
     except (UsageError, ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
@@ -114,6 +111,8 @@ def main(argv=None) -> int:
     except MemoryError:
         return _fail("out of memory", EXIT_INTERNAL, want_json)
     except ImportError as exc:  # an optional dependency is missing (onnx for .onnx models): the environment's
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # a signal while an extension module initialised
+            return _fail_interrupted(exc.__cause__, want_json)
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, EXIT_INTERNAL, want_json)
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), EXIT_INTERNAL, want_json)
@@ -125,6 +124,13 @@ def main(argv=None) -> int:
             # As a program, a signal after the command finished is ignored (its exit code
             # stands; no traceback at shutdown); called in-process, the caller's handler returns.
             signal.signal(signum, signal.SIG_IGN if as_program else handler)
+
+
+def _fail_interrupted(exc, want_json):
+    """_fail for an Interrupted (its signal) or a plain KeyboardInterrupt (SIGINT)."""
+    if getattr(exc, "signum", None) == signal.SIGTERM:
+        return _fail("interrupted by SIGTERM", EXIT_SIGTERM, want_json)
+    return _fail("interrupted by SIGINT", EXIT_SIGINT, want_json)
 
 
 def _fail(message: str, code: int, want_json: bool) -> int:
