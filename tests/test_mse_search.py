@@ -174,13 +174,16 @@ def narrow_bound(x, bits, lo, hi):
 
 
 def exact_least_sse(x, bits, lo, hi):
-    """The least SSE over s in [lo, hi], in plain Python: every piece between breakpoints, minimised in closed form."""
-    a = [abs(float(v)) for v in x]
+    """The least SSE over s in [lo, hi], in plain Python and exact rationals: every piece between breakpoints,
+    minimised in closed form."""
+    a = [abs(Fraction(v)) for v in x]
+    lo, hi = Fraction(lo), Fraction(hi)
     qmax = 2 ** (bits - 1) - 1
-    ends = sorted({lo, hi} | {v / (j - 0.5) for v in a for j in range(1, qmax + 1) if lo < v / (j - 0.5) < hi})
-    least = math.inf
+    ends = sorted({lo, hi} | {v / (j - Fraction(1, 2)) for v in a for j in range(1, qmax + 1)
+                              if lo < v / (j - Fraction(1, 2)) < hi})
+    least = min(sum((v - s * min(math.floor(v / s + Fraction(1, 2)), qmax)) ** 2 for v in a) for s in (lo, hi))
     for left, right in zip(ends, ends[1:]):
-        codes = [min(round(2 * v / (left + right)), qmax) for v in a]
+        codes = [min(math.floor(2 * v / (left + right) + Fraction(1, 2)), qmax) for v in a]
         big_a, big_b = sum(c * v for c, v in zip(codes, a)), sum(c * c for c in codes)
         s = min(max(big_a / big_b, left), right) if big_b else right
         least = min(least, sum((v - s * c) ** 2 for c, v in zip(codes, a)))
@@ -194,7 +197,7 @@ def test_narrow_bound_literal():
     # which falls all the way (q' = 10 s - 11.3 < 0): q(1.1) = 0.35**2, the exact least SSE (code 2 at hi).
     # abs: about ten roundings of terms up to 6.5 (S2 - 2 s A + s**2 B)
     assert narrow_bound([2.55], 3, 1.0, 1.1) == (pytest.approx(0.35**2, abs=1e-14), 1)
-    assert exact_least_sse([2.55], 3, 1.0, 1.1) == pytest.approx(0.35**2, rel=1e-15)  # rel: 2.55 - 2.2 rounds
+    assert exact_least_sse([2.55], 3, 1.0, 1.1) == (Fraction(2.55) - 2 * Fraction(1.1)) ** 2  # code 2 at hi
     # [1, 1.24] is still narrow (< 2.5 / 2), and 3.05 reaches code 3 exactly at s = 3.05 / 3: least SSE 0.
     # t = 1.22, D = 3.05 - 2.5 = 0.55, q(s) = (3.05 - 2 s)**2 - 2 s (1.24 - s) / 0.24 * 0.55
     #     = 103/12 s**2 - 1073/60 s + 3721/400, least at s = 1073/1030 (inside): -77/6180, below 0, as a
@@ -202,7 +205,7 @@ def test_narrow_bound_literal():
     least_q = Fraction(3721, 400) - Fraction(1073, 60) ** 2 / (4 * Fraction(103, 12))
     assert narrow_bound([3.05], 3, 1.0, 1.24) == (pytest.approx(float(least_q), abs=1e-14), 1)  # abs: as above
     assert float(least_q) < 0
-    assert exact_least_sse([3.05], 3, 1.0, 1.24) < 1e-30  # 0 up to (3.05 - 3 * (3.05 / 3))**2, an ulp squared
+    assert exact_least_sse([3.05], 3, 1.0, 1.24) == 0
 
 
 @given(st.lists(st.floats(-8, 8, allow_nan=False, allow_subnormal=False), min_size=1, max_size=30),
@@ -230,13 +233,11 @@ def test_the_narrow_bound_never_exceeds_the_least_sse(x, bits, where, anchor, wi
 
 
 def exact_narrow_bound(x, qmax, lo, hi):
-    """The narrow bound in exact rationals, weight by weight: min over s in [lo, hi] of
-    SSE_hi(s) - 2 s (hi - s) / (hi - lo) * sum over the changing |x| of (|x| - (j - 1/2) lo), and the least SSE."""
-    a = sorted(abs(Fraction(v)) for v in x)
+    """The narrow bound in exact rationals, weight by weight: the least over s in [lo, hi] of
+    SSE_hi(s) - 2 s (hi - s) / (hi - lo) * sum over the changing |x| of (|x| - (j - 1/2) lo)."""
     lo, hi = Fraction(lo), Fraction(hi)
-    c0 = c1 = c2 = Fraction(0)  # the bound as c0 + c1 s + c2 s**2
-    d = Fraction(0)
-    for v in a:
+    c0 = c1 = c2 = d = Fraction(0)  # the bound as c0 + c1 s + c2 s**2
+    for v in (abs(Fraction(v)) for v in x):
         code = min(math.floor(v / hi + Fraction(1, 2)), qmax)  # the code at hi (ties go up, as _cuts counts them)
         c0, c1, c2 = c0 + v * v, c1 - 2 * code * v, c2 + code * code
         j = code + 1
@@ -245,36 +246,28 @@ def exact_narrow_bound(x, qmax, lo, hi):
     # - 2 s (hi - s) d / w = (- 2 hi d / w) s + (2 d / w) s**2
     c1, c2 = c1 - 2 * hi * d / (hi - lo), c2 + 2 * d / (hi - lo)
     ends = [lo, hi] + ([-c1 / (2 * c2)] if c2 > 0 and lo < -c1 / (2 * c2) < hi else [])
-    bound = min(c0 + c1 * s + c2 * s * s for s in ends)
-    breaks = sorted({lo, hi} | {v / (j - Fraction(1, 2)) for v in a for j in range(1, qmax + 1)
-                                if lo < v / (j - Fraction(1, 2)) < hi})
-    least = None
-    for left, right in zip(breaks, breaks[1:]):
-        codes = [min(math.floor(2 * v / (left + right) + Fraction(1, 2)), qmax) for v in a]
-        big_a, big_b = sum(c * v for c, v in zip(codes, a)), sum(c * c for c in codes)
-        s = min(max(big_a / big_b, left), right) if big_b else right
-        sse = sum((v - s * c) ** 2 for c, v in zip(codes, a))
-        least = sse if least is None else min(least, sse)
-    return bound, least
+    return min(c0 + c1 * s + c2 * s * s for s in ends)
 
 
 @given(st.lists(st.floats(-8, 8, allow_nan=False, allow_subnormal=False), min_size=1, max_size=25),
-       st.integers(2, 6), st.floats(0.02, 1.0), st.floats(0.0, 1.0))
-def test_the_narrow_bound_is_its_formula_to_within_bound_tolerance(x, bits, where, width):
+       st.integers(2, 6), st.integers(0, 24), st.integers(1, 31), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_the_narrow_bound_is_its_formula_to_within_bound_tolerance(x, bits, anchor, level, where, width):
     # Oracle: the formula of narrow_lower_bound's docstring evaluated weight by weight in exact rationals.
     # Exact arithmetic needs no slack: that bound never exceeds the least SSE. The float bound is within
     # bound_tolerance (docs/method.md section 2, "Bound") of it, both ways (from below, what the float
-    # minimiser's tangent loses is second order).
+    # minimiser's tangent loses is second order). The interval is drawn around the breakpoint of one
+    # weight (anchor) at one level, so that at least that weight changes code inside it.
     qmax = 2 ** (bits - 1) - 1
-    top = max(abs(v) for v in x)
-    lo = where * top / qmax
+    t = abs(x[anchor % len(x)]) / (1 + level % qmax - 0.5)
+    spread = width * (0.5 / (qmax - 1) if qmax > 1 else 1.0)  # hi / lo - 1, up to the narrow limit
+    lo = t / (1 + where * spread)  # t in [lo, hi)
+    hi = lo * (1 + spread)
     if lo < np.finfo(np.float32).tiny:  # below the search's domain (search_scales: s >= float32 tiny)
         return
-    hi = lo * (1 + width * (0.5 / (qmax - 1) if qmax > 1 else 1.0))
     if not lo < hi or not hi * (qmax - 1) < lo * (qmax - 0.5):
         return
-    exact, least = exact_narrow_bound(x, qmax, lo, hi)
-    assert exact <= least
+    exact = exact_narrow_bound(x, qmax, lo, hi)
+    assert exact <= exact_least_sse(x, bits, lo, hi)
     bound, _ = narrow_bound(x, bits, lo, hi)
     allowed = mse_search.bound_tolerance(sum(v * v for v in x), len(x), qmax, hi)
     assert abs(Fraction(bound) - exact) <= Fraction(allowed)
