@@ -515,7 +515,7 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
          smallest scale).
     Bound (derived in docs/method.md section 2, not only measured): every
     float value that ranks pieces or prunes intervals is within a stated
-    tolerance of its exact value (tol = (64 eps + 3 (n eps)**2)
+    tolerance of its exact value (tol = (64 eps + 8 (n eps)**2)
     (sum w**2 + n (qmax s_top)**2), sqref.mse_search.model_tolerance; the
     interval bounds get mse_search.bound_tolerance more), so the bracket drops
     nothing that could hold the minimum. With at most FINALIST_PIECES (8)

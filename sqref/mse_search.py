@@ -245,16 +245,18 @@ def narrow_lower_bound(cum1, cum2, ch, lo, hi, down, up, qmax):
 def model_tolerance(s2, n, qmax, s_top):
     """The search's allowance for float error in an SSE it computes from prefix sums, for one channel.
 
-    tol = (64 eps + 3 (n eps)**2) Z, Z = S2 + n (qmax s_top)**2 (s2 = S2 = sum of a**2, n the
+    tol = (64 eps + 8 (n eps)**2) Z, Z = S2 + n (qmax s_top)**2 (s2 = S2 = sum of a**2, n the
     channel's length, s_top its largest scale). It bounds the error of approx_sse: the prefix sums
     are within (eps/2 + (n eps)**2) of the exact sums, relative (prefix_sums; eps/2 more for the
     squares, rounded first); approx_sse's slices tile the sorted row, so those errors telescope, to
     at most (2 eps + 3 (n eps)**2) Z; its own arithmetic (a few roundings per level, a pairwise sum
-    of qmax + 1 terms) adds at most 28 eps Z. The pieces' SSE is within tol / 2 too (pieces); the
-    interval bounds get bound_tolerance on top (docs/method.md section 2, "Bound").
+    of qmax + 1 terms) adds at most 28 eps Z: half of tol in all. The pieces' SSE is within tol / 2
+    too (pieces; its A has 2 (n eps)**2 Z of the second-order terms, within tol / 4, which is why
+    their coefficient is 8); the interval bounds get bound_tolerance on top (docs/method.md
+    section 2, "Bound").
     """
     eps = float(np.finfo(np.float64).eps)
-    return (64 * eps + 3 * (n * eps) ** 2) * _error_scale(s2, n, qmax, s_top)
+    return (64 * eps + 8 * (n * eps) ** 2) * _error_scale(s2, n, qmax, s_top)
 
 
 def bound_tolerance(s2, n, qmax, s_top):
