@@ -10,8 +10,8 @@ sqref.mse_search and the one at --baseline, loaded as bench_dynamic.py loads it)
      checkout's, the same tiles for both), (least SSE in the tile - the tile's
      bound) / (the channel's least SSE), median and 90th percentile over all
      tiles; the least SSE in a tile comes from every piece in it (mse_search.pieces);
-  2. kept: the share of those tiles whose bound is within U + tol, which the
-     first prune cannot drop;
+  2. kept: the share of those tiles whose bound is within U + tol +
+     bound_tolerance, which the first prune cannot drop;
   3. evaluated: how many narrow bounds mse_search.search_scales computes on
      those channels, in blocks as the dynamic rule runs it.
 The bracket's time goes mostly to those bounds and the cuts of the intervals
@@ -28,13 +28,15 @@ from sqref import mse_search
 
 
 def first_level_tiles(a, cum1, cum2, bits):
-    """This checkout's first level for every row: ch, lo, hi, cuts at lo and hi, U, tol (as search_scales sets them)."""
-    qmax = 2 ** (bits - 1) - 1
+    """This checkout's first level for every row: ch, lo, hi, cuts at lo and hi, U, and the pruning margin
+    (model_tolerance + bound_tolerance), as search_scales sets them (the rows have no zeros)."""
+    qmax, m = 2 ** (bits - 1) - 1, a.shape[1]
     rows = np.arange(a.shape[0])
     s_top = mse_search.grid_scales(a[:, -1], bits)
     s_lo = np.minimum(a[:, 0] / (qmax - 0.5), s_top)
-    tol = np.array([mse_search.model_tolerance(float(cum2[r, -1]), a.shape[1], qmax, float(s_top[r])) for r in rows])
-    return mse_search.first_level(a, cum1, cum2, rows, qmax, s_lo, s_top, tol) + (tol,)
+    margin = np.array([mse_search.model_tolerance(float(cum2[r, -1]), m, qmax, float(s_top[r]))
+                       + mse_search.bound_tolerance(float(cum2[r, -1]), m, qmax, float(s_top[r])) for r in rows])
+    return mse_search.first_level(a, cum1, cum2, rows, qmax, s_lo, s_top, margin) + (margin,)
 
 
 def tile_least(a, cum1, cum2, ch, lo, hi, qmax):
@@ -95,7 +97,7 @@ def main():
     mse_search.prefix_sums(a, cum1, cum2)
     for bits in args.bits:
         qmax = 2 ** (bits - 1) - 1
-        ch, lo, hi, at_lo, at_hi, upper, tol = first_level_tiles(a, cum1, cum2, bits)
+        ch, lo, hi, at_lo, at_hi, upper, margin = first_level_tiles(a, cum1, cum2, bits)
         narrow = hi * (qmax - 1) < lo * (qmax - 0.5)
         ch, lo, hi, at_lo, at_hi = ch[narrow], lo[narrow], hi[narrow], at_lo[narrow], at_hi[narrow]
         print(f"\n{bits} bits, {a.shape[0]} channels of {a.shape[1]:,} N(0, 1) weights: {lo.size} narrow "
@@ -107,7 +109,7 @@ def main():
         for name, search in impls.items():
             bound = narrow_bounds(search, cum1, cum2, ch, lo, hi, at_lo, at_hi, qmax)
             slack = (least - bound) / row_least[ch]
-            kept = np.mean(bound <= (upper + tol)[ch])
+            kept = np.mean(bound <= (upper + margin)[ch])
             print(f"{name:>16} {np.median(slack):>13.2e} {np.quantile(slack, 0.9):>10.2e} {kept:>6.0%} "
                   f"{count_bounds(search, rows, bits):>17,}")
 
