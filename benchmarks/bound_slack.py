@@ -29,14 +29,10 @@ from sqref import mse_search
 
 def first_level_tiles(a, cum1, cum2, bits):
     """This checkout's first level for every row: ch, lo, hi, cuts at lo and hi, U, and the pruning margin
-    (model_tolerance + bound_tolerance), as search_scales sets them (the rows have no zeros)."""
-    qmax, m = 2 ** (bits - 1) - 1, a.shape[1]
+    (model_tolerance + bound_tolerance), as search_scales sets them (mse_search.row_limits)."""
+    s_top, s_lo, _, margin = mse_search.row_limits(a, cum2, bits)
     rows = np.arange(a.shape[0])
-    s_top = mse_search.grid_scales(a[:, -1], bits)
-    s_lo = np.minimum(a[:, 0] / (qmax - 0.5), s_top)
-    margin = np.array([mse_search.model_tolerance(float(cum2[r, -1]), m, qmax, float(s_top[r]))
-                       + mse_search.bound_tolerance(float(cum2[r, -1]), m, qmax, float(s_top[r])) for r in rows])
-    return mse_search.first_level(a, cum1, cum2, rows, qmax, s_lo, s_top, margin) + (margin,)
+    return mse_search.first_level(a, cum1, cum2, rows, 2 ** (bits - 1) - 1, s_lo, s_top, margin) + (margin,)
 
 
 def tile_least(a, cum1, cum2, ch, lo, hi, qmax):

@@ -407,8 +407,8 @@ def pieces(a, cum1, r, qmax, lo, hi):
     |x|) and B = sum_j (2j - 1) (their count). Going down from hi_k, breakpoint
     (i, j) at t = a_i / (j - 1/2) adds a_i to A and 2j - 1 to B. B is exact (an
     integer); A is a pairwise sum over the levels plus a corrected running sum
-    over the breakpoints, so 2 s A is within about 12 eps Z of its exact value
-    (Z as in model_tolerance, tol / 4 at most; docs/method.md section 2).
+    over the breakpoints, so 2 s A is within about (12 eps + 2 (n eps)**2) Z of
+    its exact value (Z as in model_tolerance, tol / 4 at most; docs/method.md section 2).
     """
     n = a.shape[1]
     ch = np.full(lo.size, r)
@@ -473,6 +473,24 @@ def _finalists(found, s2, tol, s_top, amax, qmax):
     return [amax if v == s_top else float(v * qmax) for v in scales]
 
 
+def row_limits(a, cum2, bits):
+    """Per row of a (sorted |x|, see search_scales): s_top, s_lo, tol and the pruning margin, each (R,).
+
+    s_top: the float32 scale of max|x|; s_lo: (smallest |x| > 0) / (qmax - 1/2),
+    at most s_top; tol: model_tolerance; the margin: tol + bound_tolerance (what
+    _bracket prunes with). Each row's tolerances are Python-float arithmetic,
+    row by row, so their bits do not depend on the other rows.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    m = a.shape[1]
+    s_top = grid_scales(a[:, -1], bits)
+    smallest = np.array([row[np.searchsorted(row, 0.0, side="right")] for row in a])  # smallest |x| > 0
+    s_lo = np.minimum(smallest / (qmax - 0.5), s_top)
+    tol = np.array([model_tolerance(float(s2), m, qmax, float(top)) for s2, top in zip(cum2[:, -1], s_top)])
+    prune = tol + np.array([bound_tolerance(float(s2), m, qmax, float(top)) for s2, top in zip(cum2[:, -1], s_top)])
+    return s_top, s_lo, tol, prune
+
+
 def search_scales(a, cum1, cum2, bits):
     """The float32 scales, as alphas, that may minimise the SSE of each row of a (see the comment above).
 
@@ -491,14 +509,9 @@ def search_scales(a, cum1, cum2, bits):
     float32(alpha / qmax) == s), max|x| for s_top.
     """
     qmax = 2 ** (bits - 1) - 1
-    n_rows, m = a.shape
-    every = np.arange(n_rows)
+    every = np.arange(a.shape[0])
     amax = a[:, -1]
-    s_top = grid_scales(amax, bits)
-    smallest = np.array([row[np.searchsorted(row, 0.0, side="right")] for row in a])  # smallest |x| > 0
-    s_lo = np.minimum(smallest / (qmax - 0.5), s_top)
-    tol = np.array([model_tolerance(float(cum2[r, -1]), m, qmax, float(s_top[r])) for r in every])
-    prune = tol + np.array([bound_tolerance(float(cum2[r, -1]), m, qmax, float(s_top[r])) for r in every])
+    s_top, s_lo, tol, prune = row_limits(a, cum2, bits)
     open_ = s_lo < s_top  # else all clipped: one piece, no breakpoint inside
     many = open_ & (_breakpoint_counts(a, every, s_lo, s_top, qmax) > ENUMERATE)
     brackets = _bracket(a, cum1, cum2, np.flatnonzero(many), qmax, s_lo, s_top, prune)
