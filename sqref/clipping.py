@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 from scipy import optimize, special
 
-from sqref.mse_search import grid_scales, prefix_sums, search_scales
+from sqref.mse_search import grid_scales, prefix_sums, screen, search_scales
 from sqref.quant import channel_rows, check_axis, check_bits, check_rounding, check_weights, sum_sq_error_rows
 
 RULES = ("max", "percentile", "sigma", "aciq-gauss", "aciq-laplace", "kl", "kl-slides", "dynamic")
@@ -469,21 +469,29 @@ def _dynamic_rows(x, bits, rounding, extra=None):
     blocks = _row_blocks(live.size, m * (2 ** (bits - 1) - 1), SEARCH_BLOCK)  # a few large channels at a time
     size = blocks[0][1]  # float64 buffers for one block, reused: a[rows], then cum[:, i] = sum of the i smallest
     rows, cum1, cum2 = np.empty((size, m)), np.empty((size, m + 1)), np.empty((size, m + 1))
-    found = []
+    others = np.stack(rules, axis=1)[live]
+    kept = []  # per row: the candidates that can win, in the order search, then the rules
     for r0, r1 in blocks:
         n = r1 - r0
         rows[:n] = a[r0:r1] if live.size == a.shape[0] else a[live[r0:r1]]
         prefix_sums(rows[:n], cum1[:n], cum2[:n])
-        found += search_scales(rows[:n], cum1[:n], cum2[:n], bits)
-    width = max(len(f) for f in found)
-    found = np.array([f + f[:1] * (width - len(f)) for f in found])  # pad with a repeat (same grid)
-    candidates = np.concatenate([found, np.stack(rules, axis=1)[live]], axis=1)  # (live, K)
-    scales = grid_scales(candidates, bits)
-    order = np.argsort(scales, axis=1, kind="stable")  # ascending: a tie goes to the smallest scale
-    candidates = np.take_along_axis(candidates, order, axis=1)
-    x_live = x if live.size == x.shape[0] else x[live]
-    sse = sum_sq_error_rows(x_live, np.take_along_axis(scales, order, axis=1), 2 ** (bits - 1) - 1, rounding)
-    alpha[live] = candidates[np.arange(live.size), np.argmin(sse, axis=1)]
+        found = search_scales(rows[:n], cum1[:n], cum2[:n], bits)
+        width = max(len(f) for f in found)
+        found = np.array([f + f[:1] * (width - len(f)) for f in found])  # pad with a repeat (same grid)
+        alphas = np.concatenate([found, others[r0:r1]], axis=1)
+        for row, can_win in zip(alphas, screen(rows[:n], cum1[:n], cum2[:n], alphas, bits)):
+            row = row[can_win]
+            kept.append(row[np.sort(np.unique(row, return_index=True)[1])])  # each value once, first come first
+    sizes = np.array([k.size for k in kept])
+    for size in np.unique(sizes):  # the rows with as many candidates together (a row's sums do not depend on the others)
+        group = np.flatnonzero(sizes == size)
+        candidates = np.array([kept[g] for g in group])  # (rows, size)
+        scales = grid_scales(candidates, bits)
+        order = np.argsort(scales, axis=1, kind="stable")  # ascending: a tie goes to the smallest scale
+        candidates = np.take_along_axis(candidates, order, axis=1)
+        x_rows = x if group.size == x.shape[0] else x[live[group]]
+        sse = sum_sq_error_rows(x_rows, np.take_along_axis(scales, order, axis=1), 2 ** (bits - 1) - 1, rounding)
+        alpha[live[group]] = candidates[np.arange(group.size), np.argmin(sse, axis=1)]
     return alpha
 
 
@@ -510,9 +518,12 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
          boundary of every other rule with its default parameters (max,
          percentile 99.99, sigma 3, aciq-gauss, aciq-laplace, kl, kl-slides),
          computed by the same code as the public functions (bitwise the same);
-      4. evaluate every candidate grid exactly (sum_sq_error_rows, the code
-         quant_mse runs, with this rounding) and return the best (ties: the
-         smallest scale).
+      4. screen the candidates with the prefix-sum model (mse_search.screen):
+         one whose model SSE exceeds the least by more than the model's and the
+         exact sum's error bounds together cannot win and is dropped; evaluate
+         the others exactly (sum_sq_error_rows, the code quant_mse runs, with
+         this rounding) and return the best (ties: the smallest scale). The
+         screen changes no result, only the time.
     Bound (derived in docs/method.md section 2, not only measured): every
     float value that ranks pieces or prunes intervals is within a stated
     tolerance of its exact value (tol = (64 eps + 8 (n eps)**2)
@@ -528,7 +539,9 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
     side), so the pieces do not depend on it; the exact evaluation does.
     Guarantee, by construction: quant_mse(w, alpha*) <= quant_mse(w, alpha_r)
     for every rule r with default parameters, on the same tensor, bits and
-    rounding; per channel, channel by channel. Tests: a plain-Python
+    rounding; per channel, channel by channel (alpha_r is a candidate: either
+    evaluated exactly, or proven to evaluate higher than another candidate,
+    with the error bounds of both sums). Tests: a plain-Python
     enumeration of every breakpoint (tests/test_clipping.py), within 1e-12.
     Per channel (axis given), every channel's candidates also include the
     per-tensor dynamic boundary, so per-channel quantization is never worse
@@ -538,9 +551,9 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
     every finer grid.
     Cost: one sort, two prefix sums, the other rules' statistics (vectorised
     over channels), the search (O(qmax log n) per interval, a few dozen to a
-    few hundred intervals; channels in blocks, level by level), one cheap pass
-    per candidate, and per channel the per-tensor rule first
-    (benchmarks/bench_dynamic.py).
+    few hundred intervals; channels in blocks, level by level), the screen
+    (O(qmax log n) per candidate), one pass per candidate left (usually 2 to 4),
+    and per channel the per-tensor rule first (benchmarks/bench_dynamic.py).
     """
     w = check_weights(w, name=name)
     bits = check_bits(bits)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sqref.quant import grid_params
+from sqref.quant import grid_params, sum_sq_error_bound
 
 # The SSE of one channel as a function of the scale s (|x| = a, codes c_i(s) = min(round(a_i / s), qmax)):
 #     SSE(s) = sum_i (a_i - s c_i(s))**2 = sum_i min over c in 0..qmax of (a_i - s c)**2.
@@ -524,3 +524,27 @@ def search_scales(a, cum1, cum2, bits):
         found.append(_finalists(pieces(a, cum1, r, qmax, lo, hi), cum2[r, -1], tol[r], float(s_top[r]),
                                 float(amax[r]), qmax))
     return found
+
+
+def screen(a, cum1, cum2, alphas, bits):
+    """Which candidate boundaries of each row can give the row's least exactly evaluated SSE: (R, K) bool.
+
+    a, cum1, cum2 as in search_scales; alphas (R, K) float64 > 0, K candidates
+    per row. A candidate is dropped when its SSE from the prefix sums
+    (approx_sse) exceeds the row's least by more than tol + 2 E, where tol
+    bounds approx_sse's error both ways (model_tolerance) and E that of the
+    exact evaluation (sqref.quant.sum_sq_error_bound), both with Z taken at
+    the row's largest scale (its s_top or a larger candidate): then the exact
+    evaluation puts it strictly above the row's least candidate, so dropping
+    it changes no result (ties included). Each row's margin is Python-float
+    arithmetic, row by row, as in row_limits.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    rows, k = alphas.shape
+    scales = grid_scales(alphas, bits)
+    model = approx_sse(a, cum1, cum2, np.repeat(np.arange(rows), k), scales.ravel(), qmax).reshape(rows, k)
+    s_max = np.maximum(grid_scales(a[:, -1], bits), scales.max(axis=1))
+    m = a.shape[1]
+    margin = np.array([model_tolerance(float(s2), m, qmax, float(top)) + 2.0 * sum_sq_error_bound(float(s2), m, qmax, float(top))
+                       for s2, top in zip(cum2[:, -1], s_max)])
+    return model <= model.min(axis=1, keepdims=True) + margin[:, None]

@@ -21,6 +21,8 @@ Choices made here (the spec leaves them open):
   and the scale is the placeholder 1.0. This is what an all-zero tensor or
   channel gets from every clipping rule.
 """
+import math
+
 import numpy as np
 
 ROUNDINGS = ("half_even", "half_away")
@@ -351,6 +353,26 @@ def sum_sq_error_rows(x, scales, qmax, rounding="half_even"):
                 tb *= tb
                 total[r0:r1, k] += tb.sum(axis=1)
     return total
+
+
+def sum_sq_error_bound(s2, n, qmax, s_max):
+    """How far sum_sq_error_rows can be from one channel's exact SSE, at any float32 scale s <= s_max.
+
+    The exact SSE: the sum over the channel's n values x of min over codes c
+    in -qmax..qmax of (x - s c)**2, in real arithmetic; s2 = sum of x**2.
+    Bound: (24 + ceil(n / _CHUNK)) eps Z, Z = s2 + n (qmax s_max)**2.
+    Derived in docs/method.md section 2 ("The exact evaluation's own error"):
+    c s is exact (s a float32, |c| < 2**7), x - c s and its square are
+    rounded once each (1.6 eps of the term); the rounded x / s picks the
+    other of two codes only within eps / 2 of a tie, where their errors differ
+    by at most eps |x| s (sum at most Z / 2); numpy's pairwise sum of a row
+    of _CHUNK terms has at most 36 roundings on any term's path, and the
+    blocks are added in order (ceil(n / _CHUNK) more); every term is at most
+    x**2 + eps |x| s. The dynamic rule uses it to skip the exact evaluation
+    of candidates that cannot win (sqref.mse_search.screen).
+    """
+    eps = float(np.finfo(np.float64).eps)
+    return (24 + math.ceil(n / _CHUNK)) * eps * (s2 + n * (qmax * s_max) ** 2)
 
 
 def sum_sq_error(x, scales, qmax, rounding="half_even"):

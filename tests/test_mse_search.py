@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sqref import clipping, mse_search
+from sqref import clipping, mse_search, quant
+from test_quant import weight_tensors  # tests/ is on sys.path (pytest's default import mode)
 
 
 def prefix_sums(x):
@@ -297,3 +298,66 @@ def test_the_first_level_rules_out_only_scales_that_cannot_win(x, bits):
             codes = np.minimum(np.round(a[r] / s), qmax)
             # 1e-12: U is the prefix-sum model's SSE, which rounds differently from this direct sum
             assert np.sum((a[r] - s * codes) ** 2) > upper[r] * (1 - 1e-12)
+
+
+# ----------------------------------------------------------------------------- the screen before the exact evaluation
+def float32_steps(alphas, bits, steps=8):
+    """The boundaries whose float32 scales are 1..steps float32 steps either side of these boundaries' scales."""
+    down = up = mse_search.grid_scales(np.asarray(alphas), bits).astype(np.float32)
+    out = []
+    for _ in range(steps):
+        down, up = np.nextafter(down, np.float32(0)), np.nextafter(up, np.float32(np.inf))
+        out += [down, up]
+    near = np.concatenate(out).astype(np.float64) * (2 ** (bits - 1) - 1)  # exact: float32(alpha / qmax) is the step
+    return near[near > 0]
+
+
+def assert_screen_sound(x, alphas, bits, rounding):
+    """Every candidate the screen drops evaluates strictly above the least kept one, row by row."""
+    a, cum1, cum2 = prefix_sums(x)
+    keep = mse_search.screen(a, cum1, cum2, alphas, bits)
+    sse = quant.sum_sq_error_rows(x, mse_search.grid_scales(alphas, bits), 2 ** (bits - 1) - 1, rounding)
+    for r in range(len(x)):
+        assert keep[r].any()
+        assert (sse[r][~keep[r]] > sse[r][keep[r]].min()).all(), r
+
+
+@pytest.mark.parametrize("bits, seed", [(3, 86), (4, 183), (5, 82)])
+def test_the_screen_keeps_the_winner_that_the_model_ranks_lower(bits, seed):
+    # Found by a search over seeds: on these 20 N(0, 1) float64 weights, the prefix-sum model puts the
+    # exact winner (a float32 scale near the search's) strictly above another candidate, which the exact
+    # sum puts an ulp or so of SSE above the winner. Without its margin (tol + 2 E) the screen would drop
+    # the winner.
+    x = np.random.default_rng(seed).normal(size=(1, 20))
+    x[0, 0] = 1.0
+    a, cum1, cum2 = prefix_sums(x)
+    found = mse_search.search_scales(a, cum1, cum2, bits)[0]
+    alphas = np.concatenate([found, float32_steps(found, bits)])[None]
+    scales = mse_search.grid_scales(alphas, bits)
+    qmax = 2 ** (bits - 1) - 1
+    model = mse_search.approx_sse(a, cum1, cum2, np.zeros(alphas.size, dtype=np.int64), scales.ravel(), qmax)
+    sse = quant.sum_sq_error_rows(x, scales, qmax)[0]
+    # the case is what it claims to be
+    assert model[np.argmin(sse)] > model.min() and (sse[model == model.min()] > sse.min()).all()
+    assert_screen_sound(x, alphas, bits, "half_even")
+
+
+@given(st.one_of(channel_blocks(), weight_tensors(min_ndim=2).map(lambda w: quant.channel_rows(w, 0))),
+       st.integers(2, 8), st.sampled_from(quant.ROUNDINGS), st.integers(0, 2**32 - 1))
+def test_the_screen_drops_only_candidates_that_evaluate_worse(x, bits, rounding, seed):
+    # Candidates: the search's own float32 scales and those up to 8 float32 steps either side (near
+    # ties, where the prefix-sum model and the exact sum may rank differently), boundaries anywhere in
+    # (0, 2 max|x|] (per channel, the per-tensor candidate can exceed the channel's max), and every
+    # other rule's boundary.
+    x = x[np.abs(x).max(axis=1) > 0]  # (all-zero channels are not searched)
+    if x.size == 0:
+        return
+    a, cum1, cum2 = prefix_sums(x)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r, found in enumerate(mse_search.search_scales(a, cum1, cum2, bits)):
+        rules = [clipping.boundary(x[r], bits, rule=rule) for rule in clipping.RULES if rule != "dynamic"]
+        rows.append(np.concatenate([found, float32_steps(found, bits), rng.uniform(0.01, 2.0, 6) * a[r, -1], rules]))
+    width = max(len(r) for r in rows)
+    alphas = np.array([np.concatenate([r, np.repeat(r[:1], width - len(r))]) for r in rows])
+    assert_screen_sound(x, alphas, bits, rounding)

@@ -10,6 +10,7 @@ single float and only an exact candidate hits it), float32 or float64,
 magnitudes from 1e-3 to 1e3.
 """
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -328,6 +329,40 @@ def test_quant_mse_is_the_mse_of_fake_quant(w, bits, rounding, fraction, axis):
     got = quant_mse(w, alpha=alpha, bits=bits, axis=axis, rounding=rounding)
     # same squared errors, summed in a different order: float64 rounding of a sum of <= 2000 terms
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+def exact_sse(x, scale, qmax):
+    """Sum over x of min over codes 0..qmax of (|x| - scale c)**2, in exact rationals (the nearest code, clipped)."""
+    s = Fraction(scale)
+    total = Fraction(0)
+    for v in x:
+        a = abs(Fraction(float(v)))
+        c = min(math.floor(a / s + Fraction(1, 2)), qmax)  # at a tie both codes cost the same
+        total += (a - s * c) ** 2
+    return total
+
+
+@given(st.lists(st.tuples(st.integers(-130, 130), st.integers(-3, 3)), max_size=40),
+       st.lists(st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False), max_size=20),
+       st.floats(1e-3, 10.0), bits_st, roundings, st.sampled_from([np.float32, np.float64]))
+def test_the_exact_evaluation_is_within_its_stated_bound(ties, others, scale, bits, rounding, dtype):
+    # Values at or a few ulps off a tie (k + 1/2) s, where the rounded x / s may pick the other code, and
+    # values anywhere (clipped ones too); the bound (sum_sq_error_bound) is a derived worst case, far
+    # above what these few terms reach, so this checks its form (the eps, the scale Z), not its tightness.
+    s = float(np.float32(scale))
+    qmax = 2 ** (bits - 1) - 1
+    x = []
+    for k, ulps in ties:
+        v = dtype((k + 0.5) * s)
+        for _ in range(abs(ulps)):
+            v = np.nextafter(v, dtype(np.inf if ulps > 0 else -np.inf))
+        x.append(v)
+    x = np.array(x + others, dtype=dtype)
+    if x.size == 0:
+        return
+    got = quant.sum_sq_error(x, [s], qmax, rounding)[0]
+    bound = quant.sum_sq_error_bound(float(np.sum(x.astype(np.float64) ** 2)), x.size, qmax, s)
+    assert abs(Fraction(float(got)) - exact_sse(x, s, qmax)) <= Fraction(bound)
 
 
 # ----------------------------------------------------------------------------- bad input
