@@ -483,7 +483,7 @@ def _dynamic_rows(x, bits, rounding, extra=None):
             row = row[can_win]
             kept.append(row[np.sort(np.unique(row, return_index=True)[1])])  # each value once, first come first
     sizes = np.array([k.size for k in kept])
-    for size in np.unique(sizes):  # the rows with as many candidates together (a row's sums do not depend on the others)
+    for size in np.unique(sizes):  # rows with as many candidates together (a row's sums do not depend on the others)
         group = np.flatnonzero(sizes == size)
         candidates = np.array([kept[g] for g in group])  # (rows, size)
         scales = grid_scales(candidates, bits)
@@ -552,7 +552,7 @@ def boundary_dynamic(w, bits, *, axis=None, rounding="half_even", name=None):
     Cost: one sort, two prefix sums, the other rules' statistics (vectorised
     over channels), the search (O(qmax log n) per interval, a few dozen to a
     few hundred intervals; channels in blocks, level by level), the screen
-    (O(qmax log n) per candidate), one pass per candidate left (usually 2 to 4),
+    (O(qmax log n) per candidate), one pass per candidate left (usually a few),
     and per channel the per-tensor rule first (benchmarks/bench_dynamic.py).
     """
     w = check_weights(w, name=name)

@@ -545,6 +545,7 @@ def screen(a, cum1, cum2, alphas, bits):
     model = approx_sse(a, cum1, cum2, np.repeat(np.arange(rows), k), scales.ravel(), qmax).reshape(rows, k)
     s_max = np.maximum(grid_scales(a[:, -1], bits), scales.max(axis=1))
     m = a.shape[1]
-    margin = np.array([model_tolerance(float(s2), m, qmax, float(top)) + 2.0 * sum_sq_error_bound(float(s2), m, qmax, float(top))
+    margin = np.array([model_tolerance(float(s2), m, qmax, float(top))
+                       + 2.0 * sum_sq_error_bound(float(s2), m, qmax, float(top))
                        for s2, top in zip(cum2[:, -1], s_max)])
     return model <= model.min(axis=1, keepdims=True) + margin[:, None]
