@@ -326,8 +326,8 @@ def assert_screen_sound(x, alphas, bits, rounding):
 def test_the_screen_keeps_the_winner_that_the_model_ranks_lower(bits, seed):
     # Found by a search over seeds: on these 20 N(0, 1) float64 weights, the prefix-sum model puts the
     # exact winner (a float32 scale near the search's) strictly above another candidate, which the exact
-    # sum puts an ulp or so of SSE above the winner. Without its margin (tol + 2 E) the screen would drop
-    # the winner.
+    # sum puts 2e-16 to 1.2e-15 of SSE above the winner. Without its margin (tol + 2 E) the screen would
+    # drop the winner.
     x = np.random.default_rng(seed).normal(size=(1, 20))
     x[0, 0] = 1.0
     a, cum1, cum2 = prefix_sums(x)
