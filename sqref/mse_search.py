@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sqref.quant import grid_params, sum_sq_error_bound
+from sqref.quant import grid_params, sse_scale, sum_sq_error_bound
 
 # The SSE of one channel as a function of the scale s (|x| = a, codes c_i(s) = min(round(a_i / s), qmax)):
 #     SSE(s) = sum_i (a_i - s c_i(s))**2 = sum_i min over c in 0..qmax of (a_i - s c)**2.
@@ -256,7 +256,7 @@ def model_tolerance(s2, n, qmax, s_top):
     section 2, "Bound").
     """
     eps = float(np.finfo(np.float64).eps)
-    return (64 * eps + 8 * (n * eps) ** 2) * _error_scale(s2, n, qmax, s_top)
+    return (64 * eps + 8 * (n * eps) ** 2) * sse_scale(s2, n, qmax, s_top)
 
 
 def bound_tolerance(s2, n, qmax, s_top):
@@ -270,12 +270,7 @@ def bound_tolerance(s2, n, qmax, s_top):
     exceeds U + model_tolerance + this: then no scale in it can beat U, whatever the rounding.
     """
     eps = float(np.finfo(np.float64).eps)
-    return (8 * qmax + 64) * (eps + (n * eps) ** 2) * _error_scale(s2, n, qmax, s_top)
-
-
-def _error_scale(s2, n, qmax, s_top):
-    """Z = S2 + n (qmax s_top)**2: the size of the terms an SSE from prefix sums cancels (model_tolerance)."""
-    return s2 + n * (qmax * s_top) ** 2
+    return (8 * qmax + 64) * (eps + (n * eps) ** 2) * sse_scale(s2, n, qmax, s_top)
 
 
 def _breakpoint_counts(a, ch, lo, hi, qmax):

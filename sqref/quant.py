@@ -355,6 +355,13 @@ def sum_sq_error_rows(x, scales, qmax, rounding="half_even"):
     return total
 
 
+def sse_scale(s2, n, qmax, s_max):
+    """Z = s2 + n (qmax s_max)**2: the size of the terms an SSE at scales up to s_max is made of, for a channel of
+    n values with sum of squares s2. Every float-error bound on an SSE in sqref is a multiple of it
+    (sum_sq_error_bound; sqref.mse_search.model_tolerance and bound_tolerance)."""
+    return s2 + n * (qmax * s_max) ** 2
+
+
 def sum_sq_error_bound(s2, n, qmax, s_max):
     """How far sum_sq_error_rows can be from one channel's exact SSE, at any float32 scale s <= s_max.
 
@@ -372,7 +379,7 @@ def sum_sq_error_bound(s2, n, qmax, s_max):
     of candidates that cannot win (sqref.mse_search.screen).
     """
     eps = float(np.finfo(np.float64).eps)
-    return (24 + math.ceil(n / _CHUNK)) * eps * (s2 + n * (qmax * s_max) ** 2)
+    return (24 + math.ceil(n / _CHUNK)) * eps * sse_scale(s2, n, qmax, s_max)
 
 
 def sum_sq_error(x, scales, qmax, rounding="half_even"):

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sqref import clipping, mse_search, quant
-from test_quant import weight_tensors  # tests/ is on sys.path (pytest's default import mode)
+from test_quant import exact_sse, weight_tensors  # tests/ is on sys.path (pytest's default import mode)
 
 
 def prefix_sums(x):
@@ -107,7 +107,7 @@ def test_the_model_stays_within_tol_where_a_running_sum_does_not(bits):
     _, cum1, cum2 = prefix_sums(a)
     row = np.zeros(1, dtype=np.int64)
     for s in (s_top, 0.7 * s_top, 0.3 * s_top):
-        exact = sum((Fraction(v) - min(round(Fraction(v) / Fraction(s)), qmax) * Fraction(s)) ** 2 for v in a[0])
+        exact = exact_sse(a[0], s, qmax)
         model = mse_search.approx_sse(a, cum1, cum2, row, np.array([s]), qmax)[0]
         assert abs(Fraction(model) - exact) <= Fraction(tol)
         if s == s_top:
@@ -182,7 +182,7 @@ def exact_least_sse(x, bits, lo, hi):
     qmax = 2 ** (bits - 1) - 1
     ends = sorted({lo, hi} | {v / (j - Fraction(1, 2)) for v in a for j in range(1, qmax + 1)
                               if lo < v / (j - Fraction(1, 2)) < hi})
-    least = min(sum((v - s * min(math.floor(v / s + Fraction(1, 2)), qmax)) ** 2 for v in a) for s in (lo, hi))
+    least = min(exact_sse(x, s, qmax) for s in (lo, hi))
     for left, right in zip(ends, ends[1:]):
         codes = [min(math.floor(2 * v / (left + right) + Fraction(1, 2)), qmax) for v in a]
         big_a, big_b = sum(c * v for c, v in zip(codes, a)), sum(c * c for c in codes)
